@@ -1,0 +1,250 @@
+//! The REST API (actix-web). Paths and field names follow PRODUCT.md; every
+//! error is a JSON `{error, detail}` with a 4xx status for the caller's
+//! mistakes.
+
+pub mod body;
+pub mod error;
+mod ops;
+mod orders;
+mod resources;
+mod sagas;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::dev::HttpServiceFactory;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::config::Secret;
+use crate::domain::WorkerKind;
+use crate::orchestrator::Orchestrator;
+use crate::orchestrator::store::SagaStore;
+use crate::saga::definition::SagaDefinition;
+use crate::storage::Db;
+use crate::transport::Transport;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct ApiState {
+    pub orchestrator: Addr<Orchestrator>,
+    /// The orchestrator's database (customers, sagas).
+    pub sagas: SagaStore,
+    /// Worker databases, read for their resources; the kitchen's is also
+    /// written for the food catalog.
+    pub pay: Db,
+    pub kitchen: Db,
+    pub delivery: Db,
+    pub coupon: Db,
+    pub transport: Arc<dyn Transport>,
+    pub def: Arc<SagaDefinition>,
+    pub manager_token: Secret,
+    /// How long `POST /orders` waits for the payment.
+    pub order_timeout: Duration,
+}
+
+impl ApiState {
+    pub fn worker_db(&self, kind: WorkerKind) -> &Db {
+        match kind {
+            WorkerKind::Pay => &self.pay,
+            WorkerKind::Kitchen => &self.kitchen,
+            WorkerKind::Delivery => &self.delivery,
+            WorkerKind::Coupon => &self.coupon,
+        }
+    }
+
+    /// Checks the manager's bearer token in constant time: 401 without one,
+    /// 403 with a wrong one.
+    pub fn require_manager(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let header = req
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this is a manager operation: send `Authorization: Bearer <token>`",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .unwrap_or("")
+            .trim();
+        if constant_time_eq(token.as_bytes(), self.manager_token.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the manager token is not valid",
+            ))
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how
+/// much of the token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, y) in b.iter().enumerate() {
+        let x = a.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// The JSON body extractor settings: size limit and JSON errors.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(64 * 1024)
+        .content_type_required(false)
+        .error_handler(|err, _req| {
+            use actix_web::error::JsonPayloadError as E;
+            let api = match &err {
+                E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the body is larger than 64 KiB",
+                ),
+                E::ContentType => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send a JSON body",
+                ),
+                other => ApiError::bad_request(format!("malformed JSON: {other}")),
+            };
+            api.into()
+        })
+}
+
+/// Query-string errors as JSON.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|err, _req| ApiError::bad_request(format!("bad query string: {err}")).into())
+}
+
+/// Path errors as JSON (an id that is not a number).
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|err, _req| ApiError::not_found(format!("no such resource: {err}")).into())
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// A resource whose unknown methods answer 405 JSON.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Every route of the business API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(json_config())
+        .app_data(query_config())
+        .app_data(path_config())
+        .service(business())
+        .service(records())
+        .service(more_records())
+        .service(ops::routes());
+}
+
+fn business() -> impl HttpServiceFactory {
+    (
+        resource("/customers")
+            .route(web::post().to(resources::create_customer))
+            .route(web::get().to(resources::list_customers)),
+        resource("/customers/{id}").route(web::get().to(resources::get_customer)),
+        resource("/foodCatalogs")
+            .route(web::post().to(resources::create_food))
+            .route(web::get().to(resources::list_foods)),
+        resource("/foodCatalogs/{id}").route(web::get().to(resources::get_food)),
+        // The seed checks stock with `http DELETE /foodCatalogViews`: read
+        // models are never deleted over HTTP, so DELETE reads it too.
+        resource("/foodCatalogViews")
+            .route(web::get().to(resources::food_views))
+            .route(web::delete().to(resources::food_views)),
+        resource("/orders")
+            .route(web::post().to(orders::place))
+            .route(web::get().to(orders::list)),
+        resource("/orders/{id}").route(web::get().to(orders::get)),
+        resource("/myOrders").route(web::get().to(orders::my_orders)),
+    )
+}
+
+fn records() -> impl HttpServiceFactory {
+    (
+        resource("/pays").route(web::get().to(resources::list_pays)),
+        resource("/pays/{id}").route(web::get().to(resources::get_pay)),
+        resource("/kitchens").route(web::get().to(resources::list_kitchens)),
+        // The seed's gateway list spells it `/kithens`.
+        resource("/kithens").route(web::get().to(resources::list_kitchens)),
+        resource("/kitchens/{id}")
+            .route(web::get().to(resources::get_kitchen))
+            .route(web::delete().to(orders::cancel)),
+        resource("/kitchens/{id}/cooked").route(web::post().to(orders::cooked)),
+    )
+}
+
+fn more_records() -> impl HttpServiceFactory {
+    (
+        resource("/deliveries").route(web::get().to(resources::list_deliveries)),
+        resource("/deliveries/{id}").route(web::get().to(resources::get_delivery)),
+        resource("/deliveries/{id}/pickedUp").route(web::post().to(orders::picked_up)),
+        resource("/deliveries/{id}/delivered").route(web::post().to(orders::delivered)),
+        resource("/coupons").route(web::get().to(resources::list_coupons)),
+        resource("/coupons/{id}").route(web::get().to(resources::get_coupon)),
+        resource("/sagas").route(web::get().to(sagas::list)),
+        resource("/sagas/{id}").route(web::get().to(sagas::get)),
+        resource("/sagas/{id}/retry").route(web::post().to(sagas::retry)),
+    )
+}
+
+/// The fallback of the whole app: unknown paths answer 404 JSON.
+pub fn fallback() -> actix_web::Route {
+    web::to(not_found)
+}
+
+/// Plain JSON 200.
+pub fn ok_json<T: serde::Serialize>(v: &T) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret-token", b"secret-token"));
+        assert!(!constant_time_eq(b"secret-tokem", b"secret-token"));
+        assert!(!constant_time_eq(b"secret", b"secret-token"));
+        assert!(!constant_time_eq(b"secret-token-and-more", b"secret-token"));
+        assert!(!constant_time_eq(b"", b"secret-token"));
+    }
+}
+
+/// Readiness probes of a process.
+pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>) -> ops::Probes {
+    ops::Probes { dbs, transport }
+}
+
+/// The routes of a process without the `api` role: health and metrics.
+pub fn ops_only(cfg: &mut web::ServiceConfig) {
+    cfg.service(ops::routes());
+}

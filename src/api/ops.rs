@@ -1,0 +1,58 @@
+//! Health and metrics: served by every process, whatever its roles.
+
+use std::sync::Arc;
+
+use actix_web::dev::HttpServiceFactory;
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::metrics::METRICS;
+use crate::storage::Db;
+use crate::transport::Transport;
+
+/// What readiness checks: every database this process uses and the transport.
+pub struct Probes {
+    pub dbs: Vec<Db>,
+    pub transport: Arc<dyn Transport>,
+}
+
+pub fn routes() -> impl HttpServiceFactory {
+    (
+        web::resource("/health/live").route(web::get().to(live)),
+        web::resource("/health/ready").route(web::get().to(ready)),
+        web::resource("/metrics").route(web::get().to(metrics)),
+    )
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+async fn ready(probes: web::Data<Probes>) -> HttpResponse {
+    let mut storage_ok = true;
+    let mut storage = Vec::new();
+    for db in &probes.dbs {
+        let ok = db.is_healthy().await;
+        storage_ok &= ok;
+        storage.push(json!({ "file": db.path().display().to_string(), "ok": ok }));
+    }
+    let broker_ok = probes.transport.is_ready();
+    let body = json!({
+        "status": if storage_ok && broker_ok { "ready" } else { "unavailable" },
+        "storage": storage,
+        "broker": { "kind": probes.transport.kind(), "ok": broker_ok },
+    });
+    if storage_ok && broker_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(METRICS.render())
+}

@@ -1,0 +1,276 @@
+//! Wires the roles of one process: transport, databases, actors, consumers,
+//! outbox relays and the HTTP server. Must run inside an actix `System`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, Role, Secret};
+use crate::domain::WorkerKind;
+use crate::orchestrator::store::{self, SagaStore};
+use crate::orchestrator::{Orchestrator, Recover, consume_replies};
+use crate::saga::definition::SagaDefinition;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::storage::{Db, outbox};
+use crate::transport::Transport;
+use crate::transport::amqp::{AmqpSettings, AmqpTransport};
+use crate::transport::memory::MemoryTransport;
+use crate::workers::{self, Knobs, WorkerActor};
+
+/// The saga definition shipped with the binary, used when the configured
+/// file is the default path and it does not exist (running outside the
+/// repository).
+const BUILTIN_SAGA: &str = include_str!("../sagas/order_fulfilment.toml");
+
+/// Loads the saga definition; a bad file is a start-up error naming it.
+pub fn load_definition(path: &Path) -> anyhow::Result<SagaDefinition> {
+    let default = Path::new("sagas/order_fulfilment.toml");
+    if path == default && !path.exists() {
+        tracing::info!(
+            "{} not found; using the built-in order saga",
+            path.display()
+        );
+        return SagaDefinition::parse(BUILTIN_SAGA)
+            .map_err(|e| anyhow::anyhow!("built-in saga definition: {e}"));
+    }
+    Ok(SagaDefinition::load(path)?)
+}
+
+/// A running process.
+pub struct Running {
+    /// Where HTTP listens (the real port when the configured one was 0).
+    pub http_addr: SocketAddr,
+    /// The manager's token (configured or generated).
+    pub manager_token: Option<Secret>,
+    server: actix_web::dev::ServerHandle,
+    trigger: ShutdownTrigger,
+    transport: Arc<dyn Transport>,
+    amqp: Option<AmqpTransport>,
+    dbs: Vec<Db>,
+}
+
+impl Running {
+    /// Stops HTTP, consumers and relays, then closes the broker connection.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        self.server.stop(true).await;
+        // Give relays a moment to publish what the last requests committed.
+        for db in &self.dbs {
+            let _ = outbox::backlog(db).await;
+            db.close();
+        }
+        if let Some(a) = self.amqp {
+            a.close().await;
+        }
+        drop(self.transport);
+    }
+}
+
+/// Starts every role of `config` and returns once HTTP listens.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    crate::failpoint::configure(&config.failpoints).map_err(|e| anyhow::anyhow!(e))?;
+    let roles = &config.roles;
+    let runs_api = roles.has(Role::Api);
+    let runs_orchestrator = runs_api || roles.has(Role::Orchestrator);
+    let def =
+        Arc::new(load_definition(&config.saga_file).with_context(|| {
+            format!("loading the saga definition {}", config.saga_file.display())
+        })?);
+
+    let (amqp, transport): (Option<AmqpTransport>, Arc<dyn Transport>) = match &config.amqp_url {
+        Some(url) => {
+            let t = AmqpTransport::connect(&AmqpSettings {
+                url: url.clone(),
+                namespace: config.namespace.clone(),
+                prefetch: config.prefetch,
+                connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
+            })
+            .await
+            .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))?;
+            (Some(t.clone()), Arc::new(t))
+        }
+        None => (None, Arc::new(MemoryTransport::new())),
+    };
+    tracing::info!(transport = transport.kind(), namespace = %config.namespace, roles = %config.roles, "starting");
+
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let knobs = Knobs::from_config(&config);
+    let mut dbs = Vec::new();
+
+    // Worker databases: the local workers write them; the API reads them.
+    let mut worker_dbs = std::collections::HashMap::new();
+    for kind in WorkerKind::ALL {
+        let local = roles.has(Role::Worker(kind));
+        if !(local || runs_api) {
+            continue;
+        }
+        let logic = workers::logic_for(kind, knobs);
+        let db = Db::open(
+            &config.db_path(kind.as_str()),
+            &workers::schema_of(logic.as_ref()),
+        )
+        .with_context(|| format!("opening the {kind} database"))?;
+        if local {
+            let actor = WorkerActor::new(logic, db.clone(), config.latency_of(kind)).start();
+            actix::spawn(outbox::run_relay(
+                db.clone(),
+                transport.clone(),
+                shutdown.clone(),
+            ));
+            spawn_consumer(kind, actor, transport.clone(), shutdown.clone());
+        }
+        dbs.push(db.clone());
+        worker_dbs.insert(kind, db);
+    }
+
+    let mut api_state = None;
+    if runs_orchestrator {
+        let db = Db::open(&config.db_path("orchestrator"), store::SCHEMA)
+            .context("opening the orchestrator database")?;
+        dbs.push(db.clone());
+        let sagas = SagaStore::new(db.clone(), def.clone());
+        let orchestrator = Orchestrator::new(def.clone(), sagas.clone()).start();
+        actix::spawn(outbox::run_relay(
+            db.clone(),
+            transport.clone(),
+            shutdown.clone(),
+        ));
+        let recovered = orchestrator
+            .send(Recover)
+            .await
+            .context("recovering sagas")??;
+        if recovered > 0 {
+            tracing::info!(recovered, "sagas recovered");
+        }
+        {
+            let (o, t, s) = (orchestrator.clone(), transport.clone(), shutdown.clone());
+            actix::spawn(async move {
+                if let Err(e) = consume_replies(o, t, s).await {
+                    tracing::error!(error = %e, "replies consumer stopped");
+                }
+            });
+        }
+        if runs_api {
+            let token = config.manager_token.clone().unwrap_or_else(|| {
+                let t = Secret::generate();
+                println!(
+                    "Manager token (send as `Authorization: Bearer <token>`): {}",
+                    t.expose()
+                );
+                t
+            });
+            let db_of = |k: WorkerKind| worker_dbs[&k].clone();
+            api_state = Some(ApiState {
+                orchestrator,
+                sagas,
+                pay: db_of(WorkerKind::Pay),
+                kitchen: db_of(WorkerKind::Kitchen),
+                delivery: db_of(WorkerKind::Delivery),
+                coupon: db_of(WorkerKind::Coupon),
+                transport: transport.clone(),
+                def: def.clone(),
+                manager_token: token,
+                order_timeout: config.order_timeout,
+            });
+        }
+    }
+
+    let manager_token = api_state.as_ref().map(|s| s.manager_token.clone());
+    let api_data = api_state.map(web::Data::new);
+    let probes = web::Data::new(api::ops_probes(dbs.clone(), transport.clone()));
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .app_data(probes.clone())
+            .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("hearty::http"));
+        if let Some(state) = &api_data {
+            app = app.app_data(state.clone()).configure(api::routes);
+        } else {
+            app = app.configure(api::ops_only);
+        }
+        app.default_service(api::fallback())
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .disable_signals()
+    .bind(&config.http_addr)
+    .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
+    let http_addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("HTTP bound to no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%http_addr, "listening");
+    Ok(Running {
+        http_addr,
+        manager_token,
+        server: handle,
+        trigger,
+        transport,
+        amqp,
+        dbs,
+    })
+}
+
+fn spawn_consumer(
+    kind: WorkerKind,
+    actor: Addr<WorkerActor>,
+    transport: Arc<dyn Transport>,
+    shutdown: Shutdown,
+) {
+    actix::spawn(async move {
+        if let Err(e) = workers::consume(kind, actor, transport, shutdown).await {
+            tracing::error!(worker = %kind, error = %e, "consumer stopped");
+        }
+    });
+}
+
+/// A broker URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs until `shutdown` resolves (SIGTERM/Ctrl-C in the binary).
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    println!("Hearty listening on http://{}", running.http_addr);
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
+    }
+}

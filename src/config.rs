@@ -1,0 +1,363 @@
+//! Configuration: every setting is a `--flag` of `hearty serve` and a
+//! `HEARTY_*` environment variable (names fixed by PRODUCT.md).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::domain::{Money, WorkerKind};
+use crate::saga::definition::parse_duration;
+
+/// The roles a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// HTTP API and the orchestrator (they share the sagas database).
+    Api,
+    Orchestrator,
+    Worker(WorkerKind),
+    /// Read models.
+    Views,
+}
+
+/// A set of roles, parsed from `all` or a comma list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(BTreeSet<Role>);
+
+impl Roles {
+    pub fn all() -> Self {
+        let mut set: BTreeSet<Role> = [Role::Api, Role::Orchestrator, Role::Views].into();
+        set.extend(WorkerKind::ALL.map(Role::Worker));
+        Roles(set)
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = WorkerKind> + '_ {
+        self.0.iter().filter_map(|r| match r {
+            Role::Worker(k) => Some(*k),
+            _ => None,
+        })
+    }
+}
+
+impl FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut set = BTreeSet::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => return Ok(Roles::all()),
+                "api" => {
+                    set.insert(Role::Api);
+                }
+                "orchestrator" => {
+                    set.insert(Role::Orchestrator);
+                }
+                "views" => {
+                    set.insert(Role::Views);
+                }
+                other => {
+                    let k: WorkerKind = other.parse().map_err(|_| {
+                        format!(
+                            "unknown role `{other}` (expected all, api, orchestrator, pay, kitchen, delivery, coupon or views)"
+                        )
+                    })?;
+                    set.insert(Role::Worker(k));
+                }
+            }
+        }
+        if set.is_empty() {
+            return Err("HEARTY_ROLES names no role".into());
+        }
+        Ok(Roles(set))
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Role::Api => "api".to_owned(),
+                Role::Orchestrator => "orchestrator".to_owned(),
+                Role::Views => "views".to_owned(),
+                Role::Worker(k) => k.to_string(),
+            })
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// How kitchen and delivery complete their step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// At once.
+    #[default]
+    Auto,
+    /// When a person says so through the API.
+    Manual,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "manual" => Ok(Mode::Manual),
+            other => Err(format!("unknown mode `{other}` (expected auto or manual)")),
+        }
+    }
+}
+
+/// An artificial latency: `400ms±220ms` (or `400ms+-220ms`, or `400ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Latency {
+    pub base: Duration,
+    pub jitter: Duration,
+}
+
+impl Latency {
+    /// One sample, uniform in `base ± jitter`.
+    pub fn sample(&self) -> Duration {
+        if self.jitter.is_zero() {
+            return self.base;
+        }
+        let lo = self.base.saturating_sub(self.jitter).as_micros() as u64;
+        let hi = (self.base + self.jitter).as_micros() as u64;
+        Duration::from_micros(rand::random_range(lo..=hi))
+    }
+}
+
+impl FromStr for Latency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (base, jitter) = match s.split_once('±').or_else(|| s.split_once("+-")) {
+            Some((b, j)) => (b, Some(j)),
+            None => (s, None),
+        };
+        let base = parse_duration(base).map_err(|e| format!("latency {e}"))?;
+        let jitter = match jitter {
+            Some(j) => parse_duration(j).map_err(|e| format!("latency jitter {e}"))?,
+            None => Duration::ZERO,
+        };
+        Ok(Latency { base, jitter })
+    }
+}
+
+fn parse_money(s: &str) -> Result<Money, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an amount"))?;
+    Money::parse_decimal(v).map_err(|e| e.to_string())
+}
+
+/// The manager's bearer token. Never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A fresh random token of 32 hex characters.
+    pub fn generate() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() < 8 {
+            return Err("the manager token must be at least 8 characters".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Settings of `hearty serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "HEARTY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// Folder for the SQLite files.
+    #[arg(long, env = "HEARTY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// RabbitMQ URL; unset = in-process transport.
+    #[arg(long, env = "HEARTY_AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Prefix of every exchange and queue.
+    #[arg(long, env = "HEARTY_NAMESPACE", default_value = "hearty", value_parser = parse_namespace)]
+    pub namespace: String,
+
+    /// Comma list of api, orchestrator, pay, kitchen, delivery, coupon, views, or all.
+    #[arg(long, env = "HEARTY_ROLES", default_value = "all")]
+    pub roles: Roles,
+
+    /// Bearer token for manager operations; generated and printed when unset.
+    #[arg(long, env = "HEARTY_MANAGER_TOKEN", hide_env_values = true)]
+    pub manager_token: Option<Secret>,
+
+    /// Kitchen completes tickets at once (auto) or when marked cooked (manual).
+    #[arg(long, env = "HEARTY_KITCHEN_MODE", default_value = "auto")]
+    pub kitchen_mode: Mode,
+
+    /// Delivery picks up at once (auto) or when marked picked up (manual).
+    #[arg(long, env = "HEARTY_DELIVERY_MODE", default_value = "auto")]
+    pub delivery_mode: Mode,
+
+    /// Payments above this amount are declined.
+    #[arg(long, env = "HEARTY_PAY_DECLINE_ABOVE", default_value = "1000", value_parser = parse_money)]
+    pub pay_decline_above: Money,
+
+    /// Artificial latency of the pay worker, e.g. 400ms±220ms.
+    #[arg(long, env = "HEARTY_PAY_LATENCY")]
+    pub pay_latency: Option<Latency>,
+
+    /// Artificial latency of the kitchen worker.
+    #[arg(long, env = "HEARTY_KITCHEN_LATENCY")]
+    pub kitchen_latency: Option<Latency>,
+
+    /// Artificial latency of the delivery worker.
+    #[arg(long, env = "HEARTY_DELIVERY_LATENCY")]
+    pub delivery_latency: Option<Latency>,
+
+    /// Artificial latency of the coupon worker.
+    #[arg(long, env = "HEARTY_COUPON_LATENCY")]
+    pub coupon_latency: Option<Latency>,
+
+    /// The saga definition file.
+    #[arg(
+        long,
+        env = "HEARTY_SAGA_FILE",
+        default_value = "sagas/order_fulfilment.toml"
+    )]
+    pub saga_file: PathBuf,
+
+    /// Unacknowledged messages per consumer.
+    #[arg(long, env = "HEARTY_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+
+    /// How long `POST /orders` waits for the payment before answering 503.
+    #[arg(long, env = "HEARTY_ORDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub order_timeout: Duration,
+
+    /// Failpoints for fault-injection tests, e.g. `outbox-after-confirm=abort`.
+    #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "")]
+    pub failpoints: String,
+}
+
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("the namespace must be 1-100 letters, digits, `-`, `_` or `.`".into())
+    }
+}
+
+impl Config {
+    /// The settings with every default, as `hearty serve` with no flags
+    /// and no environment would have them.
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parsing an empty command line with only defaults cannot fail.
+        Wrapper::try_parse_from(["hearty"])
+            .map(|w| w.config)
+            .unwrap_or_else(|e| unreachable!("defaults parse: {e}"))
+    }
+
+    pub fn latency_of(&self, kind: WorkerKind) -> Option<Latency> {
+        match kind {
+            WorkerKind::Pay => self.pay_latency,
+            WorkerKind::Kitchen => self.kitchen_latency,
+            WorkerKind::Delivery => self.delivery_latency,
+            WorkerKind::Coupon => self.coupon_latency,
+        }
+    }
+
+    pub fn db_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(format!("{name}.db"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_forms() {
+        let l: Latency = "400ms±220ms".parse().expect("valid");
+        assert_eq!(l.base, Duration::from_millis(400));
+        assert_eq!(l.jitter, Duration::from_millis(220));
+        for _ in 0..100 {
+            let s = l.sample();
+            assert!(s >= Duration::from_millis(180) && s <= Duration::from_millis(620));
+        }
+        assert_eq!(
+            "1s+-0ms".parse::<Latency>().expect("valid").base,
+            Duration::from_secs(1)
+        );
+        assert!("soon".parse::<Latency>().is_err());
+    }
+
+    #[test]
+    fn roles() {
+        let r: Roles = "api, pay".parse().expect("valid");
+        assert!(r.has(Role::Api) && r.has(Role::Worker(WorkerKind::Pay)));
+        assert!(!r.has(Role::Worker(WorkerKind::Coupon)));
+        assert_eq!(r.to_string(), "api,pay");
+        assert!("cook".parse::<Roles>().is_err());
+        assert!("all".parse::<Roles>().expect("valid").has(Role::Views));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::generate();
+        assert_eq!(s.expose().len(), 32);
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.http_addr, "127.0.0.1:8080");
+        assert_eq!(c.namespace, "hearty");
+        assert_eq!(c.pay_decline_above, Money::from_cents(100_000));
+        assert_eq!(c.kitchen_mode, Mode::Auto);
+        assert!(c.amqp_url.is_none());
+    }
+}

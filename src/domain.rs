@@ -1,0 +1,401 @@
+//! Domain types shared by every role: identifiers, money, quantities and the
+//! status vocabularies that PRODUCT.md fixes as exact strings.
+//!
+//! Identifiers parse rather than wrap: an `OrderId` is always positive, a
+//! `Qty` is always at least one, `Money` is a whole number of cents.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Declares a positive integer identifier newtype.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(i64);
+
+        impl $name {
+            /// Parses an identifier: it must be a positive integer.
+            pub fn new(raw: i64) -> Result<Self, DomainError> {
+                if raw > 0 {
+                    Ok(Self(raw))
+                } else {
+                    Err(DomainError::new(concat!($what, " must be a positive integer")))
+                }
+            }
+
+            /// The raw value, for storage and wire formats.
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let raw: i64 = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| DomainError::new(concat!($what, " must be a positive integer")))?;
+                Self::new(raw)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An order, and equally its saga: order 7 is driven by saga 7.
+    OrderId,
+    "order id"
+);
+id_type!(
+    /// A customer who orders.
+    CustomerId,
+    "customer id"
+);
+id_type!(
+    /// An item of the food catalog, owned by the kitchen.
+    FoodId,
+    "food catalog id"
+);
+id_type!(
+    /// A product review.
+    ReviewId,
+    "review id"
+);
+
+/// The saga of an order has the order's id.
+pub type SagaId = OrderId;
+
+/// A validation failure of a domain value, shown to callers as a 4xx detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DomainError(String);
+
+impl DomainError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// A quantity of food: at least one, at most a sane upper bound so that
+/// `qty × price` can never overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Qty(u32);
+
+impl Qty {
+    /// The largest quantity one order may ask for.
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn new(raw: i64) -> Result<Self, DomainError> {
+        if raw <= 0 {
+            return Err(DomainError::new("qty must be at least 1"));
+        }
+        if raw > i64::from(Self::MAX) {
+            return Err(DomainError::new(format!(
+                "qty must be at most {}",
+                Self::MAX
+            )));
+        }
+        Ok(Self(raw as u32))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// An amount of money in cents. On the wire it is a decimal number of the
+/// currency unit (`4.0`), as the seed sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money {
+    cents: i64,
+}
+
+impl Money {
+    /// Upper bound of a single price, so that every product fits an `i64`.
+    pub const MAX_CENTS: i64 = 1_000_000_000_00;
+
+    pub const fn from_cents(cents: i64) -> Self {
+        Self { cents }
+    }
+
+    pub fn cents(self) -> i64 {
+        self.cents
+    }
+
+    /// Parses a non-negative decimal amount with at most two decimals.
+    pub fn parse_decimal(raw: f64) -> Result<Self, DomainError> {
+        if !raw.is_finite() || raw < 0.0 {
+            return Err(DomainError::new("amount must be a non-negative number"));
+        }
+        let cents = (raw * 100.0).round();
+        if (cents - raw * 100.0).abs() > 1e-6 {
+            return Err(DomainError::new("amount has more than two decimals"));
+        }
+        if cents > Self::MAX_CENTS as f64 {
+            return Err(DomainError::new("amount is too large"));
+        }
+        Ok(Self::from_cents(cents as i64))
+    }
+
+    /// `price × qty`; the bounds on both make this exact.
+    pub fn times(self, qty: Qty) -> Money {
+        Money::from_cents(self.cents.saturating_mul(i64::from(qty.get())))
+    }
+
+    pub fn as_decimal(self) -> f64 {
+        self.cents as f64 / 100.0
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_decimal())
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = f64::deserialize(d)?;
+        Money::parse_decimal(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.cents / 100, self.cents % 100)
+    }
+}
+
+/// Declares a closed status vocabulary whose spelling is part of the API.
+macro_rules! status_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The exact string of PRODUCT.md.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant)),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $(stringify!($variant) => Ok($name::$variant),)+
+                    other => Err(DomainError::new(format!(
+                        concat!("unknown ", stringify!($name), " `{}`"), other))),
+                }
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// Where an order stands, as a customer sees it.
+    OrderStatus { Ordered, Paid, Cooked, Dispatched, Delivered, Rejected, Cancelled }
+);
+status_enum!(
+    /// A payment's status, owned by the pay worker.
+    PayStatus { Approved, Declined, Refunded }
+);
+status_enum!(
+    /// A kitchen ticket's status, owned by the kitchen worker.
+    KitchenStatus { Accepted, Cooked, Rejected, Cancelled }
+);
+status_enum!(
+    /// A delivery's status, owned by the delivery worker.
+    DeliveryStatus { Dispatched, Delivered, Cancelled }
+);
+status_enum!(
+    /// A coupon's status, owned by the coupon worker.
+    CouponStatus { Issued, Cancelled }
+);
+
+impl OrderStatus {
+    /// Whether a manager may still cancel an order in this status.
+    pub fn is_cancellable(self) -> bool {
+        !matches!(
+            self,
+            OrderStatus::Delivered | OrderStatus::Rejected | OrderStatus::Cancelled
+        )
+    }
+}
+
+/// The kinds of worker. Each owns its queue and its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    Pay,
+    Kitchen,
+    Delivery,
+    Coupon,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 4] = [
+        WorkerKind::Pay,
+        WorkerKind::Kitchen,
+        WorkerKind::Delivery,
+        WorkerKind::Coupon,
+    ];
+
+    /// The lower-case name used in queue names, configuration and the saga file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Pay => "pay",
+            WorkerKind::Kitchen => "kitchen",
+            WorkerKind::Delivery => "delivery",
+            WorkerKind::Coupon => "coupon",
+        }
+    }
+}
+
+impl fmt::Display for WorkerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkerKind {
+    type Err = DomainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                DomainError::new(format!(
+                    "unknown worker `{s}` (expected pay, kitchen, delivery or coupon)"
+                ))
+            })
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one clock format of storage and wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            // The clock is after 1970 on every machine this runs on.
+            .unwrap_or_default();
+        Millis(d.as_millis() as i64)
+    }
+
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Millis(self.0.saturating_add(d.as_millis() as i64))
+    }
+
+    /// Time left until `self`, zero when already past.
+    pub fn until_from(self, now: Millis) -> std::time::Duration {
+        std::time::Duration::from_millis((self.0 - now.0).max(0) as u64)
+    }
+
+    /// RFC 3339 in UTC with milliseconds, for humans and JSON.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0.div_euclid(1000);
+        let ms = self.0.rem_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_positive() {
+        assert!(OrderId::new(0).is_err());
+        assert!(OrderId::new(-3).is_err());
+        assert_eq!(OrderId::new(7).map(OrderId::get), Ok(7));
+        assert_eq!("12".parse::<CustomerId>().map(CustomerId::get), Ok(12));
+        assert!("x".parse::<FoodId>().is_err());
+    }
+
+    #[test]
+    fn qty_bounds() {
+        assert!(Qty::new(0).is_err());
+        assert!(Qty::new(-1).is_err());
+        assert!(Qty::new(i64::from(Qty::MAX) + 1).is_err());
+        assert_eq!(Qty::new(10).map(Qty::get), Ok(10));
+    }
+
+    #[test]
+    fn money_is_exact_cents() {
+        let price = Money::parse_decimal(4.0).expect("valid");
+        assert_eq!(price.cents(), 400);
+        assert_eq!(price.times(Qty::new(10).expect("valid")).cents(), 4000);
+        assert_eq!(Money::parse_decimal(0.1).expect("valid").cents(), 10);
+        assert!(Money::parse_decimal(-1.0).is_err());
+        assert!(Money::parse_decimal(f64::NAN).is_err());
+        assert!(Money::parse_decimal(1.234).is_err());
+        assert_eq!(Money::from_cents(4005).to_string(), "40.05");
+    }
+
+    #[test]
+    fn status_strings_round_trip() {
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(*s));
+        }
+        assert!("paid".parse::<OrderStatus>().is_err());
+        assert!(!OrderStatus::Delivered.is_cancellable());
+        assert!(OrderStatus::Dispatched.is_cancellable());
+    }
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Millis(1_795_000_000_123).to_rfc3339(),
+            "2026-11-18T07:46:40.123Z"
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Hearty: an actor-based saga orchestrator for a breakfast-delivery business.
+//!
+//! An order runs the saga pay → kitchen → delivery → coupon. One orchestrator
+//! actor per order drives it over a message transport (RabbitMQ, or
+//! in-process) to worker actors, each owning its own SQLite database. A
+//! kitchen manager can cancel an order; the saga then compensates what
+//! already happened.
+//!
+//! # Layout
+//!
+//! - [`domain`]: identifiers, money, quantities, status vocabularies.
+//! - [`saga`]: the saga definition (TOML in `sagas/`) and the pure state
+//!   machine `(saga, event) -> (saga', commands)`.
+//! - [`messages`]: the wire contract between orchestrator and workers.
+//! - [`transport`]: one trait, RabbitMQ and in-process implementations.
+//! - [`storage`]: SQLite (one writer thread per file), inbox and outbox.
+//! - [`orchestrator`]: the saga actors, their registry and their store.
+//! - [`workers`]: the pay, kitchen, delivery and coupon actors.
+//! - [`api`]: the REST endpoints (actix-web).
+//! - [`app`]: wires the roles of one process together; [`config`] its settings.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod failpoint;
+pub mod messages;
+pub mod metrics;
+pub mod orchestrator;
+pub mod saga;
+pub mod shutdown;
+pub mod storage;
+pub mod transport;
+pub mod workers;

@@ -1,0 +1,48 @@
+//! Process-wide counters, rendered in the Prometheus text format at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Declares the counters once, with their help texts.
+macro_rules! counters {
+    ($($name:ident : $help:literal),+ $(,)?) => {
+        /// Every counter of the process.
+        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64 }
+
+        /// The process's metrics.
+        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0) };
+
+        impl Metrics {
+            /// The Prometheus text exposition of every metric.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP hearty_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE hearty_{} counter", stringify!($name));
+                    let _ = writeln!(out, "hearty_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )+
+                let _ = writeln!(out, "# HELP hearty_sagas_in_flight Sagas loaded and not yet finished in this process.");
+                let _ = writeln!(out, "# TYPE hearty_sagas_in_flight gauge");
+                let _ = writeln!(out, "hearty_sagas_in_flight {}", self.sagas_in_flight.load(Ordering::Relaxed));
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    sagas_started_total: "Sagas started.",
+    sagas_completed_total: "Sagas whose forward steps all completed.",
+    sagas_compensated_total: "Sagas fully compensated.",
+    sagas_failed_total: "Sagas stuck after a compensation exhausted its retries.",
+    saga_transitions_total: "Persisted saga transitions.",
+    replies_ignored_total: "Duplicate or late replies that changed nothing.",
+    worker_commands_total: "Worker commands applied or answered from the inbox.",
+    dead_letters_total: "Messages moved to the dead-letter queue.",
+    redeliveries_total: "Deliveries the broker marked as redelivered.",
+}
+
+/// Adds one to a counter.
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

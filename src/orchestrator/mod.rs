@@ -1,0 +1,238 @@
+//! The orchestrator: one [`SagaActor`] per order, a registry actor
+//! ([`Orchestrator`]) that starts them and routes events to them, and the
+//! consumer of the replies queue.
+//!
+//! Handling one reply, and where a crash leaves it:
+//! 1. receive (unacked) — crash: redelivered;
+//! 2. the saga actor applies it to its state machine and commits the new
+//!    state, its history and its commands (outbox) in one transaction —
+//!    crash before commit: redelivered, applied then;
+//! 3. ack — crash before it: redelivered, and the state machine ignores a
+//!    reply it has already applied;
+//! 4. the outbox relay publishes the commands — crash before the confirm:
+//!    published again at start-up; workers deduplicate by message id.
+
+pub mod saga_actor;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::StreamExt;
+
+use crate::domain::SagaId;
+use crate::messages::{OrderDetails, WorkerReply};
+use crate::metrics::{METRICS, inc};
+use crate::saga::definition::SagaDefinition;
+use crate::saga::machine::{Event, Refusal, Saga};
+use crate::shutdown::Shutdown;
+use crate::storage::StorageError;
+use crate::transport::{Delivery, QueueName, Transport, TransportError};
+pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
+use store::SagaStore;
+
+/// Why the orchestrator could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error("no saga {0}")]
+    UnknownSaga(SagaId),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("saga actor unavailable: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// The registry of saga actors.
+pub struct Orchestrator {
+    def: Arc<SagaDefinition>,
+    store: SagaStore,
+    /// Live saga actors by saga id; others are loaded on their next event.
+    sagas: HashMap<SagaId, Addr<SagaActor>>,
+}
+
+impl Orchestrator {
+    pub fn new(def: Arc<SagaDefinition>, store: SagaStore) -> Self {
+        Orchestrator {
+            def,
+            store,
+            sagas: HashMap::new(),
+        }
+    }
+
+    fn spawn_saga(&mut self, saga: Saga) -> Addr<SagaActor> {
+        let id = saga.id;
+        let addr = SagaActor::new(saga, self.def.clone(), self.store.clone()).start();
+        self.sagas.insert(id, addr.clone());
+        addr
+    }
+}
+
+impl Actor for Orchestrator {
+    type Context = Context<Self>;
+}
+
+/// Start a new order's saga. Answers with its id and actor once the saga
+/// and its first command are committed.
+#[derive(Message)]
+#[rtype(result = "Result<(SagaId, Addr<SagaActor>), OrchestratorError>")]
+pub struct PlaceOrder(pub OrderDetails);
+
+impl Handler<PlaceOrder> for Orchestrator {
+    type Result = ResponseActFuture<Self, Result<(SagaId, Addr<SagaActor>), OrchestratorError>>;
+
+    fn handle(&mut self, PlaceOrder(draft): PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(
+            async move { store.create(draft).await }
+                .into_actor(self)
+                .map(|created, act, _ctx| {
+                    let (saga, _first) = created?;
+                    inc(&METRICS.sagas_started_total);
+                    let id = saga.id;
+                    // The actor arms the first step's timer from the saga.
+                    Ok((id, act.spawn_saga(saga)))
+                }),
+        )
+    }
+}
+
+/// Deliver an event to a saga, loading its actor if needed.
+#[derive(Message)]
+#[rtype(result = "Result<Result<(), Refusal>, OrchestratorError>")]
+pub struct Dispatch {
+    pub saga: SagaId,
+    pub event: Event,
+}
+
+/// Find (or load) a saga's actor.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<SagaActor>, OrchestratorError>")]
+pub struct Locate(pub SagaId);
+
+impl Handler<Locate> for Orchestrator {
+    type Result = AtomicResponse<Self, Result<Addr<SagaActor>, OrchestratorError>>;
+
+    fn handle(&mut self, Locate(id): Locate, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(addr) = self.sagas.get(&id).filter(|a| a.connected()) {
+            let addr = addr.clone();
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(addr))));
+        }
+        // Atomic: a second event for the same saga waits for this load
+        // instead of starting a second actor.
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move { store.load(id).await }
+                .into_actor(self)
+                .map(move |loaded, act, _ctx| match loaded? {
+                    Some(saga) => Ok(act.spawn_saga(saga)),
+                    None => Err(OrchestratorError::UnknownSaga(id)),
+                }),
+        ))
+    }
+}
+
+/// Sends an event to a saga through the registry.
+pub async fn dispatch(
+    orchestrator: &Addr<Orchestrator>,
+    saga: SagaId,
+    event: Event,
+) -> Result<Result<(), Refusal>, OrchestratorError> {
+    let addr = orchestrator.send(Locate(saga)).await??;
+    Ok(addr.send(SagaEvent(event)).await??)
+}
+
+/// Load every saga that still has work to do, re-arming its timers and
+/// re-sending what it waits for.
+#[derive(Message)]
+#[rtype(result = "Result<usize, OrchestratorError>")]
+pub struct Recover;
+
+impl Handler<Recover> for Orchestrator {
+    type Result = ResponseActFuture<Self, Result<usize, OrchestratorError>>;
+
+    fn handle(&mut self, _: Recover, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                let ids = store.active_ids().await?;
+                let mut sagas = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(s) = store.load(id).await? {
+                        sagas.push(s);
+                    }
+                }
+                Ok::<_, OrchestratorError>(sagas)
+            }
+            .into_actor(self)
+            .map(|loaded, act, _ctx| {
+                let sagas = loaded?;
+                let n = sagas.len();
+                for saga in sagas {
+                    if !act.sagas.contains_key(&saga.id) {
+                        act.spawn_saga(saga);
+                    }
+                }
+                Ok(n)
+            }),
+        )
+    }
+}
+
+/// Consumes the replies queue until shutdown.
+pub async fn consume_replies(
+    orchestrator: Addr<Orchestrator>,
+    transport: Arc<dyn Transport>,
+    mut shutdown: Shutdown,
+) -> Result<(), TransportError> {
+    let mut deliveries = transport.consume(QueueName::Replies).await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.recv() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        actix::spawn(handle_reply(orchestrator.clone(), delivery));
+    }
+}
+
+async fn handle_reply(orchestrator: Addr<Orchestrator>, delivery: Delivery) {
+    if delivery.redelivered {
+        inc(&METRICS.redeliveries_total);
+    }
+    let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {
+        Ok(r) => r,
+        Err(e) => {
+            inc(&METRICS.dead_letters_total);
+            let reason = format!("undecodable reply: {e}");
+            tracing::warn!(msg = ?delivery.message_id, %reason, "dead-lettering");
+            let _ = delivery.dead_letter(&reason).await;
+            return;
+        }
+    };
+    let event = Event::Reply {
+        step: reply.step,
+        attempt: reply.attempt,
+        outcome: reply.outcome,
+    };
+    match dispatch(&orchestrator, reply.order_id, event).await {
+        Ok(_) => {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(error = %e, "ack failed; the reply will be redelivered and ignored");
+            }
+        }
+        Err(OrchestratorError::UnknownSaga(id)) => {
+            inc(&METRICS.dead_letters_total);
+            let _ = delivery
+                .dead_letter(&format!("reply for unknown saga {id}"))
+                .await;
+        }
+        Err(e) => {
+            tracing::warn!(saga = %reply.order_id, error = %e, "reply not applied; requeueing");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let _ = delivery.requeue().await;
+        }
+    }
+}

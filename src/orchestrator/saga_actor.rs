@@ -1,0 +1,191 @@
+//! The saga actor: owns one order's saga, applies events one at a time to the
+//! pure state machine, persists each transition before acting on it, and
+//! keeps the step timers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::OrchestratorError;
+use super::store::SagaStore;
+use crate::domain::Millis;
+use crate::metrics::{METRICS, inc};
+use crate::saga::definition::SagaDefinition;
+use crate::saga::machine::{Command, Event, Refusal, Saga, SagaState, Transition};
+
+/// One order's saga.
+pub struct SagaActor {
+    /// The last committed state; never ahead of the database.
+    saga: Saga,
+    def: Arc<SagaDefinition>,
+    store: SagaStore,
+    /// Callers of `POST /orders` waiting for the payment's outcome.
+    waiters: Vec<oneshot::Sender<Saga>>,
+}
+
+impl SagaActor {
+    pub fn new(saga: Saga, def: Arc<SagaDefinition>, store: SagaStore) -> Self {
+        SagaActor {
+            saga,
+            def,
+            store,
+            waiters: Vec::new(),
+        }
+    }
+
+    fn arm(&self, commands: &[Command], ctx: &mut Context<Self>) {
+        let now = Millis::now();
+        for c in commands {
+            if let Command::ArmTimer { step, attempt, at } = *c {
+                let event = Event::Timeout { step, attempt };
+                // A little slack so the deadline has surely passed.
+                let after = at.until_from(now) + Duration::from_millis(5);
+                ctx.run_later(after, move |_act, ctx| ctx.notify(SagaEvent(event)));
+            }
+        }
+    }
+
+    fn after_commit(
+        &mut self,
+        before: SagaState,
+        transition: &Transition,
+        ctx: &mut Context<Self>,
+    ) {
+        inc(&METRICS.saga_transitions_total);
+        self.arm(&transition.commands, ctx);
+        if before != self.saga.state {
+            match self.saga.state {
+                SagaState::Completed => inc(&METRICS.sagas_completed_total),
+                SagaState::Compensated => inc(&METRICS.sagas_compensated_total),
+                SagaState::Failed => inc(&METRICS.sagas_failed_total),
+                _ => {}
+            }
+            let was_active = before.is_active();
+            let is_active = self.saga.state.is_active();
+            if was_active && !is_active {
+                METRICS
+                    .sagas_in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            } else if !was_active && is_active {
+                METRICS
+                    .sagas_in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::info!(saga = %self.saga.id, from = before.as_str(), to = self.saga.state.as_str(), "saga state changed");
+        }
+        if self.saga.admission().is_some() {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(self.saga.clone());
+            }
+        }
+    }
+}
+
+impl Actor for SagaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.saga.state.is_active() {
+            METRICS
+                .sagas_in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Re-arm what the saga waits for: after a restart, or the first
+        // step's timer of a new saga.
+        let timers = self.saga.pending_timers();
+        self.arm(&timers, ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.saga.state.is_active() {
+            METRICS
+                .sagas_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// An event for this saga. Answers once the resulting transition is
+/// committed (or with the refusal of a cancel/retry that does not fit).
+#[derive(Message)]
+#[rtype(result = "Result<Result<(), Refusal>, OrchestratorError>")]
+pub struct SagaEvent(pub Event);
+
+impl Handler<SagaEvent> for SagaActor {
+    type Result = AtomicResponse<Self, Result<Result<(), Refusal>, OrchestratorError>>;
+
+    fn handle(&mut self, SagaEvent(event): SagaEvent, _ctx: &mut Self::Context) -> Self::Result {
+        let mut next = self.saga.clone();
+        let now = Millis::now();
+        let transition = match next.apply(&self.def, &event, now) {
+            Ok(t) => t,
+            Err(refusal) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Err(refusal))))),
+        };
+        if !transition.changed() {
+            if matches!(event, Event::Reply { .. }) {
+                inc(&METRICS.replies_ignored_total);
+            }
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(Ok(())))));
+        }
+        let store = self.store.clone();
+        let (saved, persisted) = (next.clone(), transition.clone());
+        let span = tracing::info_span!("saga", saga = %next.id);
+        AtomicResponse::new(Box::pin(
+            tracing::Instrument::instrument(
+                async move { store.commit(&saved, &persisted).await },
+                span,
+            )
+            .into_actor(self)
+            .map(move |committed, act, ctx| {
+                if let Err(e) = committed {
+                    tracing::warn!(saga = %act.saga.id, error = %e, "transition not committed");
+                    if let Event::Timeout { .. } = event {
+                        // Nobody redelivers a timer: try it again shortly.
+                        ctx.run_later(Duration::from_secs(1), move |_a, ctx| {
+                            ctx.notify(SagaEvent(event))
+                        });
+                    }
+                    return Err(e.into());
+                }
+                let before = act.saga.state;
+                act.saga = next;
+                act.after_commit(before, &transition, ctx);
+                Ok(Ok(()))
+            }),
+        ))
+    }
+}
+
+/// Wait until the payment's outcome is known; answers with the saga then.
+#[derive(Message)]
+#[rtype(result = "Option<Saga>")]
+pub struct AwaitAdmission;
+
+impl Handler<AwaitAdmission> for SagaActor {
+    type Result = ResponseFuture<Option<Saga>>;
+
+    fn handle(&mut self, _: AwaitAdmission, _ctx: &mut Self::Context) -> Self::Result {
+        if self.saga.admission().is_some() {
+            let saga = self.saga.clone();
+            return Box::pin(async move { Some(saga) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        Box::pin(async move { rx.await.ok() })
+    }
+}
+
+/// The saga's current state.
+#[derive(Message)]
+#[rtype(result = "Saga")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for SagaActor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.saga.clone())
+    }
+}

@@ -1,0 +1,5 @@
+//! The saga: its definition (data, from `sagas/`) and its rules (a pure
+//! state machine).
+
+pub mod definition;
+pub mod machine;

@@ -1,0 +1,258 @@
+//! SQLite access: one writer thread per database file, reads off the async
+//! threads, and the durability settings every database shares.
+//!
+//! `Db::write` runs a closure inside one `IMMEDIATE` transaction on the
+//! database's writer thread and commits it before answering; nothing async
+//! ever blocks on SQLite.
+
+pub mod inbox;
+pub mod outbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::{Notify, oneshot};
+
+/// A storage failure. Callers treat it as "try again later": the message that
+/// caused it is not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the writer of {0} has stopped")]
+    WriterGone(PathBuf),
+    #[error("reader task failed: {0}")]
+    Join(String),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A database file: one writer thread and a small pool of read connections.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    path: PathBuf,
+    /// Jobs for the writer thread; dropping the last sender stops it.
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// Idle read-only connections, reused across reads.
+    readers: Mutex<Vec<Connection>>,
+    /// Woken after a commit that added outbox rows.
+    outbox_ready: Notify,
+}
+
+/// The pragmas of every connection. `synchronous = FULL` in WAL mode makes a
+/// commit durable across power loss before `write` answers.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+impl Db {
+    /// Opens (creating if needed) a database file and applies `schema`.
+    pub fn open(path: &Path, schema: &str) -> StorageResult<Db> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Invalid(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&conn)?;
+        {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(schema)?;
+            tx.execute_batch(outbox::SCHEMA)?;
+            tx.commit()?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let name = format!(
+            "sqlite-writer-{}",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
+        );
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StorageError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                path: path.to_owned(),
+                jobs: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                outbox_ready: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in one transaction on the writer thread and commits it.
+    /// An error from `f` rolls everything back.
+    pub async fn write<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StorageResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let span = tracing::Span::current();
+        let job: Job = Box::new(move |conn| {
+            let _entered = span.enter();
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            // The caller may have gone away; the commit stands either way.
+            let _ = reply.send(result);
+        });
+        let sent = {
+            // A poisoned lock only means another thread panicked while
+            // holding it; the sender inside is still usable.
+            let guard = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().map(|jobs| jobs.send(job).is_ok())
+        };
+        if sent != Some(true) {
+            return Err(StorageError::WriterGone(self.inner.path.clone()));
+        }
+        answer
+            .await
+            .map_err(|_| StorageError::WriterGone(self.inner.path.clone()))?
+    }
+
+    /// Runs `f` on a read-only connection on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_reader(&inner.path)?,
+            };
+            let result = f(&conn);
+            let mut pool = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StorageError::Join(e.to_string()))?
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn is_healthy(&self) -> bool {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+
+    /// Wakes the outbox relay: call after a commit that added outbox rows.
+    pub fn notify_outbox(&self) {
+        self.inner.outbox_ready.notify_one();
+    }
+
+    pub(crate) async fn outbox_notified(&self) {
+        self.inner.outbox_ready.notified().await
+    }
+
+    /// Stops the writer thread once queued jobs are done.
+    pub fn close(&self) {
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+fn open_reader(path: &Path) -> StorageResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Reads an optional single row.
+pub fn optional<T>(r: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Paging of every list endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            limit: 100,
+            offset: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_commit_and_errors_roll_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(
+            &dir.path().join("t.db"),
+            "CREATE TABLE IF NOT EXISTS t (v INTEGER NOT NULL);",
+        )
+        .expect("opens");
+        db.write(|tx| Ok(tx.execute("INSERT INTO t VALUES (1)", [])?))
+            .await
+            .expect("insert");
+        let failed = db
+            .write(|tx| {
+                tx.execute("INSERT INTO t VALUES (2)", [])?;
+                Err::<(), _>(StorageError::Invalid("boom".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        let count = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .expect("count");
+        assert_eq!(count, 1);
+        assert!(db.is_healthy().await);
+    }
+}

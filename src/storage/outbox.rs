@@ -1,0 +1,188 @@
+//! The transactional outbox: messages are written in the same SQLite
+//! transaction as the state change that causes them, and a relay publishes
+//! them afterwards, deleting each row only once the broker confirmed it.
+//!
+//! A crash before the commit loses both the change and the message; a crash
+//! after it leaves the row for the relay (at start-up or on its next pass), so
+//! a message can go out twice but never zero times. Consumers deduplicate
+//! by message id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rusqlite::{Transaction, params};
+
+use super::{Db, StorageResult};
+use crate::domain::Millis;
+use crate::shutdown::Shutdown;
+use crate::transport::{Outgoing, Route, Transport};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id     TEXT    NOT NULL,
+    route          TEXT    NOT NULL,
+    message_type   TEXT    NOT NULL,
+    correlation_id TEXT    NOT NULL,
+    body           BLOB    NOT NULL,
+    available_at   INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (available_at, seq);
+";
+
+/// Most rows published in one pipelined batch.
+const BATCH: i64 = 512;
+
+/// Adds a message to the outbox inside the caller's transaction; it is
+/// published no earlier than `available_at`.
+pub fn enqueue(tx: &Transaction<'_>, msg: &Outgoing, available_at: Millis) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (message_id, route, message_type, correlation_id, body, available_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            msg.message_id,
+            msg.route.encode(),
+            msg.message_type,
+            msg.correlation_id,
+            msg.body,
+            available_at.0,
+            Millis::now().0
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rows waiting to be published (all of them, due or not).
+pub async fn backlog(db: &Db) -> StorageResult<i64> {
+    db.read(|c| Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?))
+        .await
+}
+
+/// What one look at the outbox found.
+struct Due {
+    rows: Vec<(i64, Outgoing)>,
+    /// When the earliest row that is not due yet becomes due.
+    next_at: Option<Millis>,
+}
+
+async fn due_rows(db: &Db, now: Millis) -> StorageResult<Due> {
+    db.read(move |c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT seq, message_id, route, message_type, correlation_id, body
+             FROM outbox WHERE available_at <= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![now.0, BATCH], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, message_id, route, message_type, correlation_id, body) in rows {
+            let Some(route) = Route::decode(&route) else {
+                tracing::error!(seq, route, "outbox row with an unknown route; skipped");
+                continue;
+            };
+            out.push((
+                seq,
+                Outgoing {
+                    message_id,
+                    correlation_id,
+                    message_type,
+                    route,
+                    body,
+                },
+            ));
+        }
+        let next_at: Option<i64> = c.query_row(
+            "SELECT min(available_at) FROM outbox WHERE available_at > ?1",
+            params![now.0],
+            |r| r.get(0),
+        )?;
+        Ok(Due {
+            rows: out,
+            next_at: next_at.map(Millis),
+        })
+    })
+    .await
+}
+
+/// Publishes a database's outbox until shutdown.
+pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shutdown) {
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let mut failures = backoff.build();
+    loop {
+        let now = Millis::now();
+        let wait = match due_rows(&db, now).await {
+            Err(e) => {
+                tracing::warn!(db = %db.path().display(), error = %e, "cannot read outbox");
+                failures.next().unwrap_or(Duration::from_secs(5))
+            }
+            Ok(due) if !due.rows.is_empty() => {
+                let (seqs, msgs): (Vec<i64>, Vec<Outgoing>) = due.rows.into_iter().unzip();
+                let results = transport.publish(msgs).await;
+                let mut confirmed = Vec::with_capacity(seqs.len());
+                let mut failed = 0usize;
+                for (seq, r) in seqs.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => confirmed.push(seq),
+                        Err(e) => {
+                            failed += 1;
+                            tracing::debug!(seq, error = %e, "publish not confirmed; will retry");
+                        }
+                    }
+                }
+                if !confirmed.is_empty() {
+                    crate::failpoint::hit("outbox-after-confirm");
+                    let deleted = db
+                        .write(move |tx| {
+                            let mut stmt =
+                                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+                            for seq in confirmed {
+                                stmt.execute([seq])?;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = deleted {
+                        tracing::warn!(error = %e, "cannot delete published outbox rows; they will go out again");
+                    }
+                }
+                if failed == 0 {
+                    failures = backoff.build();
+                    continue;
+                }
+                tracing::warn!(
+                    failed,
+                    "some messages were not confirmed; retrying with backoff"
+                );
+                failures.next().unwrap_or(Duration::from_secs(5))
+            }
+            Ok(due) => {
+                failures = backoff.build();
+                // Sleep until the next delayed row, a notification, or a
+                // periodic look (rows written by another process).
+                due.next_at
+                    .map(|at| at.until_from(now))
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            _ = shutdown.recv() => break,
+            _ = db.outbox_notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! RabbitMQ through lapin.
+//!
+//! Topology of a namespace `ns` (all durable):
+//!
+//! | kind | name | routes |
+//! |---|---|---|
+//! | direct exchange | `ns.commands` | key `pay` → queue `ns.pay.commands`, … one per worker |
+//! | direct exchange | `ns.replies` | key `orchestrator` → queue `ns.orchestrator.replies` |
+//! | topic exchange | `ns.events` | domain events, `order.paid`, … |
+//! | fanout exchange | `ns.dead-letter` | → queue `ns.dead-letter` |
+//!
+//! Every work queue names `ns.dead-letter` as its dead-letter exchange.
+//! Messages are persistent and carry message id, correlation id (the saga id)
+//! and type. One connection per process; one confirm-mode channel for
+//! publishing, one channel with a prefetch per consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, join_all};
+use futures_util::stream::{BoxStream, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+
+use super::{
+    DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
+};
+use crate::domain::WorkerKind;
+
+/// How long a publish may wait for its confirm before it counts as failed
+/// (the outbox keeps the row and tries again).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the AMQP transport.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub namespace: String,
+    /// Unacknowledged deliveries per consumer.
+    pub prefetch: u16,
+    /// Shown in the management UI's connection list.
+    pub connection_name: String,
+}
+
+/// A RabbitMQ connection with the namespace's topology declared.
+#[derive(Clone)]
+pub struct AmqpTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    /// The confirm-mode channel all publishes share.
+    publisher: Channel,
+    topology: Topology,
+    prefetch: u16,
+}
+
+fn unavailable(e: lapin::Error) -> TransportError {
+    TransportError::Unavailable(e.to_string())
+}
+
+fn string_arg(v: &str) -> AMQPValue {
+    AMQPValue::LongString(v.into())
+}
+
+impl AmqpTransport {
+    /// Connects and declares the topology.
+    pub async fn connect(settings: &AmqpSettings) -> Result<Self, TransportError> {
+        let connection = Connection::connect(
+            &settings.url,
+            ConnectionProperties::default()
+                .with_connection_name(settings.connection_name.clone().into()),
+        )
+        .await
+        .map_err(unavailable)?;
+        let topology = Topology::new(&settings.namespace);
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        declare(&channel, &topology).await.map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(AmqpTransport {
+            inner: Arc::new(Inner {
+                connection,
+                publisher: channel,
+                topology,
+                prefetch: settings.prefetch.max(1),
+            }),
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(&self) {
+        // Closing an already closed connection is not worth reporting.
+        let _ = self.inner.connection.close(200, "shutdown".into()).await;
+    }
+
+    /// Deletes every exchange and queue of a namespace (tests and tear-down).
+    pub async fn delete_namespace(url: &str, namespace: &str) -> Result<(), TransportError> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(unavailable)?;
+        let ch = connection.create_channel().await.map_err(unavailable)?;
+        let t = Topology::new(namespace);
+        for q in all_queues() {
+            ch.queue_delete(t.queue(q).into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for ex in [
+            t.commands_exchange(),
+            t.replies_exchange(),
+            t.events_exchange(),
+            t.dead_letter_exchange(),
+        ] {
+            ch.exchange_delete(ex.into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        Ok(())
+    }
+
+    fn properties(m: &Outgoing, headers: Option<FieldTable>) -> BasicProperties {
+        let mut props = BasicProperties::default()
+            .with_message_id(m.message_id.clone().into())
+            .with_correlation_id(m.correlation_id.clone().into())
+            .with_type(m.message_type.clone().into())
+            .with_content_type("application/json".into())
+            .with_app_id("hearty".into())
+            .with_delivery_mode(2)
+            .with_timestamp(crate::domain::Millis::now().0.max(0) as u64 / 1000);
+        if let Some(h) = headers {
+            props = props.with_headers(h);
+        }
+        props
+    }
+
+    async fn publish_one(
+        channel: &Channel,
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, TransportError> {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .map_err(unavailable)
+    }
+}
+
+async fn settle_confirm(
+    what: String,
+    confirm: lapin::PublisherConfirm,
+) -> Result<(), TransportError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        Err(_) => Err(TransportError::Timeout),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(TransportError::Unroutable(what)),
+        Ok(Ok(Confirmation::Nack(_))) => Err(TransportError::Nacked(what)),
+    }
+}
+
+fn all_queues() -> Vec<QueueName> {
+    let mut qs: Vec<QueueName> = WorkerKind::ALL.into_iter().map(QueueName::Worker).collect();
+    qs.push(QueueName::Replies);
+    qs.push(QueueName::DeadLetter);
+    qs
+}
+
+/// Declares exchanges, queues and bindings; idempotent.
+async fn declare(ch: &Channel, t: &Topology) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        t.commands_exchange().into(),
+        ExchangeKind::Direct,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        t.replies_exchange().into(),
+        ExchangeKind::Direct,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        t.events_exchange().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        t.dead_letter_exchange().into(),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+
+    let mut work_args = FieldTable::default();
+    work_args.insert(
+        "x-dead-letter-exchange".into(),
+        string_arg(&t.dead_letter_exchange()),
+    );
+    let queue_opts = QueueDeclareOptions::durable();
+    for k in WorkerKind::ALL {
+        let q = t.queue(QueueName::Worker(k));
+        ch.queue_declare(q.clone().into(), queue_opts, work_args.clone())
+            .await?;
+        ch.queue_bind(
+            q.into(),
+            t.commands_exchange().into(),
+            k.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    let replies = t.queue(QueueName::Replies);
+    ch.queue_declare(replies.clone().into(), queue_opts, work_args.clone())
+        .await?;
+    ch.queue_bind(
+        replies.into(),
+        t.replies_exchange().into(),
+        "orchestrator".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let dead = t.queue(QueueName::DeadLetter);
+    ch.queue_declare(dead.clone().into(), queue_opts, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        dead.into(),
+        t.dead_letter_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+impl Transport for AmqpTransport {
+    fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Vec<Result<(), TransportError>>> {
+        async move {
+            let ch = &self.inner.publisher;
+            // Publish everything back to back, then await all confirms:
+            // the confirms are pipelined, never one publish then one wait.
+            let mut pending = Vec::with_capacity(batch.len());
+            for m in &batch {
+                let (exchange, key) = self.inner.topology.address(&m.route);
+                // Commands and replies must reach a queue; events may have
+                // no subscriber yet.
+                let mandatory = !matches!(m.route, Route::Event(_));
+                let what = format!("{} via {exchange}/{key}", m.message_id);
+                let sent = Self::publish_one(
+                    ch,
+                    exchange,
+                    key,
+                    mandatory,
+                    &m.body,
+                    Self::properties(m, None),
+                )
+                .await;
+                pending.push((what, sent));
+            }
+            join_all(pending.into_iter().map(|(what, sent)| async move {
+                match sent {
+                    Ok(confirm) => settle_confirm(what, confirm).await,
+                    Err(e) => Err(e),
+                }
+            }))
+            .await
+        }
+        .boxed()
+    }
+
+    fn consume(
+        &self,
+        queue: QueueName,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>> {
+        async move {
+            let ch = self
+                .inner
+                .connection
+                .create_channel()
+                .await
+                .map_err(unavailable)?;
+            ch.basic_qos(self.inner.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let name = self.inner.topology.queue(queue);
+            let tag = format!("{name}.{}", std::process::id());
+            let consumer = ch
+                .basic_consume(
+                    name.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            let publisher = self.inner.publisher.clone();
+            let dead_exchange = self.inner.topology.dead_letter_exchange();
+            // The channel must live as long as the stream.
+            let keep_channel = Arc::new(ch);
+            let stream = consumer.filter_map(move |d| {
+                let publisher = publisher.clone();
+                let dead_exchange = dead_exchange.clone();
+                let _keep = keep_channel.clone();
+                async move {
+                    let d = match d {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer error");
+                            return None;
+                        }
+                    };
+                    let props = &d.properties;
+                    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+                    Some(Delivery {
+                        message_id: text(props.message_id()),
+                        correlation_id: text(props.correlation_id()),
+                        message_type: text(props.kind()),
+                        body: d.data,
+                        redelivered: d.redelivered,
+                        settle: Box::new(AmqpSettle {
+                            acker: Some(d.acker),
+                            publisher,
+                            dead_exchange,
+                        }),
+                    })
+                }
+            });
+            Ok(stream.boxed())
+        }
+        .boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.connection.status().connected() && self.inner.publisher.status().connected()
+    }
+
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+/// Settles one RabbitMQ delivery. Dropped unsettled, it is nacked with
+/// requeue so another consumer gets it.
+struct AmqpSettle {
+    acker: Option<lapin::Acker>,
+    publisher: Channel,
+    dead_exchange: String,
+}
+
+impl Drop for AmqpSettle {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+impl Settle for AmqpSettle {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn dead_letter(
+        mut self: Box<Self>,
+        letter: DeadLetter,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        let publisher = self.publisher.clone();
+        let exchange = self.dead_exchange.clone();
+        async move {
+            // Publish the copy with its reason first and ack the original
+            // only once the copy is confirmed: a crash in between leaves a
+            // duplicate in the dead-letter queue, never a lost message.
+            let mut headers = FieldTable::default();
+            headers.insert("x-hearty-reason".into(), string_arg(&letter.reason));
+            let out = Outgoing {
+                message_id: letter.message_id.unwrap_or_default(),
+                correlation_id: letter.correlation_id.unwrap_or_default(),
+                message_type: letter.message_type.unwrap_or_default(),
+                route: Route::Reply,
+                body: letter.body,
+            };
+            let props = AmqpTransport::properties(&out, Some(headers));
+            let confirm = AmqpTransport::publish_one(
+                &publisher,
+                exchange.clone(),
+                String::new(),
+                true,
+                &out.body,
+                props,
+            )
+            .await?;
+            settle_confirm(format!("dead letter via {exchange}"), confirm).await?;
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,298 @@
+//! The kitchen worker: owns the food catalog and its stock, accepts tickets
+//! (taking `qty` from stock), cooks them, cancels them (returning the stock).
+//!
+//! Owns `kitchen.db`: tables `food_catalog` and `kitchens` (one ticket per
+//! order; its id is the order id).
+
+use rusqlite::{Connection, Row, Transaction, params};
+use serde::Serialize;
+
+use super::{Applied, WorkerLogic, order_id_of};
+use crate::config::Mode;
+use crate::domain::{FoodId, KitchenStatus, Millis, Money, OrderId, Qty, WorkerKind};
+use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
+use crate::storage::{Page, inbox, optional};
+
+pub struct Kitchen {
+    pub mode: Mode,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS food_catalog (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    stock       INTEGER NOT NULL CHECK (stock >= 0),
+    price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kitchens (
+    id          INTEGER PRIMARY KEY,
+    food_id     INTEGER NOT NULL,
+    qty         INTEGER NOT NULL,
+    status      TEXT    NOT NULL,
+    reason      TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+";
+
+/// A catalog item as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FoodRecord {
+    pub id: FoodId,
+    pub name: String,
+    pub stock: i64,
+    pub price: Money,
+}
+
+/// A kitchen ticket as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRecord {
+    pub id: OrderId,
+    pub order_id: OrderId,
+    pub food_catalog_id: i64,
+    pub qty: i64,
+    pub status: KitchenStatus,
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn ticket_status(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<Option<KitchenStatus>> {
+    let raw: Option<String> = optional(tx.query_row(
+        "SELECT status FROM kitchens WHERE id = ?1",
+        [order.get()],
+        |r| r.get(0),
+    ))?;
+    Ok(raw.and_then(|s| s.parse().ok()))
+}
+
+fn set_ticket(
+    tx: &Transaction<'_>,
+    order: OrderId,
+    status: KitchenStatus,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE kitchens SET status = ?2, updated_at = ?3 WHERE id = ?1",
+        params![order.get(), status.as_str(), now.0],
+    )?;
+    Ok(())
+}
+
+/// The replies of a ticket that exists already (a repeated accept).
+fn replies_for(status: KitchenStatus) -> Vec<ReplyOutcome> {
+    match status {
+        KitchenStatus::Accepted => vec![ReplyOutcome::Accepted],
+        KitchenStatus::Cooked => vec![ReplyOutcome::Accepted, ReplyOutcome::Done],
+        KitchenStatus::Rejected | KitchenStatus::Cancelled => vec![ReplyOutcome::Failed {
+            reason: format!("the ticket is {status}"),
+        }],
+    }
+}
+
+impl WorkerLogic for Kitchen {
+    fn kind(&self) -> WorkerKind {
+        WorkerKind::Kitchen
+    }
+
+    fn schema(&self) -> &'static str {
+        SCHEMA
+    }
+
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        cmd: &WorkerCommand,
+        now: Millis,
+    ) -> rusqlite::Result<Applied> {
+        match cmd {
+            WorkerCommand::Step {
+                direction: Direction::Do,
+                order,
+                ..
+            } => {
+                let id = order.order_id;
+                if inbox::is_buried(tx, id)? {
+                    return Ok(Applied::Final(vec![ReplyOutcome::Failed {
+                        reason: "the order was cancelled before the kitchen got it".into(),
+                    }]));
+                }
+                if let Some(status) = ticket_status(tx, id)? {
+                    return Ok(Applied::Final(replies_for(status)));
+                }
+                let stock: Option<i64> = optional(tx.query_row(
+                    "SELECT stock FROM food_catalog WHERE id = ?1",
+                    [order.food_id.get()],
+                    |r| r.get(0),
+                ))?;
+                let qty = i64::from(order.qty.get());
+                let refusal = match stock {
+                    None => Some(format!("food {} is not in the catalog", order.food_id)),
+                    Some(s) if s < qty => Some(format!("out of stock: {s} left, {qty} ordered")),
+                    Some(_) => None,
+                };
+                if let Some(reason) = refusal {
+                    tx.execute(
+                        "INSERT INTO kitchens (id, food_id, qty, status, reason, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                        params![id.get(), order.food_id.get(), qty, KitchenStatus::Rejected.as_str(), reason, now.0],
+                    )?;
+                    return Ok(Applied::Final(vec![ReplyOutcome::Failed { reason }]));
+                }
+                tx.execute(
+                    "UPDATE food_catalog SET stock = stock - ?2, updated_at = ?3 WHERE id = ?1",
+                    params![order.food_id.get(), qty, now.0],
+                )?;
+                let status = match self.mode {
+                    Mode::Auto => KitchenStatus::Cooked,
+                    Mode::Manual => KitchenStatus::Accepted,
+                };
+                tx.execute(
+                    "INSERT INTO kitchens (id, food_id, qty, status, reason, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?5)",
+                    params![id.get(), order.food_id.get(), qty, status.as_str(), now.0],
+                )?;
+                Ok(Applied::Final(replies_for(status)))
+            }
+            WorkerCommand::Step {
+                direction: Direction::Undo,
+                order,
+                ..
+            } => {
+                let id = order.order_id;
+                match ticket_status(tx, id)? {
+                    Some(KitchenStatus::Accepted | KitchenStatus::Cooked) => {
+                        let (food, qty): (i64, i64) = tx.query_row(
+                            "SELECT food_id, qty FROM kitchens WHERE id = ?1",
+                            [id.get()],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?;
+                        tx.execute(
+                            "UPDATE food_catalog SET stock = stock + ?2, updated_at = ?3 WHERE id = ?1",
+                            params![food, qty, now.0],
+                        )?;
+                        set_ticket(tx, id, KitchenStatus::Cancelled, now)?;
+                    }
+                    Some(_) => {}
+                    None => inbox::bury(tx, id)?,
+                }
+                Ok(Applied::Final(vec![ReplyOutcome::Compensated]))
+            }
+            WorkerCommand::Progress {
+                order_id,
+                progress: Progress::Cooked,
+                ..
+            } => match ticket_status(tx, *order_id)? {
+                Some(KitchenStatus::Accepted) => {
+                    set_ticket(tx, *order_id, KitchenStatus::Cooked, now)?;
+                    Ok(Applied::Final(vec![ReplyOutcome::Done]))
+                }
+                Some(KitchenStatus::Cooked) => Ok(Applied::Final(vec![ReplyOutcome::Done])),
+                other => Ok(Applied::Ignored(format!(
+                    "ticket {order_id} cannot be cooked: {other:?}"
+                ))),
+            },
+            WorkerCommand::Progress { progress, .. } => Ok(Applied::Ignored(format!(
+                "the kitchen does not take `{}`",
+                progress.as_str()
+            ))),
+        }
+    }
+}
+
+/// Adds an item to the catalog.
+pub fn create_food(
+    tx: &Transaction<'_>,
+    name: &str,
+    stock: i64,
+    price: Money,
+) -> rusqlite::Result<FoodRecord> {
+    let now = Millis::now();
+    tx.execute(
+        "INSERT INTO food_catalog (name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![name, stock, price.cents(), now.0],
+    )?;
+    let id = FoodId::new(tx.last_insert_rowid())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    Ok(FoodRecord {
+        id,
+        name: name.to_owned(),
+        stock,
+        price,
+    })
+}
+
+fn food(r: &Row<'_>) -> rusqlite::Result<FoodRecord> {
+    Ok(FoodRecord {
+        id: FoodId::new(r.get(0)?)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+        name: r.get(1)?,
+        stock: r.get(2)?,
+        price: Money::from_cents(r.get(3)?),
+    })
+}
+
+pub fn list_foods(c: &Connection, page: Page) -> rusqlite::Result<Vec<FoodRecord>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, name, stock, price_cents FROM food_catalog ORDER BY id LIMIT ?1 OFFSET ?2",
+    )?;
+    stmt.query_map(params![page.limit, page.offset], food)?
+        .collect()
+}
+
+pub fn get_food(c: &Connection, id: FoodId) -> rusqlite::Result<Option<FoodRecord>> {
+    optional(c.query_row(
+        "SELECT id, name, stock, price_cents FROM food_catalog WHERE id = ?1",
+        [id.get()],
+        food,
+    ))
+}
+
+fn ticket(r: &Row<'_>) -> rusqlite::Result<TicketRecord> {
+    let id = order_id_of(r.get(0)?)?;
+    let status: String = r.get(3)?;
+    Ok(TicketRecord {
+        id,
+        order_id: id,
+        food_catalog_id: r.get(1)?,
+        qty: r.get(2)?,
+        status: status.parse().unwrap_or(KitchenStatus::Rejected),
+        reason: r.get(4)?,
+        created_at: Millis(r.get(5)?).to_rfc3339(),
+        updated_at: Millis(r.get(6)?).to_rfc3339(),
+    })
+}
+
+const TICKET_COLUMNS: &str = "id, food_id, qty, status, reason, created_at, updated_at";
+
+pub fn list_tickets(
+    c: &Connection,
+    page: Page,
+    order: Option<OrderId>,
+) -> rusqlite::Result<Vec<TicketRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {TICKET_COLUMNS} FROM kitchens WHERE (?1 IS NULL OR id = ?1) ORDER BY id LIMIT ?2 OFFSET ?3"
+    ))?;
+    stmt.query_map(
+        params![order.map(OrderId::get), page.limit, page.offset],
+        ticket,
+    )?
+    .collect()
+}
+
+pub fn get_ticket(c: &Connection, id: OrderId) -> rusqlite::Result<Option<TicketRecord>> {
+    optional(c.query_row(
+        &format!("SELECT {TICKET_COLUMNS} FROM kitchens WHERE id = ?1"),
+        [id.get()],
+        ticket,
+    ))
+}
+
+/// Whether `qty` of a food is in stock right now (the API's early check).
+pub fn in_stock(food: &FoodRecord, qty: Qty) -> bool {
+    food.stock >= i64::from(qty.get())
+}

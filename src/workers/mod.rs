@@ -1,0 +1,266 @@
+//! Workers: pay, kitchen, delivery and coupon. Each is an actix actor that
+//! owns its SQLite database and consumes its own command queue.
+//!
+//! Handling one command, and where a crash leaves it:
+//! 1. receive (unacked) — crash: the broker redelivers;
+//! 2. one transaction: the effect, the inbox row (message id → replies), the
+//!    replies in the outbox — crash before commit: nothing happened, redelivered;
+//! 3. ack — crash before it: redelivered, the inbox answers with the stored
+//!    replies and no second effect;
+//! 4. the outbox relay publishes the replies — crash before the confirm: the
+//!    relay publishes them again at start-up.
+
+pub mod coupon;
+pub mod delivery;
+pub mod kitchen;
+pub mod pay;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::StreamExt;
+use rusqlite::Transaction;
+
+use crate::config::{Config, Latency, Mode};
+use crate::domain::{Millis, Money, OrderId, WorkerKind};
+use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
+use crate::shutdown::Shutdown;
+use crate::storage::{Db, StorageError, inbox, outbox};
+use crate::transport::{Delivery, Outgoing, QueueName, Route, Transport};
+
+/// What applying a command came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A definitive answer: recorded in the inbox with the command's id.
+    Final(Vec<ReplyOutcome>),
+    /// A passing failure (a compensation that could not be applied now): it
+    /// is answered but not recorded, so the next attempt runs again.
+    Transient(ReplyOutcome),
+    /// Progress that does not fit the record's state; nothing is answered.
+    Ignored(String),
+}
+
+/// The business rules of one worker kind, applied inside a transaction.
+pub trait WorkerLogic: Send + Sync + 'static {
+    fn kind(&self) -> WorkerKind;
+
+    /// The worker's tables.
+    fn schema(&self) -> &'static str;
+
+    /// Applies a command that this worker has not seen before.
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        cmd: &WorkerCommand,
+        now: Millis,
+    ) -> rusqlite::Result<Applied>;
+}
+
+/// The simulation knobs of PRODUCT.md.
+#[derive(Debug, Clone, Copy)]
+pub struct Knobs {
+    pub kitchen_mode: Mode,
+    pub delivery_mode: Mode,
+    pub pay_decline_above: Money,
+}
+
+impl Knobs {
+    pub fn from_config(c: &Config) -> Self {
+        Knobs {
+            kitchen_mode: c.kitchen_mode,
+            delivery_mode: c.delivery_mode,
+            pay_decline_above: c.pay_decline_above,
+        }
+    }
+}
+
+/// The logic of a worker kind.
+pub fn logic_for(kind: WorkerKind, knobs: Knobs) -> Arc<dyn WorkerLogic> {
+    match kind {
+        WorkerKind::Pay => Arc::new(pay::Pay {
+            decline_above: knobs.pay_decline_above,
+        }),
+        WorkerKind::Kitchen => Arc::new(kitchen::Kitchen {
+            mode: knobs.kitchen_mode,
+        }),
+        WorkerKind::Delivery => Arc::new(delivery::Delivery {
+            mode: knobs.delivery_mode,
+        }),
+        WorkerKind::Coupon => Arc::new(coupon::Coupon),
+    }
+}
+
+/// The schema of a worker's database (its tables, its inbox).
+pub fn schema_of(logic: &dyn WorkerLogic) -> String {
+    format!("{}\n{}", logic.schema(), inbox::SCHEMA)
+}
+
+/// A worker actor: applies commands to its database.
+pub struct WorkerActor {
+    logic: Arc<dyn WorkerLogic>,
+    db: Db,
+    latency: Option<Latency>,
+}
+
+impl WorkerActor {
+    pub fn new(logic: Arc<dyn WorkerLogic>, db: Db, latency: Option<Latency>) -> Self {
+        WorkerActor { logic, db, latency }
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        tracing::info!(worker = %self.logic.kind(), "worker started");
+    }
+}
+
+/// Apply one command and commit its effect, inbox row and replies.
+#[derive(Message)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct Apply(pub WorkerCommand);
+
+impl Handler<Apply> for WorkerActor {
+    type Result = ResponseFuture<Result<(), StorageError>>;
+
+    fn handle(&mut self, Apply(cmd): Apply, _ctx: &mut Self::Context) -> Self::Result {
+        let logic = self.logic.clone();
+        let db = self.db.clone();
+        let latency = self.latency;
+        let span = tracing::info_span!("worker", worker = %logic.kind(), saga = %cmd.order_id(), msg = %cmd.message_id());
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                if let Some(l) = latency {
+                    tokio::time::sleep(l.sample()).await;
+                }
+                let queued = db
+                    .write(move |tx| {
+                        apply_in_tx(logic.as_ref(), tx, &cmd).map_err(StorageError::from)
+                    })
+                    .await?;
+                if queued {
+                    db.notify_outbox();
+                }
+                Ok(())
+            },
+            span,
+        ))
+    }
+}
+
+/// The transaction of one command: returns whether replies were queued.
+fn apply_in_tx(
+    logic: &dyn WorkerLogic,
+    tx: &Transaction<'_>,
+    cmd: &WorkerCommand,
+) -> rusqlite::Result<bool> {
+    let id = cmd.message_id();
+    let attempt = match cmd {
+        WorkerCommand::Step { attempt, .. } => *attempt,
+        WorkerCommand::Progress { .. } => 0,
+    };
+    let outcomes = match inbox::replies_of(tx, &id)? {
+        Some(stored) => {
+            tracing::debug!("duplicate command; answering as before");
+            serde_json::from_str::<Vec<ReplyOutcome>>(&stored)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
+        }
+        None => match logic.apply(tx, cmd, Millis::now())? {
+            Applied::Final(outcomes) => {
+                let json = serde_json::to_string(&outcomes)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                inbox::record(tx, &id, &json)?;
+                outcomes
+            }
+            Applied::Transient(outcome) => vec![outcome],
+            Applied::Ignored(why) => {
+                tracing::info!(why, "progress ignored");
+                Vec::new()
+            }
+        },
+    };
+    let now = Millis::now();
+    for outcome in &outcomes {
+        let reply = WorkerReply {
+            order_id: cmd.order_id(),
+            step: cmd.step().to_owned(),
+            in_reply_to: id.clone(),
+            attempt,
+            outcome: outcome.clone(),
+        };
+        outbox::enqueue(tx, &reply_message(&reply), now)?;
+    }
+    Ok(!outcomes.is_empty())
+}
+
+/// The outgoing form of a reply.
+pub fn reply_message(reply: &WorkerReply) -> Outgoing {
+    Outgoing {
+        message_id: reply.message_id(),
+        correlation_id: reply.order_id.to_string(),
+        message_type: reply.message_type(),
+        route: Route::Reply,
+        // A struct of strings and numbers always serializes.
+        body: serde_json::to_vec(reply).unwrap_or_default(),
+    }
+}
+
+/// Consumes a worker's queue until shutdown: decode, apply, then ack.
+pub async fn consume(
+    kind: WorkerKind,
+    worker: Addr<WorkerActor>,
+    transport: Arc<dyn Transport>,
+    mut shutdown: Shutdown,
+) -> Result<(), crate::transport::TransportError> {
+    let mut deliveries = transport.consume(QueueName::Worker(kind)).await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.recv() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        let worker = worker.clone();
+        // Each delivery is handled on its own task; the prefetch bounds how
+        // many are in flight, the database serializes their effects.
+        actix::spawn(handle_delivery(worker, delivery));
+    }
+}
+
+async fn handle_delivery(worker: Addr<WorkerActor>, delivery: Delivery) {
+    let cmd: WorkerCommand = match serde_json::from_slice(&delivery.body) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("undecodable command: {e}");
+            tracing::warn!(msg = ?delivery.message_id, %reason, "dead-lettering");
+            if let Err(e) = delivery.dead_letter(&reason).await {
+                tracing::warn!(error = %e, "cannot dead-letter; it will be redelivered");
+            }
+            return;
+        }
+    };
+    match worker.send(Apply(cmd)).await {
+        Ok(Ok(())) => {
+            if let Err(e) = delivery.ack().await {
+                // The effect is committed; a redelivery is answered from the inbox.
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "command not applied; requeueing");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let _ = delivery.requeue().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "worker actor unavailable; requeueing");
+            let _ = delivery.requeue().await;
+        }
+    }
+}
+
+/// Reads a record's order id column, shared by the worker tables.
+pub(crate) fn order_id_of(raw: i64) -> rusqlite::Result<OrderId> {
+    OrderId::new(raw).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
