@@ -1,0 +1,482 @@
+//! Property tests of the pure saga state machine: a simulated world of
+//! workers (with inboxes and tombstones, as the real ones) and a scheduler
+//! that reorders, duplicates and delays every message, fires timeouts early
+//! and injects manager cancels at any moment.
+//!
+//! Checked for every run:
+//! - the saga ends terminal (`Completed` or `Compensated`);
+//! - a cancel is accepted only while the order can be cancelled, a second
+//!   one never, and an accepted cancel ends `Compensated` / `Cancelled`;
+//! - only effects that may have happened are compensated, each at most once,
+//!   and after compensation no effect is left; after completion all are;
+//! - nothing goes forward after a cancel;
+//! - a reply applied twice changes nothing the second time;
+//! - the history is a legal path of the state machine.
+
+use std::collections::{HashMap, HashSet};
+
+use hearty::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
+use hearty::messages::{Direction, OrderDetails, ReplyOutcome};
+use hearty::saga::definition::SagaDefinition;
+use hearty::saga::machine::{Command, Effect, Event, Refusal, Saga, SagaState, StepStatus};
+use proptest::prelude::*;
+
+const DEF: &str = r#"
+name = "order_fulfilment"
+version = 1
+[[steps]]
+name = "pay"
+worker = "pay"
+action = "authorize"
+compensation = "refund"
+marks_order = "Paid"
+timeout = "1s"
+retry = { max_attempts = 6, initial_delay = "10ms", factor = 2.0, max_delay = "1s" }
+[[steps]]
+name = "kitchen"
+worker = "kitchen"
+action = "accept"
+compensation = "cancel"
+marks_order = "Cooked"
+timeout = "1s"
+retry = { max_attempts = 6, initial_delay = "10ms", factor = 2.0, max_delay = "1s" }
+[[steps]]
+name = "delivery"
+worker = "delivery"
+action = "dispatch"
+compensation = "cancel"
+marks_order = "Dispatched"
+timeout = "1s"
+retry = { max_attempts = 6, initial_delay = "10ms", factor = 2.0, max_delay = "1s" }
+[[steps]]
+name = "coupon"
+worker = "coupon"
+action = "issue"
+compensation = "cancel"
+timeout = "1s"
+compensation_blocks = false
+retry = { max_attempts = 6, initial_delay = "10ms", factor = 2.0, max_delay = "1s" }
+"#;
+
+/// A message somewhere between the orchestrator and a worker.
+#[derive(Debug, Clone)]
+enum Msg {
+    Command { step: usize, dir: Direction, attempt: u32 },
+    Reply { step: usize, attempt: u32, outcome: ReplyOutcome },
+    Timer { step: usize, attempt: u32, at: Millis },
+    /// A person completes a manual step.
+    Person { step: usize },
+}
+
+/// One worker's truth.
+#[derive(Debug, Default, Clone)]
+struct WorkerState {
+    applied: bool,
+    undone: u32,
+    tombstone: bool,
+    inbox: HashMap<Direction, Vec<ReplyOutcome>>,
+    transient_failures_left: u32,
+}
+
+/// How the simulated workers behave in one run.
+#[derive(Debug, Clone)]
+struct Behaviour {
+    declines: [bool; 4],
+    manual: [bool; 4],
+    compensation_failures: [u32; 4],
+}
+
+struct World {
+    def: SagaDefinition,
+    saga: Saga,
+    now: Millis,
+    pending: Vec<Msg>,
+    workers: Vec<WorkerState>,
+    behaviour: Behaviour,
+    /// Early timer fires left per step (bounded so retries never run out).
+    timer_budget: [u32; 4],
+    do_sent: [bool; 4],
+    cancel_accepted: bool,
+    cancels_refused: u32,
+}
+
+fn order() -> OrderDetails {
+    OrderDetails {
+        order_id: OrderId::new(1).expect("valid"),
+        customer_id: CustomerId::new(1).expect("valid"),
+        food_id: FoodId::new(1).expect("valid"),
+        qty: Qty::new(2).expect("valid"),
+        amount: Money::from_cents(800),
+    }
+}
+
+impl World {
+    fn new(behaviour: Behaviour) -> Self {
+        let def = SagaDefinition::parse(DEF).expect("test saga is valid");
+        let now = Millis(1_000_000);
+        let saga = Saga::new(&def, order(), now);
+        let workers = (0..4)
+            .map(|i| WorkerState {
+                transient_failures_left: behaviour.compensation_failures[i],
+                ..WorkerState::default()
+            })
+            .collect();
+        World {
+            def,
+            saga,
+            now,
+            pending: Vec::new(),
+            workers,
+            behaviour,
+            timer_budget: [2; 4],
+            do_sent: [false; 4],
+            cancel_accepted: false,
+            cancels_refused: 0,
+        }
+    }
+
+    /// Applies an event, checks the per-transition properties and queues
+    /// the resulting commands.
+    fn apply(&mut self, event: Event) -> Result<(), Refusal> {
+        let before = self.saga.clone();
+        let transition = self.saga.apply(&self.def, &event, self.now)?;
+        // History is a legal path.
+        let mut state = before.state;
+        for h in &transition.history {
+            if let Some(from) = h.from {
+                assert_eq!(from, state, "history `from` must be the previous state");
+                assert!(from.can_become(h.to), "illegal transition {from:?} -> {:?}", h.to);
+                state = h.to;
+            }
+        }
+        assert_eq!(state, self.saga.state);
+        for c in &transition.commands {
+            match *c {
+                Command::Send { step, direction, attempt, .. } => {
+                    match direction {
+                        Direction::Do => {
+                            assert!(!self.cancel_accepted, "forward command after a cancel");
+                            self.do_sent[step] = true;
+                        }
+                        Direction::Undo => {
+                            assert!(self.do_sent[step], "compensating a step never started");
+                            let (status, effect) = (before.steps[step].status, before.steps[step].effect);
+                            assert_ne!(effect, Effect::None, "compensating a step known to have had no effect");
+                            // An unknown outcome becomes known (a reply) or is
+                            // given up on (a timeout) only by an event of the step.
+                            let about_this_step = match &event {
+                                Event::Reply { step: name, .. } => *name == self.def.steps[step].name,
+                                Event::Timeout { step: s, .. } => *s == step,
+                                _ => false,
+                            };
+                            assert!(
+                                about_this_step || !(status == StepStatus::Running && effect == Effect::Unknown),
+                                "compensating step {step} while its outcome is still unknown"
+                            );
+                        }
+                    }
+                    self.pending.push(Msg::Command { step, dir: direction, attempt });
+                }
+                Command::ArmTimer { step, attempt, at } => self.pending.push(Msg::Timer { step, attempt, at }),
+            }
+        }
+        // A reply applied twice changes nothing the second time.
+        if let Event::Reply { .. } = event {
+            let mut again = self.saga.clone();
+            let t = again.apply(&self.def, &event, self.now).expect("replies are never refused");
+            assert!(!t.changed(), "a duplicated reply changed the saga: {event:?}");
+        }
+        Ok(())
+    }
+
+    fn worker_handles(&mut self, step: usize, dir: Direction, attempt: u32) {
+        let w = &mut self.workers[step];
+        let reply = |outcome| Msg::Reply { step, attempt, outcome };
+        if let Some(stored) = w.inbox.get(&dir) {
+            let replies: Vec<_> = stored.iter().cloned().map(reply).collect();
+            self.pending.extend(replies);
+            return;
+        }
+        let outcomes = match dir {
+            Direction::Do => {
+                if w.tombstone {
+                    vec![ReplyOutcome::Failed { reason: "cancelled".into() }]
+                } else if self.behaviour.declines[step] {
+                    vec![ReplyOutcome::Failed { reason: "declined".into() }]
+                } else {
+                    w.applied = true;
+                    if self.behaviour.manual[step] {
+                        self.pending.push(Msg::Person { step });
+                        vec![ReplyOutcome::Accepted]
+                    } else {
+                        vec![ReplyOutcome::Accepted, ReplyOutcome::Done]
+                    }
+                }
+            }
+            Direction::Undo => {
+                if w.transient_failures_left > 0 {
+                    w.transient_failures_left -= 1;
+                    self.pending.push(reply(ReplyOutcome::CompensationFailed { reason: "busy".into() }));
+                    return;
+                }
+                if w.applied {
+                    w.undone += 1;
+                } else {
+                    w.tombstone = true;
+                }
+                vec![ReplyOutcome::Compensated]
+            }
+        };
+        w.inbox.insert(dir, outcomes.clone());
+        self.pending.extend(outcomes.into_iter().map(reply));
+    }
+
+    fn deliver(&mut self, index: usize, duplicate: bool) {
+        let msg = if duplicate {
+            self.pending[index].clone()
+        } else {
+            self.pending.remove(index)
+        };
+        match msg {
+            Msg::Command { step, dir, attempt } => self.worker_handles(step, dir, attempt),
+            Msg::Reply { step, attempt, outcome } => {
+                let name = self.def.steps[step].name.clone();
+                self.now = Millis(self.now.0 + 1);
+                self.apply(Event::Reply { step: name, attempt, outcome }).expect("replies are never refused");
+            }
+            Msg::Timer { step, attempt, at } => {
+                if self.timer_budget[step] > 0 {
+                    self.timer_budget[step] -= 1;
+                    self.now = self.now.max(at);
+                    self.apply(Event::Timeout { step, attempt }).expect("timeouts are never refused");
+                }
+            }
+            Msg::Person { step } => {
+                let w = &self.workers[step];
+                if w.applied && w.undone == 0 {
+                    self.pending.push(Msg::Reply { step, attempt: 0, outcome: ReplyOutcome::Done });
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self) {
+        let cancellable = self.saga.order_status.is_cancellable()
+            && matches!(self.saga.state, SagaState::Running | SagaState::Completed);
+        match self.apply(Event::Cancel) {
+            Ok(()) => {
+                assert!(cancellable, "cancel accepted for a non-cancellable order");
+                assert!(!self.cancel_accepted, "a second cancel was accepted");
+                self.cancel_accepted = true;
+                assert_eq!(self.saga.order_status, OrderStatus::Cancelled);
+            }
+            Err(_) => {
+                assert!(!cancellable || self.cancel_accepted, "a cancellable order refused a cancel");
+                self.cancels_refused += 1;
+            }
+        }
+    }
+
+    /// Delivers everything left in order, dropping timers (nothing is lost,
+    /// so nothing needs one).
+    fn drain(&mut self) {
+        let mut guard = 0;
+        while !self.pending.is_empty() {
+            guard += 1;
+            assert!(guard < 10_000, "the saga does not settle");
+            if let Some(i) = self.pending.iter().position(|m| !matches!(m, Msg::Timer { .. })) {
+                self.deliver(i, false);
+            } else {
+                self.pending.clear();
+            }
+        }
+    }
+
+    fn check_end(&self) {
+        let state = self.saga.state;
+        assert!(
+            matches!(state, SagaState::Completed | SagaState::Compensated),
+            "saga ended {state:?}: {:#?}",
+            self.saga
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            assert!(w.undone <= 1, "step {i} compensated {} times", w.undone);
+            match state {
+                SagaState::Completed => {
+                    assert!(w.applied && w.undone == 0, "completed saga with step {i} not in effect");
+                }
+                _ => {
+                    if w.applied {
+                        assert_eq!(w.undone, 1, "compensated saga left step {i} in effect");
+                    }
+                }
+            }
+        }
+        if self.cancel_accepted {
+            assert_eq!(state, SagaState::Compensated);
+            assert_eq!(self.saga.order_status, OrderStatus::Cancelled);
+        }
+        if state == SagaState::Compensated && !self.cancel_accepted {
+            assert_eq!(self.saga.order_status, OrderStatus::Rejected);
+        }
+        let declined = self.behaviour.declines.iter().any(|d| *d);
+        if !declined && !self.cancel_accepted {
+            assert_eq!(state, SagaState::Completed, "nothing failed, nothing cancelled");
+        }
+    }
+}
+
+/// One scheduler decision.
+#[derive(Debug, Clone)]
+enum Choice {
+    Deliver(usize),
+    Duplicate(usize),
+    Cancel,
+}
+
+fn choice() -> impl Strategy<Value = Choice> {
+    prop_oneof![
+        6 => any::<usize>().prop_map(Choice::Deliver),
+        2 => any::<usize>().prop_map(Choice::Duplicate),
+        1 => Just(Choice::Cancel),
+    ]
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    (
+        prop::array::uniform4(prop::bool::weighted(0.1)),
+        prop::array::uniform4(any::<bool>()),
+        prop::array::uniform4(0u32..3),
+    )
+        .prop_map(|(declines, manual, compensation_failures)| Behaviour {
+            declines,
+            // Only kitchen and delivery have manual modes.
+            manual: [false, manual[1], manual[2], false],
+            compensation_failures,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_interleaving_settles_correctly(
+        behaviour in behaviour(),
+        choices in prop::collection::vec(choice(), 0..200),
+    ) {
+        let mut w = World::new(behaviour);
+        w.apply(Event::Start).expect("start");
+        for c in choices {
+            match c {
+                Choice::Cancel => w.cancel(),
+                _ if w.pending.is_empty() => {}
+                Choice::Deliver(i) => { let n = w.pending.len(); w.deliver(i % n, false) }
+                Choice::Duplicate(i) => { let n = w.pending.len(); w.deliver(i % n, true) }
+            }
+        }
+        w.drain();
+        w.check_end();
+        // Once settled, a cancel is refused unless the order is still open.
+        let open = w.saga.order_status.is_cancellable();
+        let accepted_before = w.cancel_accepted;
+        w.cancel();
+        if !open || accepted_before {
+            prop_assert!(w.cancels_refused > 0);
+        }
+    }
+}
+
+#[test]
+fn cancel_while_kitchen_in_flight_waits_for_its_outcome() {
+    let behaviour = Behaviour {
+        declines: [false; 4],
+        manual: [false; 4],
+        compensation_failures: [0; 4],
+    };
+    let mut w = World::new(behaviour);
+    w.apply(Event::Start).expect("start");
+    // pay command → worker → Done reply → orchestrator.
+    w.deliver(0, false); // pay command
+    while w.saga.steps[0].status != StepStatus::Done {
+        let reply = w.pending.iter().position(|m| matches!(m, Msg::Reply { .. })).expect("pay reply");
+        w.deliver(reply, false);
+    }
+    // The kitchen command is out; cancel before it is answered.
+    w.cancel();
+    assert!(w.cancel_accepted);
+    assert_eq!(w.saga.state, SagaState::Compensating);
+    // No refund yet: the kitchen's outcome is unknown and blocks.
+    assert!(
+        !w.pending.iter().any(|m| matches!(m, Msg::Command { dir: Direction::Undo, .. })),
+        "compensation sent before the kitchen's outcome was known"
+    );
+    w.drain();
+    w.check_end();
+    assert_eq!(w.workers[1].undone, 1, "the late kitchen success was compensated");
+    assert_eq!(w.workers[0].undone, 1, "the payment was refunded");
+}
+
+#[test]
+fn coupon_compensation_does_not_block_the_refund() {
+    let behaviour = Behaviour {
+        declines: [false; 4],
+        manual: [false; 4],
+        compensation_failures: [0; 4],
+    };
+    let mut w = World::new(behaviour);
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Completed);
+    w.cancel();
+    let undos: HashSet<usize> = w
+        .pending
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Command { step, dir: Direction::Undo, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    // Coupon (3) does not block: delivery (2) goes out with it.
+    assert_eq!(undos, HashSet::from([3, 2]));
+    w.drain();
+    w.check_end();
+}
+
+#[test]
+fn a_compensation_that_never_succeeds_fails_the_saga_and_retry_resumes_it() {
+    let behaviour = Behaviour {
+        declines: [false; 4],
+        manual: [false; 4],
+        compensation_failures: [100, 0, 0, 0],
+    };
+    let mut w = World::new(behaviour);
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    w.cancel();
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert!(w.saga.reason.as_deref().unwrap_or("").contains("pay"), "{:?}", w.saga.reason);
+    assert!(matches!(w.apply(Event::Cancel), Err(Refusal::NotCancellable(_))));
+    // The operator fixes the payment system and retries.
+    w.workers[0].transient_failures_left = 0;
+    w.apply(Event::Retry).expect("retry a failed saga");
+    w.drain();
+    w.check_end();
+    assert!(matches!(w.apply(Event::Retry), Err(Refusal::NotFailed(SagaState::Compensated))));
+}
+
+#[test]
+fn a_declined_payment_establishes_nothing() {
+    let behaviour = Behaviour {
+        declines: [true, false, false, false],
+        manual: [false; 4],
+        compensation_failures: [0; 4],
+    };
+    let mut w = World::new(behaviour);
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Compensated);
+    assert_eq!(w.saga.order_status, OrderStatus::Rejected);
+    assert!(w.do_sent == [true, false, false, false], "nothing after the payment");
+    assert!(matches!(w.saga.admission(), Some(Err(_))));
+}
