@@ -20,7 +20,7 @@ use crate::storage::{Db, outbox};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpSettings, AmqpTransport};
 use crate::transport::memory::MemoryTransport;
-use crate::workers::{self, Knobs, WorkerActor};
+use crate::workers::{self, Faults, Knobs, WorkerActor};
 
 /// The saga definition shipped with the binary, used when the configured
 /// file is the default path and it does not exist (running outside the
@@ -55,6 +55,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The transport of this process (tests publish raw messages with it).
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        self.transport.clone()
+    }
+
     /// Stops HTTP, consumers and relays, then closes the broker connection.
     pub async fn stop(self) {
         self.trigger.trigger();
@@ -104,6 +109,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     // Worker databases: the local workers write them; the API reads them.
     let mut worker_dbs = std::collections::HashMap::new();
+    let failures =
+        workers::parse_failures(&config.fail_compensations).map_err(|e| anyhow::anyhow!(e))?;
     for kind in WorkerKind::ALL {
         let local = roles.has(Role::Worker(kind));
         if !(local || runs_api) {
@@ -116,7 +123,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .with_context(|| format!("opening the {kind} database"))?;
         if local {
-            let actor = WorkerActor::new(logic, db.clone(), config.latency_of(kind)).start();
+            let faults = Faults {
+                latency: config.latency_of(kind),
+                compensation_failures: failures.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c),
+            };
+            let actor = WorkerActor::new(logic, db.clone(), faults).start();
             actix::spawn(outbox::run_relay(
                 db.clone(),
                 transport.clone(),

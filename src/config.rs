@@ -251,6 +251,11 @@ pub struct Config {
     #[arg(long, env = "HEARTY_COUPON_LATENCY")]
     pub coupon_latency: Option<Latency>,
 
+    /// Make compensations fail on purpose, e.g. `pay=3` (each refund fails
+    /// three times, then succeeds) or `coupon=always`.
+    #[arg(long, env = "HEARTY_FAIL_COMPENSATIONS", default_value = "", value_parser = parse_failure_spec)]
+    pub fail_compensations: String,
+
     /// The saga definition file.
     #[arg(
         long,
@@ -270,6 +275,10 @@ pub struct Config {
     /// Failpoints for fault-injection tests, e.g. `outbox-after-confirm=abort`.
     #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "")]
     pub failpoints: String,
+}
+
+fn parse_failure_spec(s: &str) -> Result<String, String> {
+    crate::workers::parse_failures(s).map(|_| s.to_owned())
 }
 
 fn parse_namespace(s: &str) -> Result<String, String> {

@@ -124,7 +124,7 @@ pub struct Money {
 
 impl Money {
     /// Upper bound of a single price, so that every product fits an `i64`.
-    pub const MAX_CENTS: i64 = 1_000_000_000_00;
+    pub const MAX_CENTS: i64 = 100_000_000_000;
 
     pub const fn from_cents(cents: i64) -> Self {
         Self { cents }
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
         assert_eq!(
             Millis(1_795_000_000_123).to_rfc3339(),
-            "2026-11-18T07:46:40.123Z"
+            "2026-11-18T11:06:40.123Z"
         );
     }
 }

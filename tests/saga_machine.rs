@@ -61,9 +61,21 @@ retry = { max_attempts = 6, initial_delay = "10ms", factor = 2.0, max_delay = "1
 /// A message somewhere between the orchestrator and a worker.
 #[derive(Debug, Clone)]
 enum Msg {
-    Command { step: usize, dir: Direction, attempt: u32 },
-    Reply { step: usize, attempt: u32, outcome: ReplyOutcome },
-    Timer { step: usize, attempt: u32, at: Millis },
+    Command {
+        step: usize,
+        dir: Direction,
+        attempt: u32,
+    },
+    Reply {
+        step: usize,
+        attempt: u32,
+        outcome: ReplyOutcome,
+    },
+    Timer {
+        step: usize,
+        attempt: u32,
+        at: Millis,
+    },
     /// A person completes a manual step.
     Person { step: usize },
 }
@@ -145,14 +157,23 @@ impl World {
         for h in &transition.history {
             if let Some(from) = h.from {
                 assert_eq!(from, state, "history `from` must be the previous state");
-                assert!(from.can_become(h.to), "illegal transition {from:?} -> {:?}", h.to);
+                assert!(
+                    from.can_become(h.to),
+                    "illegal transition {from:?} -> {:?}",
+                    h.to
+                );
                 state = h.to;
             }
         }
         assert_eq!(state, self.saga.state);
         for c in &transition.commands {
             match *c {
-                Command::Send { step, direction, attempt, .. } => {
+                Command::Send {
+                    step,
+                    direction,
+                    attempt,
+                    ..
+                } => {
                     match direction {
                         Direction::Do => {
                             assert!(!self.cancel_accepted, "forward command after a cancel");
@@ -160,38 +181,62 @@ impl World {
                         }
                         Direction::Undo => {
                             assert!(self.do_sent[step], "compensating a step never started");
-                            let (status, effect) = (before.steps[step].status, before.steps[step].effect);
-                            assert_ne!(effect, Effect::None, "compensating a step known to have had no effect");
+                            let (status, effect) =
+                                (before.steps[step].status, before.steps[step].effect);
+                            assert_ne!(
+                                effect,
+                                Effect::None,
+                                "compensating a step known to have had no effect"
+                            );
                             // An unknown outcome becomes known (a reply) or is
                             // given up on (a timeout) only by an event of the step.
                             let about_this_step = match &event {
-                                Event::Reply { step: name, .. } => *name == self.def.steps[step].name,
+                                Event::Reply { step: name, .. } => {
+                                    *name == self.def.steps[step].name
+                                }
                                 Event::Timeout { step: s, .. } => *s == step,
                                 _ => false,
                             };
                             assert!(
-                                about_this_step || !(status == StepStatus::Running && effect == Effect::Unknown),
+                                about_this_step
+                                    || !(status == StepStatus::Running
+                                        && effect == Effect::Unknown),
                                 "compensating step {step} while its outcome is still unknown"
                             );
                         }
                     }
-                    self.pending.push(Msg::Command { step, dir: direction, attempt });
+                    self.pending.push(Msg::Command {
+                        step,
+                        dir: direction,
+                        attempt,
+                    });
                 }
-                Command::ArmTimer { step, attempt, at } => self.pending.push(Msg::Timer { step, attempt, at }),
+                Command::ArmTimer { step, attempt, at } => {
+                    self.pending.push(Msg::Timer { step, attempt, at })
+                }
             }
         }
         // A reply applied twice changes nothing the second time.
         if let Event::Reply { .. } = event {
             let mut again = self.saga.clone();
-            let t = again.apply(&self.def, &event, self.now).expect("replies are never refused");
-            assert!(!t.changed(), "a duplicated reply changed the saga: {event:?}");
+            let t = again
+                .apply(&self.def, &event, self.now)
+                .expect("replies are never refused");
+            assert!(
+                !t.changed(),
+                "a duplicated reply changed the saga: {event:?}"
+            );
         }
         Ok(())
     }
 
     fn worker_handles(&mut self, step: usize, dir: Direction, attempt: u32) {
         let w = &mut self.workers[step];
-        let reply = |outcome| Msg::Reply { step, attempt, outcome };
+        let reply = |outcome| Msg::Reply {
+            step,
+            attempt,
+            outcome,
+        };
         if let Some(stored) = w.inbox.get(&dir) {
             let replies: Vec<_> = stored.iter().cloned().map(reply).collect();
             self.pending.extend(replies);
@@ -200,9 +245,13 @@ impl World {
         let outcomes = match dir {
             Direction::Do => {
                 if w.tombstone {
-                    vec![ReplyOutcome::Failed { reason: "cancelled".into() }]
+                    vec![ReplyOutcome::Failed {
+                        reason: "cancelled".into(),
+                    }]
                 } else if self.behaviour.declines[step] {
-                    vec![ReplyOutcome::Failed { reason: "declined".into() }]
+                    vec![ReplyOutcome::Failed {
+                        reason: "declined".into(),
+                    }]
                 } else {
                     w.applied = true;
                     if self.behaviour.manual[step] {
@@ -216,7 +265,9 @@ impl World {
             Direction::Undo => {
                 if w.transient_failures_left > 0 {
                     w.transient_failures_left -= 1;
-                    self.pending.push(reply(ReplyOutcome::CompensationFailed { reason: "busy".into() }));
+                    self.pending.push(reply(ReplyOutcome::CompensationFailed {
+                        reason: "busy".into(),
+                    }));
                     return;
                 }
                 if w.applied {
@@ -239,22 +290,36 @@ impl World {
         };
         match msg {
             Msg::Command { step, dir, attempt } => self.worker_handles(step, dir, attempt),
-            Msg::Reply { step, attempt, outcome } => {
+            Msg::Reply {
+                step,
+                attempt,
+                outcome,
+            } => {
                 let name = self.def.steps[step].name.clone();
                 self.now = Millis(self.now.0 + 1);
-                self.apply(Event::Reply { step: name, attempt, outcome }).expect("replies are never refused");
+                self.apply(Event::Reply {
+                    step: name,
+                    attempt,
+                    outcome,
+                })
+                .expect("replies are never refused");
             }
             Msg::Timer { step, attempt, at } => {
                 if self.timer_budget[step] > 0 {
                     self.timer_budget[step] -= 1;
                     self.now = self.now.max(at);
-                    self.apply(Event::Timeout { step, attempt }).expect("timeouts are never refused");
+                    self.apply(Event::Timeout { step, attempt })
+                        .expect("timeouts are never refused");
                 }
             }
             Msg::Person { step } => {
                 let w = &self.workers[step];
                 if w.applied && w.undone == 0 {
-                    self.pending.push(Msg::Reply { step, attempt: 0, outcome: ReplyOutcome::Done });
+                    self.pending.push(Msg::Reply {
+                        step,
+                        attempt: 0,
+                        outcome: ReplyOutcome::Done,
+                    });
                 }
             }
         }
@@ -271,7 +336,10 @@ impl World {
                 assert_eq!(self.saga.order_status, OrderStatus::Cancelled);
             }
             Err(_) => {
-                assert!(!cancellable || self.cancel_accepted, "a cancellable order refused a cancel");
+                assert!(
+                    !cancellable || self.cancel_accepted,
+                    "a cancellable order refused a cancel"
+                );
                 self.cancels_refused += 1;
             }
         }
@@ -284,7 +352,11 @@ impl World {
         while !self.pending.is_empty() {
             guard += 1;
             assert!(guard < 10_000, "the saga does not settle");
-            if let Some(i) = self.pending.iter().position(|m| !matches!(m, Msg::Timer { .. })) {
+            if let Some(i) = self
+                .pending
+                .iter()
+                .position(|m| !matches!(m, Msg::Timer { .. }))
+            {
                 self.deliver(i, false);
             } else {
                 self.pending.clear();
@@ -303,7 +375,10 @@ impl World {
             assert!(w.undone <= 1, "step {i} compensated {} times", w.undone);
             match state {
                 SagaState::Completed => {
-                    assert!(w.applied && w.undone == 0, "completed saga with step {i} not in effect");
+                    assert!(
+                        w.applied && w.undone == 0,
+                        "completed saga with step {i} not in effect"
+                    );
                 }
                 _ => {
                     if w.applied {
@@ -321,7 +396,11 @@ impl World {
         }
         let declined = self.behaviour.declines.iter().any(|d| *d);
         if !declined && !self.cancel_accepted {
-            assert_eq!(state, SagaState::Completed, "nothing failed, nothing cancelled");
+            assert_eq!(
+                state,
+                SagaState::Completed,
+                "nothing failed, nothing cancelled"
+            );
         }
     }
 }
@@ -398,7 +477,11 @@ fn cancel_while_kitchen_in_flight_waits_for_its_outcome() {
     // pay command → worker → Done reply → orchestrator.
     w.deliver(0, false); // pay command
     while w.saga.steps[0].status != StepStatus::Done {
-        let reply = w.pending.iter().position(|m| matches!(m, Msg::Reply { .. })).expect("pay reply");
+        let reply = w
+            .pending
+            .iter()
+            .position(|m| matches!(m, Msg::Reply { .. }))
+            .expect("pay reply");
         w.deliver(reply, false);
     }
     // The kitchen command is out; cancel before it is answered.
@@ -407,12 +490,21 @@ fn cancel_while_kitchen_in_flight_waits_for_its_outcome() {
     assert_eq!(w.saga.state, SagaState::Compensating);
     // No refund yet: the kitchen's outcome is unknown and blocks.
     assert!(
-        !w.pending.iter().any(|m| matches!(m, Msg::Command { dir: Direction::Undo, .. })),
+        !w.pending.iter().any(|m| matches!(
+            m,
+            Msg::Command {
+                dir: Direction::Undo,
+                ..
+            }
+        )),
         "compensation sent before the kitchen's outcome was known"
     );
     w.drain();
     w.check_end();
-    assert_eq!(w.workers[1].undone, 1, "the late kitchen success was compensated");
+    assert_eq!(
+        w.workers[1].undone, 1,
+        "the late kitchen success was compensated"
+    );
     assert_eq!(w.workers[0].undone, 1, "the payment was refunded");
 }
 
@@ -432,7 +524,11 @@ fn coupon_compensation_does_not_block_the_refund() {
         .pending
         .iter()
         .filter_map(|m| match m {
-            Msg::Command { step, dir: Direction::Undo, .. } => Some(*step),
+            Msg::Command {
+                step,
+                dir: Direction::Undo,
+                ..
+            } => Some(*step),
             _ => None,
         })
         .collect();
@@ -455,14 +551,24 @@ fn a_compensation_that_never_succeeds_fails_the_saga_and_retry_resumes_it() {
     w.cancel();
     w.drain();
     assert_eq!(w.saga.state, SagaState::Failed);
-    assert!(w.saga.reason.as_deref().unwrap_or("").contains("pay"), "{:?}", w.saga.reason);
-    assert!(matches!(w.apply(Event::Cancel), Err(Refusal::NotCancellable(_))));
+    assert!(
+        w.saga.reason.as_deref().unwrap_or("").contains("pay"),
+        "{:?}",
+        w.saga.reason
+    );
+    assert!(matches!(
+        w.apply(Event::Cancel),
+        Err(Refusal::NotCancellable(_))
+    ));
     // The operator fixes the payment system and retries.
     w.workers[0].transient_failures_left = 0;
     w.apply(Event::Retry).expect("retry a failed saga");
     w.drain();
     w.check_end();
-    assert!(matches!(w.apply(Event::Retry), Err(Refusal::NotFailed(SagaState::Compensated))));
+    assert!(matches!(
+        w.apply(Event::Retry),
+        Err(Refusal::NotFailed(SagaState::Compensated))
+    ));
 }
 
 #[test]
@@ -477,6 +583,9 @@ fn a_declined_payment_establishes_nothing() {
     w.drain();
     assert_eq!(w.saga.state, SagaState::Compensated);
     assert_eq!(w.saga.order_status, OrderStatus::Rejected);
-    assert!(w.do_sent == [true, false, false, false], "nothing after the payment");
+    assert!(
+        w.do_sent == [true, false, false, false],
+        "nothing after the payment"
+    );
     assert!(matches!(w.saga.admission(), Some(Err(_))));
 }

@@ -225,6 +225,16 @@ pub fn ok_json<T: serde::Serialize>(v: &T) -> HttpResponse {
     HttpResponse::Ok().json(v)
 }
 
+/// Readiness probes of a process.
+pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>) -> ops::Probes {
+    ops::Probes { dbs, transport }
+}
+
+/// The routes of a process without the `api` role: health and metrics.
+pub fn ops_only(cfg: &mut web::ServiceConfig) {
+    cfg.service(ops::routes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;
@@ -237,14 +247,4 @@ mod tests {
         assert!(!constant_time_eq(b"secret-token-and-more", b"secret-token"));
         assert!(!constant_time_eq(b"", b"secret-token"));
     }
-}
-
-/// Readiness probes of a process.
-pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>) -> ops::Probes {
-    ops::Probes { dbs, transport }
-}
-
-/// The routes of a process without the `api` role: health and metrics.
-pub fn ops_only(cfg: &mut web::ServiceConfig) {
-    cfg.service(ops::routes());
 }

@@ -132,6 +132,13 @@ pub async fn place(
     };
     match saga.admission() {
         Some(Ok(())) => Ok(HttpResponse::Created().json(order_view(&saga))),
+        Some(Err(reason)) if saga.order_status == crate::domain::OrderStatus::Cancelled => {
+            Err(ApiError::conflict(
+                "order_cancelled",
+                format!("the order was cancelled before it was paid: {reason}"),
+            )
+            .with_extra(json!({ "orderId": id })))
+        }
         Some(Err(reason)) => {
             let pay = saga.steps.first();
             let declined =

@@ -139,7 +139,7 @@ pub async fn dispatch(
     event: Event,
 ) -> Result<Result<(), Refusal>, OrchestratorError> {
     let addr = orchestrator.send(Locate(saga)).await??;
-    Ok(addr.send(SagaEvent(event)).await??)
+    addr.send(SagaEvent(event)).await?
 }
 
 /// Load every saga that still has work to do, re-arming its timers and

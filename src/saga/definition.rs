@@ -63,6 +63,8 @@ impl RetryPolicy {
             .without_max_times()
             .build()
             .nth(attempt as usize - 2)
+            // Whole milliseconds: backon multiplies in floating point.
+            .map(|d| Duration::from_millis(d.as_millis() as u64))
             .unwrap_or(self.max_delay)
     }
 }

@@ -608,11 +608,13 @@ impl Run<'_> {
             let blocks = self.def.steps[i].compensation_blocks;
             let s = &self.saga.steps[i];
             match (s.status, s.effect) {
-                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _) => {
-                    if blocks {
-                        return;
-                    }
+                // In flight (an outcome or a compensation is awaited).
+                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _)
+                    if blocks =>
+                {
+                    return;
                 }
+                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _) => {}
                 (StepStatus::Running, _)
                 | (StepStatus::Done, _)
                 | (StepStatus::Failed, Effect::Unknown) => {

@@ -16,6 +16,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     replies      TEXT    NOT NULL,
     processed_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS injected_failures (
+    message_id   TEXT PRIMARY KEY,
+    count        INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tombstones (
     order_id     INTEGER PRIMARY KEY,
     created_at   INTEGER NOT NULL
@@ -57,4 +61,20 @@ pub fn is_buried(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<bool>
         |r| r.get::<_, i64>(0),
     ))?
     .is_some())
+}
+
+/// Counts one more injected failure of a message; returns the count before.
+pub fn count_injected_failure(tx: &Transaction<'_>, message_id: &str) -> rusqlite::Result<u32> {
+    let before: u32 = super::optional(tx.query_row(
+        "SELECT count FROM injected_failures WHERE message_id = ?1",
+        [message_id],
+        |r| r.get(0),
+    ))?
+    .unwrap_or(0);
+    tx.execute(
+        "INSERT INTO injected_failures (message_id, count) VALUES (?1, 1)
+         ON CONFLICT (message_id) DO UPDATE SET count = count + 1",
+        [message_id],
+    )?;
+    Ok(before)
 }

@@ -95,16 +95,25 @@ pub fn schema_of(logic: &dyn WorkerLogic) -> String {
     format!("{}\n{}", logic.schema(), inbox::SCHEMA)
 }
 
+/// How a worker misbehaves on purpose (simulation knobs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Artificial latency before each command.
+    pub latency: Option<Latency>,
+    /// Each compensation fails this many times before it succeeds.
+    pub compensation_failures: Option<FailureCount>,
+}
+
 /// A worker actor: applies commands to its database.
 pub struct WorkerActor {
     logic: Arc<dyn WorkerLogic>,
     db: Db,
-    latency: Option<Latency>,
+    faults: Faults,
 }
 
 impl WorkerActor {
-    pub fn new(logic: Arc<dyn WorkerLogic>, db: Db, latency: Option<Latency>) -> Self {
-        WorkerActor { logic, db, latency }
+    pub fn new(logic: Arc<dyn WorkerLogic>, db: Db, faults: Faults) -> Self {
+        WorkerActor { logic, db, faults }
     }
 }
 
@@ -127,16 +136,16 @@ impl Handler<Apply> for WorkerActor {
     fn handle(&mut self, Apply(cmd): Apply, _ctx: &mut Self::Context) -> Self::Result {
         let logic = self.logic.clone();
         let db = self.db.clone();
-        let latency = self.latency;
+        let faults = self.faults;
         let span = tracing::info_span!("worker", worker = %logic.kind(), saga = %cmd.order_id(), msg = %cmd.message_id());
         Box::pin(tracing::Instrument::instrument(
             async move {
-                if let Some(l) = latency {
+                if let Some(l) = faults.latency {
                     tokio::time::sleep(l.sample()).await;
                 }
                 let queued = db
                     .write(move |tx| {
-                        apply_in_tx(logic.as_ref(), tx, &cmd).map_err(StorageError::from)
+                        apply_in_tx(logic.as_ref(), faults, tx, &cmd).map_err(StorageError::from)
                     })
                     .await?;
                 if queued {
@@ -152,6 +161,7 @@ impl Handler<Apply> for WorkerActor {
 /// The transaction of one command: returns whether replies were queued.
 fn apply_in_tx(
     logic: &dyn WorkerLogic,
+    faults: Faults,
     tx: &Transaction<'_>,
     cmd: &WorkerCommand,
 ) -> rusqlite::Result<bool> {
@@ -166,7 +176,10 @@ fn apply_in_tx(
             serde_json::from_str::<Vec<ReplyOutcome>>(&stored)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
         }
-        None => match logic.apply(tx, cmd, Millis::now())? {
+        None => match injected_failure(faults, tx, cmd, &id)?.map_or_else(
+            || logic.apply(tx, cmd, Millis::now()),
+            |f| Ok(Applied::Transient(f)),
+        )? {
             Applied::Final(outcomes) => {
                 let json = serde_json::to_string(&outcomes)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
@@ -192,6 +205,71 @@ fn apply_in_tx(
         outbox::enqueue(tx, &reply_message(&reply), now)?;
     }
     Ok(!outcomes.is_empty())
+}
+
+/// An injected compensation failure, if one is due for this command.
+fn injected_failure(
+    faults: Faults,
+    tx: &Transaction<'_>,
+    cmd: &WorkerCommand,
+    id: &str,
+) -> rusqlite::Result<Option<ReplyOutcome>> {
+    let (
+        Some(limit),
+        WorkerCommand::Step {
+            direction: crate::messages::Direction::Undo,
+            ..
+        },
+    ) = (faults.compensation_failures, cmd)
+    else {
+        return Ok(None);
+    };
+    let before = inbox::count_injected_failure(tx, id)?;
+    let fail = match limit {
+        FailureCount::Always => true,
+        FailureCount::Times(n) => before < n,
+    };
+    Ok(fail.then(|| ReplyOutcome::CompensationFailed {
+        reason: format!("injected failure {} ({limit})", before + 1),
+    }))
+}
+
+/// How often an injected failure happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCount {
+    Times(u32),
+    Always,
+}
+
+impl std::fmt::Display for FailureCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCount::Times(n) => write!(f, "of {n}"),
+            FailureCount::Always => f.write_str("of always"),
+        }
+    }
+}
+
+/// Parses `pay=3,coupon=always` into per-worker failure counts.
+pub fn parse_failures(spec: &str) -> Result<Vec<(WorkerKind, FailureCount)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (worker, count) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` must look like pay=3 or pay=always"))?;
+            let worker: WorkerKind = worker.trim().parse().map_err(|e| format!("{e}"))?;
+            let count = match count.trim() {
+                "always" => FailureCount::Always,
+                n => FailureCount::Times(
+                    n.parse()
+                        .map_err(|_| format!("`{n}` is not a count or `always`"))?,
+                ),
+            };
+            Ok((worker, count))
+        })
+        .collect()
 }
 
 /// The outgoing form of a reply.

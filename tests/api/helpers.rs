@@ -1,0 +1,342 @@
+//! `spawn_app` and typed request helpers: every test gets its own data
+//! directory, its own RabbitMQ namespace (deleted afterwards, even when the
+//! test panics) and its own HTTP port.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hearty::app::{Running, start};
+use hearty::config::{Config, Mode, Secret};
+use hearty::transport::amqp::AmqpTransport;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-manager-token";
+
+/// Which transport a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    InProcess,
+    RabbitMq,
+}
+
+/// Knobs a test may turn.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub kitchen_manual: bool,
+    pub delivery_manual: bool,
+    pub pay_latency: Option<&'static str>,
+    pub kitchen_latency: Option<&'static str>,
+    pub coupon_latency: Option<&'static str>,
+    pub fail_compensations: Option<&'static str>,
+    /// Compensation retries in milliseconds instead of seconds.
+    pub fast_retries: bool,
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("HEARTY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Deletes a namespace's queues and exchanges when dropped.
+pub struct NamespaceGuard {
+    pub url: String,
+    pub namespace: String,
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let (url, ns) = (self.url.clone(), self.namespace.clone());
+        // A fresh runtime on a fresh thread: Drop may run inside another runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                let _ = rt.block_on(AmqpTransport::delete_namespace(&url, &ns));
+            }
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    running: Option<Running>,
+    _guard: Option<NamespaceGuard>,
+    _dir: tempfile::TempDir,
+}
+
+fn unique_namespace() -> String {
+    let n: u64 = rand::random();
+    format!("hearty-test-{n:016x}")
+}
+
+/// The shipped saga with compensation retries of milliseconds (3 attempts).
+fn fast_saga(dir: &std::path::Path) -> PathBuf {
+    let text = include_str!("../../sagas/order_fulfilment.toml")
+        .replace(
+            r#"compensation_retry = { max_attempts = 8, initial_delay = "200ms", factor = 2.0, max_delay = "10s" }"#,
+            r#"compensation_retry = { max_attempts = 3, initial_delay = "50ms", factor = 2.0, max_delay = "200ms" }"#,
+        );
+    let path = dir.join("fast_saga.toml");
+    std::fs::write(&path, text).expect("write the test saga");
+    path
+}
+
+/// Starts the whole service in this process. Returns `None` (after saying
+/// so loudly) when RabbitMQ is wanted but unreachable outside CI.
+pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let namespace = unique_namespace();
+    let mut config = Config::defaults();
+    config.http_addr = "127.0.0.1:0".into();
+    config.data_dir = dir.path().join("data");
+    config.namespace = namespace.clone();
+    config.manager_token = Some(Secret::new(TOKEN));
+    config.amqp_url = None;
+    config.kitchen_mode = if opts.kitchen_manual {
+        Mode::Manual
+    } else {
+        Mode::Auto
+    };
+    config.delivery_mode = if opts.delivery_manual {
+        Mode::Manual
+    } else {
+        Mode::Auto
+    };
+    config.pay_latency = opts.pay_latency.map(|l| l.parse().expect("latency"));
+    config.kitchen_latency = opts.kitchen_latency.map(|l| l.parse().expect("latency"));
+    config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
+    config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
+    config.saga_file = if opts.fast_retries {
+        fast_saga(dir.path())
+    } else {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/sagas/order_fulfilment.toml"
+        ))
+    };
+    let mut guard = None;
+    if broker == Broker::RabbitMq {
+        let url = amqp_url();
+        config.amqp_url = Some(url.clone());
+        guard = Some(NamespaceGuard {
+            url,
+            namespace: namespace.clone(),
+        });
+    }
+    let running = match start(config).await {
+        Ok(r) => r,
+        Err(e) if broker == Broker::RabbitMq && std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "\n!!! SKIPPED: RabbitMQ is not reachable at {} ({e:#}); set HEARTY_TEST_AMQP_URL or start rabbitmq-server. In CI this is a failure.\n",
+                amqp_url()
+            );
+            std::mem::forget(guard);
+            return None;
+        }
+        Err(e) => panic!("the app did not start: {e:#}"),
+    };
+    Some(TestApp {
+        base: format!("http://{}", running.http_addr),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        running: Some(running),
+        _guard: guard,
+        _dir: dir,
+    })
+}
+
+/// Runs a test body on both transports.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($name:ident, $opts:expr, $body:path) => {
+        mod $name {
+            use super::*;
+
+            #[actix_web::test]
+            async fn in_process() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Broker::InProcess, $opts).await
+                {
+                    $body(&app).await;
+                    app.stop().await;
+                }
+            }
+
+            #[actix_web::test]
+            async fn rabbitmq() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Broker::RabbitMq, $opts).await
+                {
+                    $body(&app).await;
+                    app.stop().await;
+                }
+            }
+        }
+    };
+}
+
+async fn decode(res: reqwest::Response) -> (StatusCode, Value) {
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, value)
+}
+
+impl TestApp {
+    pub fn transport(&self) -> std::sync::Arc<dyn hearty::transport::Transport> {
+        self.running.as_ref().expect("running").transport()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        decode(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        decode(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await
+    }
+
+    pub async fn post_as_manager(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        decode(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await
+    }
+
+    pub async fn delete_as(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.client.delete(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        decode(req.send().await.expect("DELETE")).await
+    }
+
+    /// The seed's customer, sent the way httpie sends it (strings).
+    pub async fn seed_customer(&self) -> i64 {
+        let (s, v) = self
+            .post(
+                "/customers",
+                json!({"name": "yang", "phone": "01011", "address": "korea11", "age": "27"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_i64().expect("id")
+    }
+
+    /// The seed's cake: stock 100 at 4.0.
+    pub async fn seed_food(&self, stock: i64) -> i64 {
+        let (s, v) = self
+            .post_as_manager(
+                "/foodCatalogs",
+                json!({"name": "cake", "stock": stock.to_string(), "price": "4.0"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_i64().expect("id")
+    }
+
+    /// The seed's order command: `qty=10 foodcaltalogid=1 customerid=1`.
+    pub async fn order(&self, customer: i64, food: i64, qty: i64) -> (StatusCode, Value) {
+        self.post(
+            "/orders",
+            json!({"qty": qty.to_string(), "foodcaltalogid": food.to_string(), "customerid": customer.to_string()}),
+        )
+        .await
+    }
+
+    pub async fn stock(&self, food: i64) -> i64 {
+        let (_, v) = self.get("/foodCatalogViews").await;
+        v.as_array()
+            .and_then(|a| a.iter().find(|f| f["id"] == food))
+            .and_then(|f| f["stock"].as_i64())
+            .expect("food in the catalog view")
+    }
+
+    pub async fn saga(&self, id: i64) -> Value {
+        let (s, v) = self.get(&format!("/sagas/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Polls until `pred` holds for the saga; panics with the saga after a
+    /// generous bound (a liveness bound, not a performance assertion).
+    pub async fn wait_saga(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.saga(id).await;
+            if pred(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("saga {id} never became {what}: {v:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: i64, state: &str) -> Value {
+        self.wait_saga(id, state, |v| v["state"] == state).await
+    }
+
+    /// The record of one worker for an order, if any.
+    pub async fn record(&self, collection: &str, order: i64) -> Option<Value> {
+        let (s, v) = self.get(&format!("/{collection}?orderId={order}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+
+    pub async fn record_status(&self, collection: &str, order: i64) -> Option<String> {
+        self.record(collection, order)
+            .await
+            .and_then(|r| r["status"].as_str().map(str::to_owned))
+    }
+
+    pub async fn wait_record(&self, collection: &str, order: i64, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.record_status(collection, order).await.as_deref() != Some(status) {
+            if Instant::now() > deadline {
+                panic!(
+                    "{collection} of order {order} never became {status}: {:?}",
+                    self.record(collection, order).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}

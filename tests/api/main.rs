@@ -1,0 +1,9 @@
+//! End-to-end tests through HTTP, over the in-process transport and over
+//! the real RabbitMQ broker (`HEARTY_TEST_AMQP_URL`).
+
+mod helpers;
+
+mod bad_input;
+mod cancellation;
+mod duplicates;
+mod order_saga;

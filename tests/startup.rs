@@ -1,0 +1,141 @@
+//! The `hearty` binary: a bad saga file or setting is a clear start-up
+//! error, and with nothing configured it serves with zero set-up.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn hearty() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearty"));
+    // Start from a clean slate whatever the caller's environment says.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HEARTY_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn a_bad_saga_file_names_the_file_and_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.toml");
+    let text = include_str!("../sagas/order_fulfilment.toml").replacen(
+        "timeout = \"5s\"",
+        "timeout = \"soon\"",
+        1,
+    );
+    std::fs::write(&path, &text).expect("write");
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"soon\""))
+        .expect("present")
+        + 1;
+    let out = hearty()
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_SAGA_FILE", &path)
+        .env("HEARTY_DATA_DIR", dir.path().join("data"))
+        .output()
+        .expect("run hearty");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml"), "{err}");
+    assert!(err.contains(&format!("line {line}")), "{err}");
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn a_missing_saga_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = hearty()
+        .args(["serve", "--saga-file", "/nonexistent/saga.toml"])
+        .env("HEARTY_DATA_DIR", dir.path().join("data"))
+        .output()
+        .expect("run hearty");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/saga.toml"), "{err}");
+}
+
+#[test]
+fn bad_settings_are_refused_with_their_names() {
+    for (var, value, word) in [
+        ("HEARTY_KITCHEN_MODE", "sometimes", "auto or manual"),
+        ("HEARTY_PAY_LATENCY", "slow", "latency"),
+        ("HEARTY_ROLES", "api,chef", "unknown role"),
+        ("HEARTY_NAMESPACE", "has space", "namespace"),
+        ("HEARTY_PAY_DECLINE_ABOVE", "lots", "amount"),
+        ("HEARTY_FAIL_COMPENSATIONS", "pay=often", "count"),
+    ] {
+        let out = hearty()
+            .arg("serve")
+            .env(var, value)
+            .output()
+            .expect("run hearty");
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn serves_with_zero_setup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = hearty()
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hearty");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut token = None;
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(t) =
+            line.strip_prefix("Manager token (send as `Authorization: Bearer <token>`): ")
+        {
+            token = Some(t.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("Hearty listening on http://") {
+            addr = Some(a.to_owned());
+            break;
+        }
+    }
+    let addr = addr.expect("the service says where it listens");
+    assert_eq!(
+        token.map(|t| t.len()),
+        Some(32),
+        "a token is generated and printed"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ready = rt.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(r) = client
+                .get(format!("http://{addr}/health/ready"))
+                .send()
+                .await
+            {
+                return Some((r.status().as_u16(), r.text().await.unwrap_or_default()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let (status, body) = ready.expect("health answered");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("in-process"), "{body}");
+    assert!(
+        dir.path().join("data/orchestrator.db").exists(),
+        "SQLite files under ./data"
+    );
+}
