@@ -63,6 +63,8 @@ impl Drop for NamespaceGuard {
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    /// Prefix of this test's exchanges and queues.
+    pub namespace: String,
     running: Option<Running>,
     _guard: Option<NamespaceGuard>,
     _dir: tempfile::TempDir,
@@ -145,6 +147,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client"),
+        namespace,
         running: Some(running),
         _guard: guard,
         _dir: dir,

@@ -7,3 +7,4 @@ mod bad_input;
 mod cancellation;
 mod duplicates;
 mod order_saga;
+mod topology;
