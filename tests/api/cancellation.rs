@@ -351,3 +351,61 @@ on_both_transports!(
     },
     refund_keeps_failing_until_retried
 );
+
+async fn racing_the_payment(app: &TestApp) {
+    let customer = app.seed_customer().await;
+    let food = app.seed_food(100).await;
+    // The payment takes 400 ms; the manager cancels order 1 meanwhile.
+    let canceller = async {
+        loop {
+            let (status, body) = app.delete_as("/kitchens/1", Some(TOKEN)).await;
+            if status != StatusCode::NOT_FOUND {
+                return (status, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let ((order_status, order), (cancel_status, cancel_body)) =
+        tokio::join!(app.order(customer, food, 10), canceller);
+    assert_eq!(cancel_status, StatusCode::ACCEPTED, "{cancel_body}");
+    assert_eq!(order_status, StatusCode::CONFLICT, "{order}");
+    assert_eq!(order["error"], "order_cancelled");
+    // The approval that arrives after the cancel is refunded.
+    assert_cancelled(app, 1, food, [Some("Refunded"), None, None, None]).await;
+}
+
+on_both_transports!(
+    cancel_racing_the_payment,
+    Options {
+        pay_latency: Some("400ms"),
+        ..Options::default()
+    },
+    racing_the_payment
+);
+
+async fn racing_the_delivery(app: &TestApp) {
+    let (id, food) = place(app).await;
+    app.wait_record("kitchens", id, "Cooked").await;
+    // The delivery takes 300 ms: the cancel arrives while it dispatches.
+    cancel(app, id).await;
+    let saga = assert_cancelled(
+        app,
+        id,
+        food,
+        [Some("Refunded"), Some("Cancelled"), Some("Cancelled"), None],
+    )
+    .await;
+    assert_eq!(
+        saga["steps"][3]["status"], "Pending",
+        "the forward path stopped"
+    );
+}
+
+on_both_transports!(
+    cancel_racing_the_delivery,
+    Options {
+        delivery_latency: Some("300ms"),
+        ..Options::default()
+    },
+    racing_the_delivery
+);

@@ -27,6 +27,7 @@ pub struct Options {
     pub delivery_manual: bool,
     pub pay_latency: Option<&'static str>,
     pub kitchen_latency: Option<&'static str>,
+    pub delivery_latency: Option<&'static str>,
     pub coupon_latency: Option<&'static str>,
     pub fail_compensations: Option<&'static str>,
     /// Compensation retries in milliseconds instead of seconds.
@@ -110,6 +111,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     };
     config.pay_latency = opts.pay_latency.map(|l| l.parse().expect("latency"));
     config.kitchen_latency = opts.kitchen_latency.map(|l| l.parse().expect("latency"));
+    config.delivery_latency = opts.delivery_latency.map(|l| l.parse().expect("latency"));
     config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
     config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
     config.saga_file = if opts.fast_retries {
