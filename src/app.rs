@@ -14,6 +14,7 @@ use crate::config::{Config, Role, Secret};
 use crate::domain::WorkerKind;
 use crate::orchestrator::store::{self, SagaStore};
 use crate::orchestrator::{Orchestrator, Recover, consume_replies};
+use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::storage::{Db, outbox};
@@ -104,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(transport = transport.kind(), namespace = %config.namespace, roles = %config.roles, "starting");
 
     let (trigger, shutdown) = ShutdownTrigger::new();
+    let breakers = Breakers::for_definition(&def);
     let knobs = Knobs::from_config(&config);
     let mut dbs = Vec::new();
 
@@ -127,7 +129,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 latency: config.latency_of(kind),
                 compensation_failures: failures.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c),
             };
-            let actor = WorkerActor::new(logic, db.clone(), faults).start();
+            let worker_db = db.clone();
+            let actor =
+                actix::Supervisor::start(move |_| WorkerActor::new(logic, worker_db, faults));
             actix::spawn(outbox::run_relay(
                 db.clone(),
                 transport.clone(),
@@ -145,7 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("opening the orchestrator database")?;
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());
-        let orchestrator = Orchestrator::new(def.clone(), sagas.clone()).start();
+        let orchestrator = Orchestrator::new(def.clone(), sagas.clone(), breakers.clone()).start();
         actix::spawn(outbox::run_relay(
             db.clone(),
             transport.clone(),
@@ -187,13 +191,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 def: def.clone(),
                 manager_token: token,
                 order_timeout: config.order_timeout,
+                breakers: breakers.clone(),
             });
         }
     }
 
     let manager_token = api_state.as_ref().map(|s| s.manager_token.clone());
     let api_data = api_state.map(web::Data::new);
-    let probes = web::Data::new(api::ops_probes(dbs.clone(), transport.clone()));
+    let probes = web::Data::new(api::ops_probes(
+        dbs.clone(),
+        transport.clone(),
+        breakers.clone(),
+    ));
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(probes.clone())

@@ -273,7 +273,7 @@ pub struct Config {
     pub order_timeout: Duration,
 
     /// Failpoints for fault-injection tests, e.g. `outbox-after-confirm=abort`.
-    #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "")]
+    #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "", value_parser = crate::failpoint::validate)]
     pub failpoints: String,
 }
 

@@ -32,3 +32,12 @@ pub mod shutdown;
 pub mod storage;
 pub mod transport;
 pub mod workers;
+
+/// The text of a caught panic, for logs and errors.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

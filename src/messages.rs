@@ -169,6 +169,9 @@ pub enum ReplyOutcome {
     CompensationFailed { reason: String },
     /// The order was handed to the customer: it can no longer be cancelled.
     Delivered,
+    /// A command of this step could not be processed and went to the
+    /// dead-letter queue.
+    DeadLettered { reason: String },
 }
 
 impl ReplyOutcome {
@@ -180,6 +183,7 @@ impl ReplyOutcome {
             ReplyOutcome::Compensated => "compensated",
             ReplyOutcome::CompensationFailed { .. } => "compensationFailed",
             ReplyOutcome::Delivered => "delivered",
+            ReplyOutcome::DeadLettered { .. } => "deadLettered",
         }
     }
 }

@@ -40,6 +40,7 @@ counters! {
     worker_commands_total: "Worker commands applied or answered from the inbox.",
     dead_letters_total: "Messages moved to the dead-letter queue.",
     redeliveries_total: "Deliveries the broker marked as redelivered.",
+    actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
 }
 
 /// Adds one to a counter.

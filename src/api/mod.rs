@@ -21,6 +21,7 @@ use crate::config::Secret;
 use crate::domain::WorkerKind;
 use crate::orchestrator::Orchestrator;
 use crate::orchestrator::store::SagaStore;
+use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::storage::Db;
 use crate::transport::Transport;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub manager_token: Secret,
     /// How long `POST /orders` waits for the payment.
     pub order_timeout: Duration,
+    /// Circuit breakers of the saga's steps; the first one guards new orders.
+    pub breakers: Breakers,
 }
 
 impl ApiState {
@@ -226,8 +229,12 @@ pub fn ok_json<T: serde::Serialize>(v: &T) -> HttpResponse {
 }
 
 /// Readiness probes of a process.
-pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>) -> ops::Probes {
-    ops::Probes { dbs, transport }
+pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>, breakers: Breakers) -> ops::Probes {
+    ops::Probes {
+        dbs,
+        transport,
+        breakers,
+    }
 }
 
 /// The routes of a process without the `api` role: health and metrics.

@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::metrics::METRICS;
+use crate::saga::breaker::Breakers;
 use crate::storage::Db;
 use crate::transport::Transport;
 
@@ -14,6 +15,8 @@ use crate::transport::Transport;
 pub struct Probes {
     pub dbs: Vec<Db>,
     pub transport: Arc<dyn Transport>,
+    /// Shown in the readiness detail and the metrics.
+    pub breakers: Breakers,
 }
 
 pub fn routes() -> impl HttpServiceFactory {
@@ -41,6 +44,11 @@ async fn ready(probes: web::Data<Probes>) -> HttpResponse {
         "status": if storage_ok && broker_ok { "ready" } else { "unavailable" },
         "storage": storage,
         "broker": { "kind": probes.transport.kind(), "ok": broker_ok },
+        "circuitBreakers": probes
+            .breakers
+            .iter()
+            .map(|b| (b.step.clone(), json!(b.state().as_str())))
+            .collect::<serde_json::Map<_, _>>(),
     });
     if storage_ok && broker_ok {
         HttpResponse::Ok().json(body)
@@ -51,8 +59,8 @@ async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     }
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(METRICS.render())
+        .body(format!("{}{}", METRICS.render(), probes.breakers.render()))
 }

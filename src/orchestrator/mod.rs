@@ -24,10 +24,12 @@ use futures_util::StreamExt;
 use crate::domain::SagaId;
 use crate::messages::{OrderDetails, WorkerReply};
 use crate::metrics::{METRICS, inc};
+use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
 use crate::shutdown::Shutdown;
 use crate::storage::StorageError;
+use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
 use store::SagaStore;
@@ -41,6 +43,8 @@ pub enum OrchestratorError {
     Storage(#[from] StorageError),
     #[error("saga actor unavailable: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error("saga actor panicked: {0}")]
+    Panicked(String),
 }
 
 /// The registry of saga actors.
@@ -49,20 +53,28 @@ pub struct Orchestrator {
     store: SagaStore,
     /// Live saga actors by saga id; others are loaded on their next event.
     sagas: HashMap<SagaId, Addr<SagaActor>>,
+    breakers: Breakers,
 }
 
 impl Orchestrator {
-    pub fn new(def: Arc<SagaDefinition>, store: SagaStore) -> Self {
+    pub fn new(def: Arc<SagaDefinition>, store: SagaStore, breakers: Breakers) -> Self {
         Orchestrator {
             def,
             store,
             sagas: HashMap::new(),
+            breakers,
         }
     }
 
     fn spawn_saga(&mut self, saga: Saga) -> Addr<SagaActor> {
         let id = saga.id;
-        let addr = SagaActor::new(saga, self.def.clone(), self.store.clone()).start();
+        let addr = SagaActor::new(
+            saga,
+            self.def.clone(),
+            self.store.clone(),
+            self.breakers.clone(),
+        )
+        .start();
         self.sagas.insert(id, addr.clone());
         addr
     }
@@ -186,6 +198,7 @@ pub async fn consume_replies(
     mut shutdown: Shutdown,
 ) -> Result<(), TransportError> {
     let mut deliveries = transport.consume(QueueName::Replies).await?;
+    let failures = Arc::new(FailureCounts::default());
     loop {
         let delivery = tokio::select! {
             _ = shutdown.recv() => return Ok(()),
@@ -194,45 +207,66 @@ pub async fn consume_replies(
                 None => return Ok(()),
             },
         };
-        actix::spawn(handle_reply(orchestrator.clone(), delivery));
+        actix::spawn(handle_reply(
+            orchestrator.clone(),
+            delivery,
+            failures.clone(),
+        ));
     }
 }
 
-async fn handle_reply(orchestrator: Addr<Orchestrator>, delivery: Delivery) {
+async fn handle_reply(
+    orchestrator: Addr<Orchestrator>,
+    delivery: Delivery,
+    failures: Arc<FailureCounts>,
+) {
     if delivery.redelivered {
         inc(&METRICS.redeliveries_total);
     }
     let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {
         Ok(r) => r,
         Err(e) => {
-            inc(&METRICS.dead_letters_total);
-            let reason = format!("undecodable reply: {e}");
-            tracing::warn!(msg = ?delivery.message_id, %reason, "dead-lettering");
-            let _ = delivery.dead_letter(&reason).await;
+            dead_letter(delivery, &format!("undecodable reply: {e}")).await;
             return;
         }
     };
+    let id = reply.message_id();
+    let (saga, step) = (reply.order_id, reply.step.clone());
     let event = Event::Reply {
         step: reply.step,
         attempt: reply.attempt,
         outcome: reply.outcome,
     };
-    match dispatch(&orchestrator, reply.order_id, event).await {
+    let error = match dispatch(&orchestrator, saga, event).await {
         Ok(_) => {
+            failures.forget(&id);
+            crate::failpoint::hit("reply-before-ack");
             if let Err(e) = delivery.ack().await {
                 tracing::warn!(error = %e, "ack failed; the reply will be redelivered and ignored");
             }
+            return;
         }
         Err(OrchestratorError::UnknownSaga(id)) => {
-            inc(&METRICS.dead_letters_total);
-            let _ = delivery
-                .dead_letter(&format!("reply for unknown saga {id}"))
-                .await;
+            dead_letter(delivery, &format!("reply for unknown saga {id}")).await;
+            return;
         }
-        Err(e) => {
-            tracing::warn!(saga = %reply.order_id, error = %e, "reply not applied; requeueing");
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let _ = delivery.requeue().await;
-        }
+        Err(e) => e.to_string(),
+    };
+    let count = failures.record(&id);
+    if count >= MAX_DELIVERIES {
+        let reason = format!("failed {count} times; last error: {error}");
+        dead_letter(delivery, &reason).await;
+        failures.forget(&id);
+        // Best effort: the saga may be what fails.
+        let note = Event::Reply {
+            step,
+            attempt: 0,
+            outcome: crate::messages::ReplyOutcome::DeadLettered { reason },
+        };
+        let _ = dispatch(&orchestrator, saga, note).await;
+        return;
     }
+    tracing::warn!(saga = %saga, error, attempt = count, "reply not applied; handing it back");
+    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
+    let _ = delivery.requeue().await;
 }

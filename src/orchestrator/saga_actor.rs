@@ -12,6 +12,7 @@ use super::OrchestratorError;
 use super::store::SagaStore;
 use crate::domain::Millis;
 use crate::metrics::{METRICS, inc};
+use crate::saga::breaker::{Breakers, observe};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Command, Event, Refusal, Saga, SagaState, Transition};
 
@@ -23,15 +24,18 @@ pub struct SagaActor {
     store: SagaStore,
     /// Callers of `POST /orders` waiting for the payment's outcome.
     waiters: Vec<oneshot::Sender<Saga>>,
+    /// Step breakers, told of every answer and timeout.
+    breakers: Breakers,
 }
 
 impl SagaActor {
-    pub fn new(saga: Saga, def: Arc<SagaDefinition>, store: SagaStore) -> Self {
+    pub fn new(saga: Saga, def: Arc<SagaDefinition>, store: SagaStore, breakers: Breakers) -> Self {
         SagaActor {
             saga,
             def,
             store,
             waiters: Vec::new(),
+            breakers,
         }
     }
 
@@ -116,12 +120,28 @@ pub struct SagaEvent(pub Event);
 impl Handler<SagaEvent> for SagaActor {
     type Result = AtomicResponse<Self, Result<Result<(), Refusal>, OrchestratorError>>;
 
-    fn handle(&mut self, SagaEvent(event): SagaEvent, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, SagaEvent(event): SagaEvent, ctx: &mut Self::Context) -> Self::Result {
         let mut next = self.saga.clone();
         let now = Millis::now();
-        let transition = match next.apply(&self.def, &event, now) {
-            Ok(t) => t,
-            Err(refusal) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Err(refusal))))),
+        let observed = observe(&self.saga, &event);
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::failpoint::hit("saga-apply");
+            next.apply(&self.def, &event, now)
+        }));
+        let transition = match applied {
+            Ok(Ok(t)) => t,
+            Ok(Err(refusal)) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Err(refusal))))),
+            Err(panic) => {
+                // Isolate the fault: this saga's actor stops, the registry
+                // reloads it from storage on its next event.
+                let why = crate::panic_message(panic.as_ref());
+                tracing::error!(saga = %self.saga.id, panic = %why, "saga actor panicked; restarting it");
+                inc(&METRICS.actor_restarts_total);
+                ctx.stop();
+                return AtomicResponse::new(Box::pin(fut::ready(Err(
+                    OrchestratorError::Panicked(why),
+                ))));
+            }
         };
         if !transition.changed() {
             if matches!(event, Event::Reply { .. }) {
@@ -148,6 +168,11 @@ impl Handler<SagaEvent> for SagaActor {
                         });
                     }
                     return Err(e.into());
+                }
+                if let Some((step, failed)) = observed
+                    && let Some(b) = act.breakers.step(step)
+                {
+                    b.record(failed, Millis::now());
                 }
                 let before = act.saga.state;
                 act.saga = next;

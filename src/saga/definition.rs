@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::domain::{OrderStatus, WorkerKind};
+use crate::saga::breaker::BreakerPolicy;
 
 /// A validated saga definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,8 @@ pub struct StepDefinition {
     pub compensation_blocks: bool,
     pub retry: RetryPolicy,
     pub compensation_retry: RetryPolicy,
+    /// Turns new sagas away while this step's worker does not answer.
+    pub circuit_breaker: Option<BreakerPolicy>,
 }
 
 /// Exponential backoff between attempts, computed with `backon`.
@@ -182,6 +185,13 @@ impl SagaDefinition {
                     .validate()
                     .map_err(|e| at(r.span(), format!("step `{name}`: compensation_retry {e}")))?,
             };
+            let circuit_breaker =
+                match &s.circuit_breaker {
+                    None => None,
+                    Some(b) => Some(b.get_ref().validate().map_err(|e| {
+                        at(b.span(), format!("step `{name}`: circuit_breaker {e}"))
+                    })?),
+                };
             steps.push(StepDefinition {
                 name,
                 worker,
@@ -192,6 +202,7 @@ impl SagaDefinition {
                 compensation_blocks: s.compensation_blocks.unwrap_or(true),
                 retry,
                 compensation_retry,
+                circuit_breaker,
             });
         }
         Ok(SagaDefinition {
@@ -227,6 +238,38 @@ struct RawStep {
     compensation_blocks: Option<bool>,
     retry: Spanned<RawRetry>,
     compensation_retry: Option<Spanned<RawRetry>>,
+    circuit_breaker: Option<Spanned<RawBreaker>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: u32,
+    failure_ratio: f64,
+    window: u32,
+    min_calls: u32,
+    cool_down: String,
+}
+
+impl RawBreaker {
+    fn validate(&self) -> Result<BreakerPolicy, String> {
+        if self.consecutive_failures == 0 {
+            return Err("consecutive_failures must be at least 1".into());
+        }
+        if !(self.failure_ratio > 0.0 && self.failure_ratio <= 1.0) {
+            return Err("failure_ratio must be in (0, 1]".into());
+        }
+        if self.window == 0 || self.min_calls == 0 || self.min_calls > self.window {
+            return Err("window and min_calls must be at least 1, min_calls at most window".into());
+        }
+        Ok(BreakerPolicy {
+            consecutive_failures: self.consecutive_failures,
+            failure_ratio: self.failure_ratio,
+            window: self.window,
+            min_calls: self.min_calls,
+            cool_down: parse_duration(&self.cool_down)?,
+        })
+    }
 }
 
 #[derive(Deserialize)]

@@ -499,6 +499,16 @@ impl Run<'_> {
                     self.retry_or_give_up(i, reason);
                 }
             }
+            ReplyOutcome::DeadLettered { reason } => {
+                // Recorded for inspection; the step's timeout decides what
+                // happens next (a retry, or giving up and compensating).
+                let waiting = matches!(step.status, StepStatus::Running | StepStatus::Compensating);
+                let detail = format!("dead-lettered: {reason}");
+                if waiting && step.error.as_deref() != Some(detail.as_str()) {
+                    self.saga.steps[i].error = Some(detail.clone());
+                    self.note(Some(i), Some(detail));
+                }
+            }
             ReplyOutcome::Delivered => {
                 let delivered_ok =
                     matches!(self.saga.state, SagaState::Running | SagaState::Completed)

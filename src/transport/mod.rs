@@ -12,6 +12,7 @@
 
 pub mod amqp;
 pub mod memory;
+pub mod poison;
 
 use std::fmt;
 

@@ -18,14 +18,16 @@ pub mod pay;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rusqlite::Transaction;
 
 use crate::config::{Config, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
+use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, inbox, outbox};
+use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
 use crate::transport::{Delivery, Outgoing, QueueName, Route, Transport};
 
 /// What applying a command came to.
@@ -125,21 +127,41 @@ impl Actor for WorkerActor {
     }
 }
 
+/// A worker actor runs under an actix `Supervisor`: when a handler panics
+/// the actor is stopped and restarted with the same mailbox.
+impl Supervised for WorkerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        inc(&METRICS.actor_restarts_total);
+        tracing::warn!(worker = %self.logic.kind(), "worker actor restarting after a failure");
+    }
+}
+
+/// Why a command was not applied; the delivery is handed back.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("handler panicked: {0}")]
+    Panicked(String),
+}
+
 /// Apply one command and commit its effect, inbox row and replies.
 #[derive(Message)]
-#[rtype(result = "Result<(), StorageError>")]
+#[rtype(result = "Result<(), WorkerError>")]
 pub struct Apply(pub WorkerCommand);
 
 impl Handler<Apply> for WorkerActor {
-    type Result = ResponseFuture<Result<(), StorageError>>;
+    type Result = ResponseActFuture<Self, Result<(), WorkerError>>;
 
     fn handle(&mut self, Apply(cmd): Apply, _ctx: &mut Self::Context) -> Self::Result {
         let logic = self.logic.clone();
         let db = self.db.clone();
         let faults = self.faults;
-        let span = tracing::info_span!("worker", worker = %logic.kind(), saga = %cmd.order_id(), msg = %cmd.message_id());
-        Box::pin(tracing::Instrument::instrument(
+        let kind = logic.kind();
+        let span = tracing::info_span!("worker", worker = %kind, saga = %cmd.order_id(), msg = %cmd.message_id());
+        let work = tracing::Instrument::instrument(
             async move {
+                crate::failpoint::hit(&format!("{kind}-handler"));
                 if let Some(l) = faults.latency {
                     tokio::time::sleep(l.sample()).await;
                 }
@@ -148,13 +170,52 @@ impl Handler<Apply> for WorkerActor {
                         apply_in_tx(logic.as_ref(), faults, tx, &cmd).map_err(StorageError::from)
                     })
                     .await?;
+                inc(&METRICS.worker_commands_total);
                 if queued {
                     db.notify_outbox();
                 }
                 Ok(())
             },
             span,
-        ))
+        );
+        Box::pin(
+            std::panic::AssertUnwindSafe(work)
+                .catch_unwind()
+                .into_actor(self)
+                .map(move |result, _act, ctx| match result {
+                    Ok(applied) => applied,
+                    Err(panic) => {
+                        let why = crate::panic_message(panic.as_ref());
+                        tracing::error!(worker = %kind, panic = %why, "handler panicked; restarting the actor");
+                        ctx.stop();
+                        Err(WorkerError::Panicked(why))
+                    }
+                }),
+        )
+    }
+}
+
+/// Tell the saga that one of its commands was dead-lettered (through the
+/// outbox, like every reply).
+#[derive(Message)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct NoteDeadLetter(pub WorkerReply);
+
+impl Handler<NoteDeadLetter> for WorkerActor {
+    type Result = ResponseFuture<Result<(), StorageError>>;
+
+    fn handle(
+        &mut self,
+        NoteDeadLetter(reply): NoteDeadLetter,
+        _ctx: &mut Self::Context,
+    ) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            db.write(move |tx| Ok(outbox::enqueue(tx, &reply_message(&reply), Millis::now())?))
+                .await?;
+            db.notify_outbox();
+            Ok(())
+        })
     }
 }
 
@@ -292,6 +353,7 @@ pub async fn consume(
     mut shutdown: Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
     let mut deliveries = transport.consume(QueueName::Worker(kind)).await?;
+    let failures = Arc::new(FailureCounts::default());
     loop {
         let delivery = tokio::select! {
             _ = shutdown.recv() => return Ok(()),
@@ -300,40 +362,76 @@ pub async fn consume(
                 None => return Ok(()),
             },
         };
-        let worker = worker.clone();
         // Each delivery is handled on its own task; the prefetch bounds how
         // many are in flight, the database serializes their effects.
-        actix::spawn(handle_delivery(worker, delivery));
+        actix::spawn(handle_delivery(worker.clone(), delivery, failures.clone()));
     }
 }
 
-async fn handle_delivery(worker: Addr<WorkerActor>, delivery: Delivery) {
+async fn handle_delivery(
+    worker: Addr<WorkerActor>,
+    delivery: Delivery,
+    failures: Arc<FailureCounts>,
+) {
+    if delivery.redelivered {
+        inc(&METRICS.redeliveries_total);
+    }
     let cmd: WorkerCommand = match serde_json::from_slice(&delivery.body) {
         Ok(c) => c,
         Err(e) => {
             let reason = format!("undecodable command: {e}");
-            tracing::warn!(msg = ?delivery.message_id, %reason, "dead-lettering");
-            if let Err(e) = delivery.dead_letter(&reason).await {
-                tracing::warn!(error = %e, "cannot dead-letter; it will be redelivered");
-            }
+            note_dead_letter(&worker, &delivery, &reason).await;
+            dead_letter(delivery, &reason).await;
             return;
         }
     };
-    match worker.send(Apply(cmd)).await {
+    let id = cmd.message_id();
+    let error = match worker.send(Apply(cmd)).await {
         Ok(Ok(())) => {
+            failures.forget(&id);
             if let Err(e) = delivery.ack().await {
                 // The effect is committed; a redelivery is answered from the inbox.
                 tracing::warn!(error = %e, "ack failed");
             }
+            return;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "command not applied; requeueing");
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let _ = delivery.requeue().await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "worker actor unavailable; requeueing");
-            let _ = delivery.requeue().await;
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("worker actor unavailable: {e}"),
+    };
+    let count = failures.record(&id);
+    if count >= MAX_DELIVERIES {
+        let reason = format!("failed {count} times; last error: {error}");
+        note_dead_letter(&worker, &delivery, &reason).await;
+        dead_letter(delivery, &reason).await;
+        failures.forget(&id);
+        return;
+    }
+    tracing::warn!(msg = %id, error, attempt = count, "command not applied; handing it back");
+    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
+    let _ = delivery.requeue().await;
+}
+
+/// Tells the saga of a dead-lettered command, when the message says which.
+async fn note_dead_letter(worker: &Addr<WorkerActor>, delivery: &Delivery, reason: &str) {
+    let order = delivery
+        .correlation_id
+        .as_deref()
+        .and_then(|c| c.parse::<OrderId>().ok());
+    let message_id = delivery.message_id.clone().unwrap_or_default();
+    // `order-7.pay.do` → step `pay`.
+    let step = message_id.split('.').nth(1).map(str::to_owned);
+    if let (Some(order_id), Some(step)) = (order, step) {
+        let reply = WorkerReply {
+            order_id,
+            step,
+            in_reply_to: message_id,
+            attempt: 0,
+            outcome: ReplyOutcome::DeadLettered {
+                reason: reason.to_owned(),
+            },
+        };
+        if let Err(e) = worker.send(NoteDeadLetter(reply)).await {
+            tracing::warn!(error = %e, "cannot tell the saga about its dead letter");
         }
     }
 }

@@ -1,0 +1,313 @@
+//! A circuit breaker per saga step (configured in the saga file): when the
+//! step's worker stops answering in time, new sagas are turned away at once
+//! instead of piling up.
+//!
+//! Closed → Open after `consecutive_failures` timeouts in a row, or once at
+//! least `min_calls` of the last `window` outcomes are in and `failure_ratio`
+//! of them failed. Open → HalfOpen after `cool_down`: one trial goes through.
+//! The trial's success closes the breaker; its failure opens it again.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::domain::Millis;
+
+/// The breakers of a saga definition, by step index.
+#[derive(Debug, Clone, Default)]
+pub struct Breakers(std::sync::Arc<Vec<Option<CircuitBreaker>>>);
+
+impl Breakers {
+    pub fn for_definition(def: &crate::saga::definition::SagaDefinition) -> Self {
+        Breakers(std::sync::Arc::new(
+            def.steps
+                .iter()
+                .map(|s| s.circuit_breaker.map(|p| CircuitBreaker::new(&s.name, p)))
+                .collect(),
+        ))
+    }
+
+    pub fn step(&self, i: usize) -> Option<&CircuitBreaker> {
+        self.0.get(i).and_then(Option::as_ref)
+    }
+
+    /// The breaker guarding new sagas: the first step's.
+    pub fn admission(&self) -> Option<&CircuitBreaker> {
+        self.step(0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &CircuitBreaker> {
+        self.0.iter().flatten()
+    }
+
+    /// Prometheus lines of every breaker.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP hearty_circuit_breaker_state 0 = closed, 1 = open, 2 = half-open.\n");
+        out.push_str("# TYPE hearty_circuit_breaker_state gauge\n");
+        for b in self.iter() {
+            out.push_str(&format!(
+                "hearty_circuit_breaker_state{{step=\"{}\"}} {}\n",
+                b.step,
+                b.state().gauge()
+            ));
+        }
+        out.push_str("# HELP hearty_circuit_breaker_opened_total Times the breaker opened.\n");
+        out.push_str("# TYPE hearty_circuit_breaker_opened_total counter\n");
+        for b in self.iter() {
+            out.push_str(&format!(
+                "hearty_circuit_breaker_opened_total{{step=\"{}\"}} {}\n",
+                b.step,
+                b.times_opened()
+            ));
+        }
+        out
+    }
+}
+
+/// What one event tells a step's breaker, judged on the saga before it.
+pub fn observe(
+    saga: &crate::saga::machine::Saga,
+    event: &crate::saga::machine::Event,
+) -> Option<(usize, bool)> {
+    use crate::messages::ReplyOutcome;
+    use crate::saga::machine::{Effect, Event, StepStatus};
+    let waiting = |i: usize| {
+        saga.steps
+            .get(i)
+            .is_some_and(|s| s.status == StepStatus::Running && s.effect == Effect::Unknown)
+    };
+    match event {
+        Event::Timeout { step, attempt } => {
+            (waiting(*step) && saga.steps[*step].attempts == *attempt).then_some((*step, true))
+        }
+        Event::Reply { step, outcome, .. } => {
+            let i = saga.steps.iter().position(|s| &s.name == step)?;
+            let answered = matches!(
+                outcome,
+                ReplyOutcome::Accepted | ReplyOutcome::Done | ReplyOutcome::Failed { .. }
+            );
+            (answered && waiting(i)).then_some((i, false))
+        }
+        _ => None,
+    }
+}
+
+/// The breaker settings of one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub window: u32,
+    pub min_calls: u32,
+    pub cool_down: Duration,
+}
+
+/// The breaker's state (exported as 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "Closed",
+            BreakerState::Open => "Open",
+            BreakerState::HalfOpen => "HalfOpen",
+        }
+    }
+
+    pub fn gauge(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    /// Recent outcomes, `true` = failure.
+    recent: VecDeque<bool>,
+    consecutive: u32,
+    opened_at: Millis,
+    trial_in_flight: bool,
+    times_opened: u64,
+}
+
+/// One step's breaker. Shared by the API (which asks) and the saga actors
+/// (which report outcomes).
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    pub step: String,
+    policy: BreakerPolicy,
+    inner: Mutex<Inner>,
+}
+
+impl CircuitBreaker {
+    pub fn new(step: &str, policy: BreakerPolicy) -> Self {
+        CircuitBreaker {
+            step: step.to_owned(),
+            policy,
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                recent: VecDeque::new(),
+                consecutive: 0,
+                opened_at: Millis(0),
+                trial_in_flight: false,
+                times_opened: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The breaker's data stays consistent even if a holder panicked.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May a new saga start? `Err(wait)` = no, try again after `wait`.
+    pub fn try_acquire(&self, now: Millis) -> Result<(), Duration> {
+        let mut b = self.lock();
+        match b.state {
+            BreakerState::Closed => Ok(()),
+            BreakerState::Open => {
+                let reopen = b.opened_at.plus(self.policy.cool_down);
+                if now < reopen {
+                    return Err(reopen.until_from(now));
+                }
+                b.state = BreakerState::HalfOpen;
+                b.trial_in_flight = true;
+                tracing::info!(step = %self.step, "circuit half-open: letting one trial through");
+                Ok(())
+            }
+            BreakerState::HalfOpen if b.trial_in_flight => Err(self.policy.cool_down),
+            BreakerState::HalfOpen => {
+                b.trial_in_flight = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives back a trial permit that was not used.
+    pub fn release(&self) {
+        let mut b = self.lock();
+        if b.state == BreakerState::HalfOpen {
+            b.trial_in_flight = false;
+        }
+    }
+
+    /// Reports one outcome of the step: `failed` = it did not answer in time.
+    pub fn record(&self, failed: bool, now: Millis) {
+        let mut b = self.lock();
+        b.recent.push_back(failed);
+        while b.recent.len() > self.policy.window as usize {
+            b.recent.pop_front();
+        }
+        b.consecutive = if failed { b.consecutive + 1 } else { 0 };
+        match (b.state, failed) {
+            (BreakerState::HalfOpen, false) => {
+                b.state = BreakerState::Closed;
+                b.recent.clear();
+                b.trial_in_flight = false;
+                tracing::info!(step = %self.step, "circuit closed");
+            }
+            (BreakerState::HalfOpen, true) => self.open(&mut b, now),
+            (BreakerState::Closed, true) => {
+                let calls = b.recent.len() as u32;
+                let failures = b.recent.iter().filter(|f| **f).count() as f64;
+                let ratio_trips = calls >= self.policy.min_calls
+                    && failures / f64::from(calls.max(1)) >= self.policy.failure_ratio;
+                if b.consecutive >= self.policy.consecutive_failures || ratio_trips {
+                    self.open(&mut b, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn open(&self, b: &mut Inner, now: Millis) {
+        b.state = BreakerState::Open;
+        b.opened_at = now;
+        b.trial_in_flight = false;
+        b.times_opened += 1;
+        tracing::warn!(step = %self.step, "circuit open: turning new orders away");
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.lock().state
+    }
+
+    pub fn times_opened(&self) -> u64 {
+        self.lock().times_opened
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> BreakerPolicy {
+        BreakerPolicy {
+            consecutive_failures: 3,
+            failure_ratio: 0.5,
+            window: 10,
+            min_calls: 6,
+            cool_down: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn opens_on_consecutive_failures_then_half_opens_and_closes() {
+        let b = CircuitBreaker::new("pay", policy());
+        let t = Millis(1_000_000);
+        for _ in 0..2 {
+            b.record(true, t);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.record(true, t);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            b.try_acquire(t.plus(Duration::from_secs(1))),
+            Err(Duration::from_secs(4))
+        );
+        assert_eq!(b.try_acquire(t.plus(Duration::from_secs(5))), Ok(()));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(
+            b.try_acquire(t.plus(Duration::from_secs(5))).is_err(),
+            "one trial at a time"
+        );
+        b.record(false, t.plus(Duration::from_secs(6)));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.times_opened(), 1);
+    }
+
+    #[test]
+    fn a_failed_trial_opens_it_again() {
+        let b = CircuitBreaker::new("pay", policy());
+        let t = Millis(1_000_000);
+        for _ in 0..3 {
+            b.record(true, t);
+        }
+        let later = t.plus(Duration::from_secs(5));
+        assert!(b.try_acquire(later).is_ok());
+        b.record(true, later);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire(later.plus(Duration::from_secs(1))).is_err());
+    }
+
+    #[test]
+    fn opens_on_a_failure_ratio() {
+        let b = CircuitBreaker::new("pay", policy());
+        let t = Millis(1_000_000);
+        // Alternating: never 3 in a row, but 50% of 6 calls.
+        for i in 0..6 {
+            b.record(i % 2 == 1, t);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}
