@@ -50,6 +50,8 @@ pub struct Running {
     pub manager_token: Option<Secret>,
     server: actix_web::dev::ServerHandle,
     trigger: ShutdownTrigger,
+    relay_trigger: ShutdownTrigger,
+    relays: Vec<tokio::task::JoinHandle<()>>,
     transport: Arc<dyn Transport>,
     amqp: Option<AmqpTransport>,
     dbs: Vec<Db>,
@@ -61,13 +63,21 @@ impl Running {
         self.transport.clone()
     }
 
-    /// Stops HTTP, consumers and relays, then closes the broker connection.
+    /// Graceful shutdown: stop taking requests and deliveries, let the
+    /// work in flight finish (bounded), flush the outboxes, close the broker
+    /// connection. Unacked deliveries go back to their queues.
     pub async fn stop(self) {
         self.trigger.trigger();
         self.server.stop(true).await;
-        // Give relays a moment to publish what the last requests committed.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while crate::metrics::in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.relay_trigger.trigger();
+        for relay in self.relays {
+            let _ = relay.await;
+        }
         for db in &self.dbs {
-            let _ = outbox::backlog(db).await;
             db.close();
         }
         if let Some(a) = self.amqp {
@@ -105,6 +115,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(transport = transport.kind(), namespace = %config.namespace, roles = %config.roles, "starting");
 
     let (trigger, shutdown) = ShutdownTrigger::new();
+    // Relays stop last, after the in-flight work committed its messages.
+    let (relay_trigger, _) = ShutdownTrigger::new();
+    let mut relays = Vec::new();
     let breakers = Breakers::for_definition(&def);
     let knobs = Knobs::from_config(&config);
     let mut dbs = Vec::new();
@@ -132,11 +145,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let worker_db = db.clone();
             let actor =
                 actix::Supervisor::start(move |_| WorkerActor::new(logic, worker_db, faults));
-            actix::spawn(outbox::run_relay(
+            relays.push(actix::spawn(outbox::run_relay(
                 db.clone(),
                 transport.clone(),
-                shutdown.clone(),
-            ));
+                relay_trigger.subscribe(),
+            )));
             spawn_consumer(kind, actor, transport.clone(), shutdown.clone());
         }
         dbs.push(db.clone());
@@ -150,11 +163,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());
         let orchestrator = Orchestrator::new(def.clone(), sagas.clone(), breakers.clone()).start();
-        actix::spawn(outbox::run_relay(
+        relays.push(actix::spawn(outbox::run_relay(
             db.clone(),
             transport.clone(),
-            shutdown.clone(),
-        ));
+            relay_trigger.subscribe(),
+        )));
         let recovered = orchestrator
             .send(Recover)
             .await
@@ -237,6 +250,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         manager_token,
         server: handle,
         trigger,
+        relay_trigger,
+        relays,
         transport,
         amqp,
         dbs,

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 macro_rules! counters {
     ($($name:ident : $help:literal),+ $(,)?) => {
         /// Every counter of the process.
-        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64 }
+        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64, pub deliveries_in_flight: AtomicI64 }
 
         /// The process's metrics.
-        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0) };
+        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0), deliveries_in_flight: AtomicI64::new(0) };
 
         impl Metrics {
             /// The Prometheus text exposition of every metric.
@@ -24,6 +24,9 @@ macro_rules! counters {
                 let _ = writeln!(out, "# HELP hearty_sagas_in_flight Sagas loaded and not yet finished in this process.");
                 let _ = writeln!(out, "# TYPE hearty_sagas_in_flight gauge");
                 let _ = writeln!(out, "hearty_sagas_in_flight {}", self.sagas_in_flight.load(Ordering::Relaxed));
+                let _ = writeln!(out, "# HELP hearty_deliveries_in_flight Messages received and not yet settled.");
+                let _ = writeln!(out, "# TYPE hearty_deliveries_in_flight gauge");
+                let _ = writeln!(out, "hearty_deliveries_in_flight {}", self.deliveries_in_flight.load(Ordering::Relaxed));
                 out
             }
         }
@@ -46,4 +49,25 @@ counters! {
 /// Adds one to a counter.
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Deliveries being handled right now.
+pub fn in_flight() -> i64 {
+    METRICS.deliveries_in_flight.load(Ordering::Relaxed)
+}
+
+/// Counts a delivery as in flight until dropped.
+pub struct InFlight;
+
+impl InFlight {
+    pub fn start() -> Self {
+        METRICS.deliveries_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.deliveries_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -145,17 +145,7 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
                 }
                 if !confirmed.is_empty() {
                     crate::failpoint::hit("outbox-after-confirm");
-                    let deleted = db
-                        .write(move |tx| {
-                            let mut stmt =
-                                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-                            for seq in confirmed {
-                                stmt.execute([seq])?;
-                            }
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(e) = deleted {
+                    if let Err(e) = delete(&db, confirmed).await {
                         tracing::warn!(error = %e, "cannot delete published outbox rows; they will go out again");
                     }
                 }
@@ -185,4 +175,43 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    // Shutdown: publish what is due, for a bounded time; the rest waits in
+    // the table for the next start.
+    let flush = async {
+        loop {
+            let Ok(due) = due_rows(&db, Millis::now()).await else {
+                return;
+            };
+            if due.rows.is_empty() {
+                return;
+            }
+            let (seqs, msgs): (Vec<i64>, Vec<Outgoing>) = due.rows.into_iter().unzip();
+            let results = transport.publish(msgs).await;
+            let confirmed: Vec<i64> = seqs
+                .into_iter()
+                .zip(results)
+                .filter_map(|(seq, r)| r.ok().map(|_| seq))
+                .collect();
+            if confirmed.is_empty() || delete(&db, confirmed).await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), flush)
+        .await
+        .is_err()
+    {
+        tracing::warn!(db = %db.path().display(), "outbox not fully flushed at shutdown; the rest goes out at the next start");
+    }
+}
+
+async fn delete(db: &Db, seqs: Vec<i64>) -> StorageResult<()> {
+    db.write(move |tx| {
+        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for seq in seqs {
+            stmt.execute([seq])?;
+        }
+        Ok(())
+    })
+    .await
 }
