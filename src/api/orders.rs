@@ -111,11 +111,32 @@ pub async fn place(
         qty,
         amount: item.price.times(qty),
     };
-    let (id, saga_actor) = state
-        .orchestrator
-        .send(PlaceOrder(draft))
-        .await
-        .map_err(crate::orchestrator::OrchestratorError::from)??;
+    // The breaker turns the order away at once while payment is failing,
+    // without touching the broker.
+    let breaker = state.breakers.admission();
+    if let Some(b) = breaker
+        && let Err(wait) = b.try_acquire(crate::domain::Millis::now())
+    {
+        return Err(ApiError {
+            error: "circuit_open",
+            ..ApiError::unavailable(
+                "payment is overloaded; try again shortly",
+                wait.as_secs().max(1),
+            )
+        });
+    }
+    let placed = state.orchestrator.send(PlaceOrder(draft)).await;
+    let (id, saga_actor) = match placed {
+        Ok(Ok(placed)) => placed,
+        Ok(Err(e)) => {
+            breaker.inspect(|b| b.release());
+            return Err(e.into());
+        }
+        Err(e) => {
+            breaker.inspect(|b| b.release());
+            return Err(crate::orchestrator::OrchestratorError::from(e).into());
+        }
+    };
     let outcome = tokio::time::timeout(state.order_timeout, saga_actor.send(AwaitAdmission)).await;
     let saga = match outcome {
         Ok(Ok(Some(saga))) => saga,

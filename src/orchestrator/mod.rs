@@ -220,6 +220,7 @@ async fn handle_reply(
     delivery: Delivery,
     failures: Arc<FailureCounts>,
 ) {
+    let _in_flight = crate::metrics::InFlight::start();
     if delivery.redelivered {
         inc(&METRICS.redeliveries_total);
     }

@@ -373,6 +373,7 @@ async fn handle_delivery(
     delivery: Delivery,
     failures: Arc<FailureCounts>,
 ) {
+    let _in_flight = crate::metrics::InFlight::start();
     if delivery.redelivered {
         inc(&METRICS.redeliveries_total);
     }
