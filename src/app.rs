@@ -105,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 namespace: config.namespace.clone(),
                 prefetch: config.prefetch,
                 connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
+                quorum_queues: config.quorum_queues,
             })
             .await
             .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))?;

@@ -264,6 +264,12 @@ pub struct Config {
     )]
     pub saga_file: PathBuf,
 
+    /// Declare quorum queues (replicated, with a delivery limit) for a
+    /// clustered broker. A namespace's queues cannot change type: use a new
+    /// namespace (or delete the old queues) when switching.
+    #[arg(long, env = "HEARTY_QUORUM_QUEUES", default_value_t = false)]
+    pub quorum_queues: bool,
+
     /// Unacknowledged messages per consumer.
     #[arg(long, env = "HEARTY_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,

@@ -96,6 +96,7 @@ impl Cluster {
             namespace: namespace.clone(),
             prefetch: 1,
             connection_name: "fault test probe".into(),
+            quorum_queues: false,
         }));
         match probe {
             Ok(t) => rt.block_on(t.close()),
@@ -285,6 +286,7 @@ impl Cluster {
                 namespace: self.namespace.clone(),
                 prefetch: 1,
                 connection_name: "fault test publisher".into(),
+                quorum_queues: false,
             })
             .await
             .expect("connect");

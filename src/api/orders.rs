@@ -10,7 +10,8 @@ use super::error::ApiError;
 use super::{ApiState, ok_json};
 use crate::domain::{CustomerId, FoodId, OrderId, Qty};
 use crate::messages::{OrderDetails, Progress};
-use crate::orchestrator::{AwaitAdmission, PlaceOrder, dispatch, store};
+use crate::orchestrator::store::IdempotencyKey;
+use crate::orchestrator::{AwaitAdmission, Locate, PlaceOrder, dispatch, store};
 use crate::saga::machine::{Effect, Event, Refusal, Saga, StepStatus};
 use crate::workers::{coupon, delivery, kitchen, pay};
 
@@ -45,10 +46,38 @@ fn unprocessable(error: &'static str, detail: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error, detail)
 }
 
+/// The client's `Idempotency-Key` header, if any.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    match req.headers().get("Idempotency-Key") {
+        None => Ok(None),
+        Some(v) => {
+            let raw = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            IdempotencyKey::parse(raw)
+                .map(Some)
+                .map_err(ApiError::bad_request)
+        }
+    }
+}
+
 pub async fn place(
     state: State,
+    req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req)?;
+    if let Some(k) = &key
+        && let Some(id) = state.sagas.order_of_key(k).await?
+    {
+        // A retry of an order we already took: answer for that order.
+        let actor = state
+            .orchestrator
+            .send(Locate(id))
+            .await
+            .map_err(crate::orchestrator::OrchestratorError::from)??;
+        return respond(&state, id, actor).await;
+    }
     let b = Body::new(body.into_inner())?;
     let customer = required(
         b.int(&["customerId", "customerid", "customer_id", "customerID"])?,
@@ -125,7 +154,10 @@ pub async fn place(
             )
         });
     }
-    let placed = state.orchestrator.send(PlaceOrder(draft)).await;
+    let placed = state
+        .orchestrator
+        .send(PlaceOrder { order: draft, key })
+        .await;
     let (id, saga_actor) = match placed {
         Ok(Ok(placed)) => placed,
         Ok(Err(e)) => {
@@ -137,6 +169,15 @@ pub async fn place(
             return Err(crate::orchestrator::OrchestratorError::from(e).into());
         }
     };
+    respond(&state, id, saga_actor).await
+}
+
+/// Waits for the payment's outcome of order `id` and answers for it.
+async fn respond(
+    state: &ApiState,
+    id: OrderId,
+    saga_actor: actix::Addr<crate::orchestrator::SagaActor>,
+) -> Result<HttpResponse, ApiError> {
     let outcome = tokio::time::timeout(state.order_timeout, saga_actor.send(AwaitAdmission)).await;
     let saga = match outcome {
         Ok(Ok(Some(saga))) => saga,

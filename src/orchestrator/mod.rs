@@ -32,7 +32,7 @@ use crate::storage::StorageError;
 use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
-use store::SagaStore;
+use store::{Created, IdempotencyKey, SagaStore};
 
 /// Why the orchestrator could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -88,22 +88,40 @@ impl Actor for Orchestrator {
 /// and its first command are committed.
 #[derive(Message)]
 #[rtype(result = "Result<(SagaId, Addr<SagaActor>), OrchestratorError>")]
-pub struct PlaceOrder(pub OrderDetails);
+pub struct PlaceOrder {
+    pub order: OrderDetails,
+    /// A client's key: the same key returns the same order.
+    pub key: Option<IdempotencyKey>,
+}
 
 impl Handler<PlaceOrder> for Orchestrator {
     type Result = ResponseActFuture<Self, Result<(SagaId, Addr<SagaActor>), OrchestratorError>>;
 
-    fn handle(&mut self, PlaceOrder(draft): PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
-            async move { store.create(draft).await }
+            async move { store.create(msg.order, msg.key).await }
                 .into_actor(self)
-                .map(|created, act, _ctx| {
-                    let (saga, _first) = created?;
-                    inc(&METRICS.sagas_started_total);
-                    let id = saga.id;
-                    // The actor arms the first step's timer from the saga.
-                    Ok((id, act.spawn_saga(saga)))
+                .then(|created, act, ctx| {
+                    let found: Result<_, OrchestratorError> = match created {
+                        Err(e) => Err(e.into()),
+                        Ok(Created::New(saga)) => {
+                            inc(&METRICS.sagas_started_total);
+                            let id = saga.id;
+                            // The actor arms the first step's timer from the saga.
+                            Ok((id, Some(act.spawn_saga(*saga))))
+                        }
+                        Ok(Created::Existing(id)) => Ok((id, None)),
+                    };
+                    let registry = ctx.address();
+                    async move {
+                        match found? {
+                            (id, Some(addr)) => Ok((id, addr)),
+                            // The key's order already exists: find its actor.
+                            (id, None) => Ok((id, registry.send(Locate(id)).await??)),
+                        }
+                    }
+                    .into_actor(act)
                 }),
         )
     }

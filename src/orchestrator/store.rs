@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS sagas (
 );
 CREATE INDEX IF NOT EXISTS sagas_state ON sagas (state, id);
 CREATE INDEX IF NOT EXISTS sagas_customer ON sagas (customer_id, id);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key        TEXT PRIMARY KEY,
+    saga_id    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS saga_history (
     saga_id INTEGER NOT NULL,
     seq     INTEGER NOT NULL,
@@ -100,12 +105,21 @@ impl SagaStore {
     }
 
     /// Creates an order's saga and applies its `Start`, in one transaction.
-    pub async fn create(&self, draft: OrderDetails) -> StorageResult<(Saga, Transition)> {
+    pub async fn create(
+        &self,
+        draft: OrderDetails,
+        key: Option<IdempotencyKey>,
+    ) -> StorageResult<Created> {
         let def = self.def.clone();
         let result = self
             .db
             .write(move |tx| {
                 let now = Millis::now();
+                if let Some(key) = &key
+                    && let Some(existing) = saga_of_key(tx, key)?
+                {
+                    return Ok(Created::Existing(existing));
+                }
                 tx.execute(
                     "INSERT INTO sagas (state, order_status, customer_id, body, created_at, updated_at)
                      VALUES ('Running', 'Ordered', ?1, '{}', ?2, ?2)",
@@ -117,11 +131,32 @@ impl SagaStore {
                     .apply(&def, &Event::Start, now)
                     .map_err(|e| StorageError::Invalid(e.to_string()))?;
                 persist(tx, &def, &saga, &transition, 0, now)?;
-                Ok((saga, transition))
+                if let Some(key) = &key {
+                    tx.execute(
+                        "INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES (?1, ?2, ?3)",
+                        params![key.as_str(), id.get(), now.0],
+                    )?;
+                }
+                Ok(Created::New(Box::new(saga)))
             })
             .await?;
         self.db.notify_outbox();
         Ok(result)
+    }
+
+    /// The order an idempotency key created, if any.
+    pub async fn order_of_key(&self, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
+        let key = key.clone();
+        self.db
+            .read(move |c| {
+                let raw: Option<i64> = optional(c.query_row(
+                    "SELECT saga_id FROM idempotency_keys WHERE key = ?1",
+                    [key.as_str()],
+                    |r| r.get(0),
+                ))?;
+                Ok(raw.and_then(|id| OrderId::new(id).ok()))
+            })
+            .await
     }
 
     /// Persists a transition: the saga, its new history lines and the
@@ -191,6 +226,42 @@ impl SagaStore {
         self.db.notify_outbox();
         Ok(id)
     }
+}
+
+/// A client's `Idempotency-Key`: 1 to 200 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok = !raw.is_empty() && raw.len() <= 200 && raw.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            Ok(IdempotencyKey(raw.to_owned()))
+        } else {
+            Err("Idempotency-Key must be 1 to 200 visible ASCII characters".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What `create` did.
+pub enum Created {
+    /// A new saga, committed with its first command.
+    New(Box<Saga>),
+    /// The idempotency key had already created this one.
+    Existing(SagaId),
+}
+
+fn saga_of_key(tx: &Transaction<'_>, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
+    let raw: Option<i64> = optional(tx.query_row(
+        "SELECT saga_id FROM idempotency_keys WHERE key = ?1",
+        [key.as_str()],
+        |r| r.get(0),
+    ))?;
+    Ok(raw.and_then(|id| OrderId::new(id).ok()))
 }
 
 fn persist(

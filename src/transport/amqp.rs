@@ -14,8 +14,10 @@
 //! and type. One connection per process; one confirm-mode channel for
 //! publishing, one channel with a prefetch per consumer.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, join_all};
@@ -39,6 +41,9 @@ use crate::domain::WorkerKind;
 /// (the outbox keeps the row and tries again).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the connection's health is looked at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Settings of the AMQP transport.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
@@ -48,20 +53,34 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Shown in the management UI's connection list.
     pub connection_name: String,
+    /// Declare quorum queues (with a delivery limit) instead of classic ones.
+    pub quorum_queues: bool,
 }
 
-/// A RabbitMQ connection with the namespace's topology declared.
+/// A RabbitMQ connection with the namespace's topology declared, which
+/// reconnects (with backoff) whenever the broker goes away: it re-declares
+/// the topology, re-applies the prefetch and re-subscribes every consumer.
+/// Unconfirmed messages stay in the outboxes and are published again.
 #[derive(Clone)]
 pub struct AmqpTransport {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    connection: Connection,
+    settings: AmqpSettings,
+    topology: Topology,
+    /// The live connection, `None` while reconnecting.
+    live: std::sync::RwLock<Option<Live>>,
+    /// Bumped at every (re)connection; consumers wait on it.
+    generation: watch::Sender<u64>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
     /// The confirm-mode channel all publishes share.
     publisher: Channel,
-    topology: Topology,
-    prefetch: u16,
 }
 
 fn unavailable(e: lapin::Error) -> TransportError {
@@ -72,41 +91,115 @@ fn string_arg(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())
 }
 
-impl AmqpTransport {
-    /// Connects and declares the topology.
-    pub async fn connect(settings: &AmqpSettings) -> Result<Self, TransportError> {
-        let connection = Connection::connect(
-            &settings.url,
-            ConnectionProperties::default()
-                .with_connection_name(settings.connection_name.clone().into()),
-        )
+async fn open(settings: &AmqpSettings, topology: &Topology) -> Result<Live, TransportError> {
+    let connection = Connection::connect(
+        &settings.url,
+        ConnectionProperties::default()
+            .with_connection_name(settings.connection_name.clone().into()),
+    )
+    .await
+    .map_err(unavailable)?;
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    declare(&channel, topology, settings.quorum_queues)
         .await
         .map_err(unavailable)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(Live {
+        connection: Arc::new(connection),
+        publisher: channel,
+    })
+}
+
+impl AmqpTransport {
+    /// Connects and declares the topology. The first connection must
+    /// succeed (a clear start-up error otherwise); later losses are repaired
+    /// in the background.
+    pub async fn connect(settings: &AmqpSettings) -> Result<Self, TransportError> {
         let topology = Topology::new(&settings.namespace);
-        let channel = connection.create_channel().await.map_err(unavailable)?;
-        declare(&channel, &topology).await.map_err(unavailable)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(unavailable)?;
-        Ok(AmqpTransport {
+        let live = open(settings, &topology).await?;
+        let (generation, _) = watch::channel(1);
+        let transport = AmqpTransport {
             inner: Arc::new(Inner {
-                connection,
-                publisher: channel,
+                settings: settings.clone(),
                 topology,
-                prefetch: settings.prefetch.max(1),
+                live: std::sync::RwLock::new(Some(live)),
+                generation,
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
-        })
+        };
+        tokio::spawn(transport.clone().watch_connection());
+        Ok(transport)
+    }
+
+    fn live(&self) -> Option<Live> {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Watches the connection and rebuilds it when it breaks.
+    async fn watch_connection(self) {
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times();
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            if self.is_closed() {
+                return;
+            }
+            let healthy = self.live().is_some_and(|l| {
+                l.connection.status().connected() && l.publisher.status().connected()
+            });
+            if healthy {
+                continue;
+            }
+            *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::warn!("lost the connection to RabbitMQ; reconnecting");
+            let mut delays = backoff.build();
+            loop {
+                if self.is_closed() {
+                    return;
+                }
+                match open(&self.inner.settings, &self.inner.topology).await {
+                    Ok(live) => {
+                        *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
+                        self.inner.generation.send_modify(|g| *g += 1);
+                        tracing::info!("reconnected to RabbitMQ");
+                        break;
+                    }
+                    Err(e) => {
+                        let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                        tracing::debug!(error = %e, ?wait, "RabbitMQ still unavailable");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
     }
 
-    /// Closes the connection cleanly.
+    /// Closes the connection cleanly and stops reconnecting.
     pub async fn close(&self) {
-        // Closing an already closed connection is not worth reporting.
-        let _ = self.inner.connection.close(200, "shutdown".into()).await;
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(l) = self.live() {
+            // Closing an already closed connection is not worth reporting.
+            let _ = l.connection.close(200, "shutdown".into()).await;
+        }
     }
 
     /// Deletes every exchange and queue of a namespace (tests and tear-down).
@@ -158,19 +251,141 @@ impl AmqpTransport {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<lapin::PublisherConfirm, TransportError> {
-        channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                props,
+        let publish = channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            props,
+        );
+        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Err(_) => Err(TransportError::Timeout),
+            Ok(r) => r.map_err(unavailable),
+        }
+    }
+
+    /// Publishes a dead letter (a copy with its reason) and waits for the confirm.
+    async fn publish_dead_letter(&self, letter: DeadLetter) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let exchange = self.inner.topology.dead_letter_exchange();
+        let mut headers = FieldTable::default();
+        headers.insert("x-hearty-reason".into(), string_arg(&letter.reason));
+        let out = Outgoing {
+            message_id: letter.message_id.unwrap_or_default(),
+            correlation_id: letter.correlation_id.unwrap_or_default(),
+            message_type: letter.message_type.unwrap_or_default(),
+            route: Route::Reply,
+            body: letter.body,
+        };
+        let props = Self::properties(&out, Some(headers));
+        let confirm = Self::publish_one(
+            &live.publisher,
+            exchange.clone(),
+            String::new(),
+            true,
+            &out.body,
+            props,
+        )
+        .await?;
+        settle_confirm(format!("dead letter via {exchange}"), confirm).await
+    }
+
+    /// Forwards one subscription's deliveries into `tx`, subscribing again
+    /// after every reconnection, until `tx` is dropped or the transport closes.
+    async fn subscribe_forever(self, queue: QueueName, tx: mpsc::Sender<Delivery>) {
+        let mut generations = self.inner.generation.subscribe();
+        loop {
+            if self.is_closed() || tx.is_closed() {
+                return;
+            }
+            let Some(live) = self.live() else {
+                // Reconnecting: wait for the next connection.
+                tokio::select! {
+                    _ = generations.changed() => {}
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = tx.closed() => return,
+                }
+                continue;
+            };
+            match self.subscribe_once(&live, queue, &tx).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(queue = %self.inner.topology.queue(queue), error = %e, "subscription lost; subscribing again");
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    /// One subscription on one channel. `Ok` = the receiver is gone.
+    async fn subscribe_once(
+        &self,
+        live: &Live,
+        queue: QueueName,
+        tx: &mpsc::Sender<Delivery>,
+    ) -> Result<(), TransportError> {
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        ch.basic_qos(
+            self.inner.settings.prefetch.max(1),
+            BasicQosOptions::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let name = self.inner.topology.queue(queue);
+        let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
+        let mut consumer = ch
+            .basic_consume(
+                name.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
             )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                _ = tx.closed() => {
+                    let _ = ch.close(200, "consumer stopped".into()).await;
+                    return Ok(());
+                }
+            };
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(unavailable(e)),
+                None => {
+                    return Err(TransportError::Unavailable(
+                        "the consumer was cancelled".into(),
+                    ));
+                }
+            };
+            let props = &d.properties;
+            let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+            let delivery = Delivery {
+                message_id: text(props.message_id()),
+                correlation_id: text(props.correlation_id()),
+                message_type: text(props.kind()),
+                body: d.data,
+                redelivered: d.redelivered,
+                settle: Box::new(AmqpSettle {
+                    acker: Some(d.acker),
+                    transport: self.clone(),
+                }),
+            };
+            if tx.send(delivery).await.is_err() {
+                let _ = ch.close(200, "consumer stopped".into()).await;
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -195,7 +410,7 @@ fn all_queues() -> Vec<QueueName> {
 }
 
 /// Declares exchanges, queues and bindings; idempotent.
-async fn declare(ch: &Channel, t: &Topology) -> lapin::Result<()> {
+async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -234,6 +449,15 @@ async fn declare(ch: &Channel, t: &Topology) -> lapin::Result<()> {
         "x-dead-letter-exchange".into(),
         string_arg(&t.dead_letter_exchange()),
     );
+    if quorum {
+        // Replicated queues for clustered brokers; the broker itself
+        // dead-letters a message redelivered more than the limit.
+        work_args.insert("x-queue-type".into(), string_arg("quorum"));
+        work_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(crate::transport::poison::MAX_DELIVERIES as i32 * 2),
+        );
+    }
     let queue_opts = QueueDeclareOptions::durable();
     for k in WorkerKind::ALL {
         let q = t.queue(QueueName::Worker(k));
@@ -276,7 +500,17 @@ async fn declare(ch: &Channel, t: &Topology) -> lapin::Result<()> {
 impl Transport for AmqpTransport {
     fn publish(&self, batch: Vec<Outgoing>) -> BoxFuture<'_, Vec<Result<(), TransportError>>> {
         async move {
-            let ch = &self.inner.publisher;
+            let Some(live) = self.live() else {
+                return batch
+                    .iter()
+                    .map(|_| {
+                        Err(TransportError::Unavailable(
+                            "reconnecting to RabbitMQ".into(),
+                        ))
+                    })
+                    .collect();
+            };
+            let ch = &live.publisher;
             // Publish everything back to back, then await all confirms:
             // the confirms are pipelined, never one publish then one wait.
             let mut pending = Vec::with_capacity(batch.len());
@@ -313,65 +547,21 @@ impl Transport for AmqpTransport {
         queue: QueueName,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>> {
         async move {
-            let ch = self
-                .inner
-                .connection
-                .create_channel()
-                .await
-                .map_err(unavailable)?;
-            ch.basic_qos(self.inner.prefetch, BasicQosOptions::default())
-                .await
-                .map_err(unavailable)?;
-            let name = self.inner.topology.queue(queue);
-            let tag = format!("{name}.{}", std::process::id());
-            let consumer = ch
-                .basic_consume(
-                    name.into(),
-                    tag.into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-            let publisher = self.inner.publisher.clone();
-            let dead_exchange = self.inner.topology.dead_letter_exchange();
-            // The channel must live as long as the stream.
-            let keep_channel = Arc::new(ch);
-            let stream = consumer.filter_map(move |d| {
-                let publisher = publisher.clone();
-                let dead_exchange = dead_exchange.clone();
-                let _keep = keep_channel.clone();
-                async move {
-                    let d = match d {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "consumer error");
-                            return None;
-                        }
-                    };
-                    let props = &d.properties;
-                    let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-                    Some(Delivery {
-                        message_id: text(props.message_id()),
-                        correlation_id: text(props.correlation_id()),
-                        message_type: text(props.kind()),
-                        body: d.data,
-                        redelivered: d.redelivered,
-                        settle: Box::new(AmqpSettle {
-                            acker: Some(d.acker),
-                            publisher,
-                            dead_exchange,
-                        }),
-                    })
-                }
-            });
-            Ok(stream.boxed())
+            if self.live().is_none() {
+                return Err(TransportError::Unavailable(
+                    "reconnecting to RabbitMQ".into(),
+                ));
+            }
+            let (tx, rx) = mpsc::channel(usize::from(self.inner.settings.prefetch.max(1)));
+            tokio::spawn(self.clone().subscribe_forever(queue, tx));
+            Ok(tokio_stream_from(rx))
         }
         .boxed()
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.connection.status().connected() && self.inner.publisher.status().connected()
+        self.live()
+            .is_some_and(|l| l.connection.status().connected() && l.publisher.status().connected())
     }
 
     fn kind(&self) -> &'static str {
@@ -379,12 +569,17 @@ impl Transport for AmqpTransport {
     }
 }
 
+/// A stream over a channel receiver.
+fn tokio_stream_from(rx: mpsc::Receiver<Delivery>) -> BoxStream<'static, Delivery> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+        .boxed()
+}
+
 /// Settles one RabbitMQ delivery. Dropped unsettled, it is nacked with
 /// requeue so another consumer gets it.
 struct AmqpSettle {
     acker: Option<lapin::Acker>,
-    publisher: Channel,
-    dead_exchange: String,
+    transport: AmqpTransport,
 }
 
 impl Drop for AmqpSettle {
@@ -439,32 +634,22 @@ impl Settle for AmqpSettle {
         letter: DeadLetter,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         let acker = self.acker.take();
-        let publisher = self.publisher.clone();
-        let exchange = self.dead_exchange.clone();
+        let transport = self.transport.clone();
         async move {
             // Publish the copy with its reason first and ack the original
             // only once the copy is confirmed: a crash in between leaves a
             // duplicate in the dead-letter queue, never a lost message.
-            let mut headers = FieldTable::default();
-            headers.insert("x-hearty-reason".into(), string_arg(&letter.reason));
-            let out = Outgoing {
-                message_id: letter.message_id.unwrap_or_default(),
-                correlation_id: letter.correlation_id.unwrap_or_default(),
-                message_type: letter.message_type.unwrap_or_default(),
-                route: Route::Reply,
-                body: letter.body,
-            };
-            let props = AmqpTransport::properties(&out, Some(headers));
-            let confirm = AmqpTransport::publish_one(
-                &publisher,
-                exchange.clone(),
-                String::new(),
-                true,
-                &out.body,
-                props,
-            )
-            .await?;
-            settle_confirm(format!("dead letter via {exchange}"), confirm).await?;
+            if let Err(e) = transport.publish_dead_letter(letter).await {
+                if let Some(a) = acker {
+                    let _ = a
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await;
+                }
+                return Err(e);
+            }
             if let Some(a) = acker {
                 a.ack(BasicAckOptions::default())
                     .await

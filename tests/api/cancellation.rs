@@ -385,7 +385,8 @@ on_both_transports!(
 
 async fn racing_the_delivery(app: &TestApp) {
     let (id, food) = place(app).await;
-    app.wait_saga(id, "dispatching", |v| v["steps"][2]["status"] == "Running").await;
+    app.wait_saga(id, "dispatching", |v| v["steps"][2]["status"] == "Running")
+        .await;
     // The delivery takes 300 ms: the cancel arrives while it dispatches.
     cancel(app, id).await;
     let saga = assert_cancelled(

@@ -131,3 +131,57 @@ on_both_transports!(
     Options::default(),
     out_of_stock_establishes_nothing
 );
+
+async fn the_same_idempotency_key_returns_the_same_order(app: &TestApp) {
+    let customer = app.seed_customer().await;
+    let food = app.seed_food(100).await;
+    let body = serde_json::json!({"qty": "10", "foodcaltalogid": food.to_string(), "customerid": customer.to_string()});
+    let post = |key: &'static str| {
+        app.client
+            .post(format!("{}/orders", app.base))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = post("order-abc-1").await.expect("POST");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    let again = post("order-abc-1").await.expect("POST");
+    assert_eq!(
+        again.status(),
+        StatusCode::CREATED,
+        "a retry is answered like the original"
+    );
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(first["id"], again["id"]);
+    let other = post("order-abc-2").await.expect("POST");
+    assert_eq!(other.status(), StatusCode::CREATED);
+    let other: Value = other.json().await.expect("json");
+    assert_ne!(other["id"], first["id"], "another key is another order");
+    let (_, orders) = app.get("/orders").await;
+    assert_eq!(orders.as_array().map(Vec::len), Some(2));
+    app.wait_state(first["id"].as_i64().expect("id"), "Completed")
+        .await;
+    let (_, pays) = app.get("/pays").await;
+    assert_eq!(
+        pays.as_array().map(Vec::len),
+        Some(2),
+        "charged once per key"
+    );
+    assert_eq!(app.stock(food).await, 80);
+    let bad = app
+        .client
+        .post(format!("{}/orders", app.base))
+        .header("Idempotency-Key", "x".repeat(201))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+on_both_transports!(
+    idempotency_key,
+    Options::default(),
+    the_same_idempotency_key_returns_the_same_order
+);
