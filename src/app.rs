@@ -106,6 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 prefetch: config.prefetch,
                 connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
                 quorum_queues: config.quorum_queues,
+                connect_wait: config.broker_wait,
             })
             .await
             .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))?;
@@ -142,6 +143,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let faults = Faults {
                 latency: config.latency_of(kind),
                 compensation_failures: failures.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c),
+                duplicate_replies: config.duplicate_replies,
             };
             let worker_db = db.clone();
             let actor =

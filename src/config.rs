@@ -256,6 +256,10 @@ pub struct Config {
     #[arg(long, env = "HEARTY_FAIL_COMPENSATIONS", default_value = "", value_parser = parse_failure_spec)]
     pub fail_compensations: String,
 
+    /// Publish every worker reply twice (fault injection: duplicates).
+    #[arg(long, env = "HEARTY_DUPLICATE_REPLIES", default_value_t = false)]
+    pub duplicate_replies: bool,
+
     /// The saga definition file.
     #[arg(
         long,
@@ -269,6 +273,10 @@ pub struct Config {
     /// namespace (or delete the old queues) when switching.
     #[arg(long, env = "HEARTY_QUORUM_QUEUES", default_value_t = false)]
     pub quorum_queues: bool,
+
+    /// How long start-up waits for an unreachable broker before it fails.
+    #[arg(long, env = "HEARTY_BROKER_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub broker_wait: Duration,
 
     /// Unacknowledged messages per consumer.
     #[arg(long, env = "HEARTY_PREFETCH", default_value_t = 64)]

@@ -184,27 +184,18 @@ impl Handler<Recover> for Orchestrator {
     fn handle(&mut self, _: Recover, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
-            async move {
-                let ids = store.active_ids().await?;
-                let mut sagas = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Some(s) = store.load(id).await? {
-                        sagas.push(s);
+            async move { Ok::<_, OrchestratorError>(store.load_active().await?) }
+                .into_actor(self)
+                .map(|loaded, act, _ctx| {
+                    let sagas = loaded?;
+                    let n = sagas.len();
+                    for saga in sagas {
+                        if !act.sagas.contains_key(&saga.id) {
+                            act.spawn_saga(saga);
+                        }
                     }
-                }
-                Ok::<_, OrchestratorError>(sagas)
-            }
-            .into_actor(self)
-            .map(|loaded, act, _ctx| {
-                let sagas = loaded?;
-                let n = sagas.len();
-                for saga in sagas {
-                    if !act.sagas.contains_key(&saga.id) {
-                        act.spawn_saga(saga);
-                    }
-                }
-                Ok(n)
-            }),
+                    Ok(n)
+                }),
         )
     }
 }

@@ -184,18 +184,17 @@ impl SagaStore {
         self.db.read(move |c| load(c, id)).await
     }
 
-    /// Ids of sagas that still have work to do (for recovery).
-    pub async fn active_ids(&self) -> StorageResult<Vec<SagaId>> {
+    /// Every saga that still has work to do (for recovery), in one query.
+    pub async fn load_active(&self) -> StorageResult<Vec<Saga>> {
         self.db
             .read(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT id FROM sagas WHERE state IN ('Running', 'Compensating') ORDER BY id",
+                    "SELECT body FROM sagas WHERE state IN ('Running', 'Compensating') ORDER BY id",
                 )?;
-                let ids = stmt
-                    .query_map([], |r| r.get::<_, i64>(0))?
-                    .filter_map(|r| r.ok().and_then(|id| OrderId::new(id).ok()))
-                    .collect();
-                Ok(ids)
+                let bodies = stmt
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                bodies.iter().map(|b| from_json(b)).collect()
             })
             .await
     }

@@ -55,6 +55,8 @@ pub struct AmqpSettings {
     pub connection_name: String,
     /// Declare quorum queues (with a delivery limit) instead of classic ones.
     pub quorum_queues: bool,
+    /// How long the first connection may wait for the broker.
+    pub connect_wait: Duration,
 }
 
 /// A RabbitMQ connection with the namespace's topology declared, which
@@ -119,7 +121,26 @@ impl AmqpTransport {
     /// in the background.
     pub async fn connect(settings: &AmqpSettings) -> Result<Self, TransportError> {
         let topology = Topology::new(&settings.namespace);
-        let live = open(settings, &topology).await?;
+        // Wait for a broker that is (re)starting, within `connect_wait`.
+        let deadline = tokio::time::Instant::now() + settings.connect_wait;
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times()
+            .build();
+        let live = loop {
+            match open(settings, &topology).await {
+                Ok(live) => break live,
+                Err(e) => {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(2));
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, ?wait, "RabbitMQ not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
         let (generation, _) = watch::channel(1);
         let transport = AmqpTransport {
             inner: Arc::new(Inner {
@@ -150,7 +171,7 @@ impl AmqpTransport {
     async fn watch_connection(self) {
         let backoff = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
+            .with_max_delay(Duration::from_secs(2))
             .without_max_times();
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
@@ -178,7 +199,7 @@ impl AmqpTransport {
                         break;
                     }
                     Err(e) => {
-                        let wait = delays.next().unwrap_or(Duration::from_secs(5));
+                        let wait = delays.next().unwrap_or(Duration::from_secs(2));
                         tracing::debug!(error = %e, ?wait, "RabbitMQ still unavailable");
                         tokio::time::sleep(wait).await;
                     }

@@ -104,6 +104,8 @@ pub struct Faults {
     pub latency: Option<Latency>,
     /// Each compensation fails this many times before it succeeds.
     pub compensation_failures: Option<FailureCount>,
+    /// Publish every reply twice (same message id), as a broker may.
+    pub duplicate_replies: bool,
 }
 
 /// A worker actor: applies commands to its database.
@@ -263,7 +265,11 @@ fn apply_in_tx(
             attempt,
             outcome: outcome.clone(),
         };
-        outbox::enqueue(tx, &reply_message(&reply), now)?;
+        let message = reply_message(&reply);
+        outbox::enqueue(tx, &message, now)?;
+        if faults.duplicate_replies {
+            outbox::enqueue(tx, &message, now)?;
+        }
     }
     Ok(!outcomes.is_empty())
 }

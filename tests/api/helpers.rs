@@ -99,6 +99,8 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     config.namespace = namespace.clone();
     config.manager_token = Some(Secret::new(TOKEN));
     config.amqp_url = None;
+    // Fail (and skip outside CI) quickly when no broker runs.
+    config.broker_wait = Duration::from_millis(500);
     config.kitchen_mode = if opts.kitchen_manual {
         Mode::Manual
     } else {

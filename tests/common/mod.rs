@@ -1,0 +1,383 @@
+//! Real `hearty serve` processes over the real RabbitMQ, for the fault and
+//! chaos suites: a namespace and data directory per test, deleted at the end.
+#![allow(dead_code)] // Each test binary uses its own part of these helpers.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hearty::transport::amqp::{AmqpSettings, AmqpTransport};
+use hearty::transport::{Outgoing, Transport};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "fault-test-token";
+
+pub fn amqp_url() -> String {
+    std::env::var("HEARTY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A namespace and data directory shared by a test's processes; the
+/// namespace is deleted when the test ends, even on panic.
+pub struct Cluster {
+    pub namespace: String,
+    pub dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(AmqpTransport::delete_namespace(
+            &amqp_url(),
+            &self.namespace,
+        ));
+    }
+}
+
+/// One `hearty serve` process.
+pub struct Service {
+    child: Child,
+    pub base: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    /// Whether the process still runs (false after it aborted itself).
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the process must exit cleanly.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                assert!(exit.success(), "graceful shutdown exited with {exit}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Cluster {
+    /// `None` when RabbitMQ is unreachable outside CI (said loudly).
+    pub fn new() -> Option<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let namespace = format!("hearty-fault-{:016x}", rand::random::<u64>());
+        let probe = rt.block_on(AmqpTransport::connect(&AmqpSettings {
+            url: amqp_url(),
+            namespace: namespace.clone(),
+            prefetch: 1,
+            connection_name: "fault test probe".into(),
+            quorum_queues: false,
+            connect_wait: Duration::from_millis(500),
+        }));
+        match probe {
+            Ok(t) => rt.block_on(t.close()),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "\n!!! SKIPPED: RabbitMQ is not reachable at {} ({e}). In CI this is a failure.\n",
+                    amqp_url()
+                );
+                return None;
+            }
+            Err(e) => panic!("RabbitMQ is not reachable: {e}"),
+        }
+        Some(Cluster {
+            namespace,
+            dir: tempfile::tempdir().expect("tempdir"),
+            rt,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        })
+    }
+
+    pub fn rt_block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Ready messages in each of the namespace's queues (passive declare).
+    pub fn queue_depths(&self) -> Vec<(String, u32)> {
+        use lapin::options::QueueDeclareOptions;
+        self.rt.block_on(async {
+            let conn =
+                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                    .await
+                    .expect("connect");
+            let mut out = Vec::new();
+            for q in [
+                "pay.commands",
+                "kitchen.commands",
+                "delivery.commands",
+                "coupon.commands",
+                "orchestrator.replies",
+                "dead-letter",
+            ] {
+                let name = format!("{}.{q}", self.namespace);
+                let ch = conn.create_channel().await.expect("channel");
+                let declared = ch
+                    .queue_declare(
+                        name.clone().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await
+                    .expect("passive declare");
+                out.push((name, declared.message_count()));
+            }
+            let _ = conn.close(200, "bye".into()).await;
+            out
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `hearty serve` with `roles` and extra settings; returns once
+    /// it listens.
+    pub fn start(&self, roles: &str, env: &[(&str, &str)]) -> Service {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HEARTY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("serve")
+            .env("HEARTY_ROLES", roles)
+            .env("HEARTY_AMQP_URL", amqp_url())
+            .env("HEARTY_NAMESPACE", &self.namespace)
+            .env("HEARTY_DATA_DIR", self.data_dir())
+            .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
+            .env("HEARTY_MANAGER_TOKEN", TOKEN)
+            .env(
+                "HEARTY_SAGA_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/order_fulfilment.toml"),
+            )
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hearty");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("Hearty listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("`hearty serve` ({roles}) did not start"));
+        Service {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value, Option<String>) {
+        self.rt.block_on(async {
+            let mut req = self.client.request(method, url).bearer_auth(TOKEN);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let text = res.text().await.expect("body");
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, v, retry_after)
+        })
+    }
+
+    pub fn get(&self, svc: &Service, path: &str) -> Value {
+        let (status, v, _) =
+            self.request(reqwest::Method::GET, format!("{}{path}", svc.base), None);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub fn post(&self, svc: &Service, path: &str, body: Value) -> (u16, Value, Option<String>) {
+        self.request(
+            reqwest::Method::POST,
+            format!("{}{path}", svc.base),
+            Some(body),
+        )
+    }
+
+    pub fn metric(&self, svc: &Service, name: &str) -> f64 {
+        let (_, v, _) = self.request(reqwest::Method::GET, format!("{}/metrics", svc.base), None);
+        let text = v.as_str().map(str::to_owned).unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
+    /// The seed's customer and a cake with `stock`.
+    pub fn seed(&self, api: &Service, stock: i64) {
+        let (s, v, _) = self.post(
+            api,
+            "/customers",
+            json!({"name": "yang", "phone": "01011", "address": "korea11", "age": "27"}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v, _) = self.post(
+            api,
+            "/foodCatalogs",
+            json!({"name": "cake", "stock": stock.to_string(), "price": "4.0"}),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+
+    pub fn order(&self, api: &Service, qty: i64) -> (u16, Value, Option<String>) {
+        self.post(
+            api,
+            "/orders",
+            json!({"qty": qty.to_string(), "foodcaltalogid": "1", "customerid": "1"}),
+        )
+    }
+
+    pub fn wait(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn saga(&self, api: &Service, id: i64) -> Value {
+        self.get(api, &format!("/sagas/{id}"))
+    }
+
+    pub fn wait_state(&self, api: &Service, id: i64, state: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait(&format!("saga {id} to be {state}"), || {
+            last = self.saga(api, id);
+            last["state"] == state
+        });
+        last
+    }
+
+    pub fn status_of(&self, api: &Service, collection: &str, id: i64) -> Option<String> {
+        let v = self.get(api, &format!("/{collection}?orderId={id}"));
+        v.as_array()
+            .and_then(|a| a.first())
+            .and_then(|r| r["status"].as_str())
+            .map(str::to_owned)
+    }
+
+    pub fn stock(&self, api: &Service) -> i64 {
+        self.get(api, "/foodCatalogViews")[0]["stock"]
+            .as_i64()
+            .expect("stock")
+    }
+
+    pub fn publish(&self, msg: Outgoing) {
+        self.rt.block_on(async {
+            let t = AmqpTransport::connect(&AmqpSettings {
+                url: amqp_url(),
+                namespace: self.namespace.clone(),
+                prefetch: 1,
+                connection_name: "fault test publisher".into(),
+                quorum_queues: false,
+                connect_wait: Duration::from_millis(500),
+            })
+            .await
+            .expect("connect");
+            let results = t.publish(vec![msg]).await;
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            t.close().await;
+        });
+    }
+
+    /// Takes one message off the dead-letter queue: (message id, reason).
+    pub fn dead_letter(&self) -> Option<(String, String)> {
+        use lapin::options::BasicGetOptions;
+        self.rt.block_on(async {
+            let conn =
+                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                    .await
+                    .expect("connect");
+            let ch = conn.create_channel().await.expect("channel");
+            let got = ch
+                .basic_get(
+                    format!("{}.dead-letter", self.namespace).into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("basic.get");
+            let out = got.map(|m| {
+                let props = &m.delivery.properties;
+                let id = props
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let reason = props
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-hearty-reason").cloned())
+                    .map(|v| match v {
+                        lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                (id, reason)
+            });
+            let _ = conn.close(200, "bye".into()).await;
+            out
+        })
+    }
+}
