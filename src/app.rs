@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, Role, Secret};
-use crate::domain::WorkerKind;
+use crate::domain::{ViewKind, WorkerKind};
 use crate::orchestrator::store::{self, SagaStore};
 use crate::orchestrator::{Orchestrator, Recover, consume_replies};
 use crate::saga::breaker::Breakers;
@@ -21,6 +21,7 @@ use crate::storage::{Db, outbox};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpSettings, AmqpTransport};
 use crate::transport::memory::MemoryTransport;
+use crate::views;
 use crate::workers::{self, Faults, Knobs, WorkerActor};
 
 /// The saga definition shipped with the binary, used when the configured
@@ -159,6 +160,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         worker_dbs.insert(kind, db);
     }
 
+    // Read models: the local views role projects into them; the API reads them.
+    let mut view_dbs = std::collections::HashMap::new();
+    if runs_api || roles.has(Role::Views) {
+        for kind in ViewKind::ALL {
+            let db = views::open(&config, kind)
+                .with_context(|| format!("opening the {} view", kind.as_str()))?;
+            if roles.has(Role::Views) {
+                let (d, t, s) = (db.clone(), transport.clone(), shutdown.clone());
+                actix::spawn(async move {
+                    if let Err(e) = views::consume(kind, d, t, s).await {
+                        tracing::error!(view = kind.as_str(), error = %e, "view consumer stopped");
+                    }
+                });
+            }
+            dbs.push(db.clone());
+            view_dbs.insert(kind, db);
+        }
+    }
+
     let mut api_state = None;
     if runs_orchestrator {
         let db = Db::open(&config.db_path("orchestrator"), store::SCHEMA)
@@ -208,6 +228,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 manager_token: token,
                 order_timeout: config.order_timeout,
                 breakers: breakers.clone(),
+                namespace: config.namespace.clone(),
+                management_url: config.management_url.clone(),
+                views: api::ViewDbs {
+                    my_orders: view_dbs[&ViewKind::MyOrders].clone(),
+                    catalog: view_dbs[&ViewKind::Catalog].clone(),
+                    reviews: view_dbs[&ViewKind::Reviews].clone(),
+                },
             });
         }
     }

@@ -260,6 +260,14 @@ pub struct Config {
     #[arg(long, env = "HEARTY_DUPLICATE_REPLIES", default_value_t = false)]
     pub duplicate_replies: bool,
 
+    /// Base URL of the RabbitMQ management UI (links in saga inspection).
+    #[arg(
+        long,
+        env = "HEARTY_MANAGEMENT_URL",
+        default_value = "http://localhost:15672"
+    )]
+    pub management_url: String,
+
     /// The saga definition file.
     #[arg(
         long,

@@ -294,6 +294,46 @@ impl FromStr for WorkerKind {
     }
 }
 
+/// The read models, each with its own queue and its own database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViewKind {
+    /// "My orders": per order, the status of every part of it.
+    MyOrders,
+    /// The food catalog's stock.
+    Catalog,
+    /// Reviews per product.
+    Reviews,
+}
+
+impl ViewKind {
+    pub const ALL: [ViewKind; 3] = [ViewKind::MyOrders, ViewKind::Catalog, ViewKind::Reviews];
+
+    /// Its name in queue and file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewKind::MyOrders => "my-orders",
+            ViewKind::Catalog => "catalog",
+            ViewKind::Reviews => "reviews",
+        }
+    }
+
+    /// The event routing keys it listens to (topic patterns).
+    pub fn bindings(self) -> &'static [&'static str] {
+        match self {
+            ViewKind::MyOrders => &[
+                "order.#",
+                "pay.#",
+                "kitchen.#",
+                "delivery.#",
+                "coupon.#",
+                "catalog.#",
+            ],
+            ViewKind::Catalog => &["catalog.#"],
+            ViewKind::Reviews => &["review.#"],
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch: the one clock format of storage and wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -21,8 +21,10 @@
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod failpoint;
 pub mod messages;
 pub mod metrics;
@@ -31,6 +33,7 @@ pub mod saga;
 pub mod shutdown;
 pub mod storage;
 pub mod transport;
+pub mod views;
 pub mod workers;
 
 /// The text of a caught panic, for logs and errors.

@@ -18,6 +18,48 @@ struct Cli {
 enum Command {
     /// Run the service (every role, or those of HEARTY_ROLES).
     Serve(Box<hearty::config::Config>),
+    /// Inspect sagas of a running server.
+    Sagas {
+        #[command(subcommand)]
+        command: SagasCommand,
+        /// The server's base URL.
+        #[arg(
+            long,
+            env = "HEARTY_URL",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        url: String,
+    },
+    /// Manage the read models.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SagasCommand {
+    /// One line per saga.
+    List {
+        /// Only sagas in this state (Running, Completed, Compensating, Compensated, Failed).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Steps, what it waits on, messages in flight and the full history.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+enum ViewsCommand {
+    /// Recompute every read model from the write side (which is only read).
+    Rebuild {
+        /// Folder of the SQLite files.
+        #[arg(long, env = "HEARTY_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +74,28 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(config) => {
             actix::System::new().block_on(hearty::app::run(*config, shutdown_signal()))
+        }
+        Command::Sagas { command, url } => {
+            let out = match command {
+                SagasCommand::List { state, limit } => {
+                    hearty::cli::sagas_list(&url, state.as_deref(), limit)
+                }
+                SagasCommand::Show { id } => hearty::cli::sagas_show(&url, &id),
+            };
+            out.map(|text| print!("{text}"))
+        }
+        Command::Views {
+            command: ViewsCommand::Rebuild { data_dir },
+        } => {
+            let mut config = hearty::config::Config::defaults();
+            config.data_dir = data_dir;
+            actix::System::new()
+                .block_on(hearty::views::rebuild(&config))
+                .map(|counts| {
+                    for (kind, n) in counts {
+                        println!("{}: rebuilt from {n} events", kind.as_str());
+                    }
+                })
         }
     };
     match result {

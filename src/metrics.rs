@@ -43,6 +43,7 @@ counters! {
     worker_commands_total: "Worker commands applied or answered from the inbox.",
     dead_letters_total: "Messages moved to the dead-letter queue.",
     redeliveries_total: "Deliveries the broker marked as redelivered.",
+    events_projected_total: "Domain events applied to a read model.",
     actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
 }
 

@@ -324,7 +324,7 @@ fn chaos_loses_nothing_and_doubles_nothing() {
     let list = |path: &str| get(path).as_array().cloned().unwrap_or_default();
     let pays = list("/pays?limit=100000");
     let coupons = list("/coupons?limit=100000");
-    let stock = list("/foodCatalogViews")[0]["stock"].as_i64().unwrap_or(-1);
+    let stock = list("/foodCatalogs")[0]["stock"].as_i64().unwrap_or(-1);
     let by_order = |records: &[Value]| -> HashMap<i64, Vec<String>> {
         let mut m: HashMap<i64, Vec<String>> = HashMap::new();
         for r in records {

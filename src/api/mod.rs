@@ -45,6 +45,20 @@ pub struct ApiState {
     pub order_timeout: Duration,
     /// Circuit breakers of the saga's steps; the first one guards new orders.
     pub breakers: Breakers,
+    /// The read models' databases.
+    pub views: ViewDbs,
+    /// The namespace, to name queues in inspection output.
+    pub namespace: String,
+    /// Base URL of the RabbitMQ management UI, for links.
+    pub management_url: String,
+}
+
+/// The read models' databases, read by the API.
+#[derive(Clone)]
+pub struct ViewDbs {
+    pub my_orders: Db,
+    pub catalog: Db,
+    pub reviews: Db,
 }
 
 impl ApiState {
@@ -215,6 +229,12 @@ fn more_records() -> impl HttpServiceFactory {
         resource("/sagas").route(web::get().to(sagas::list)),
         resource("/sagas/{id}").route(web::get().to(sagas::get)),
         resource("/sagas/{id}/retry").route(web::post().to(sagas::retry)),
+        resource("/reviews")
+            .route(web::post().to(resources::create_review))
+            .route(web::get().to(resources::list_reviews)),
+        resource("/reviewViews").route(web::get().to(resources::review_views)),
+        // The seed spells it `/reviewView`.
+        resource("/reviewView").route(web::get().to(resources::review_views)),
     )
 }
 

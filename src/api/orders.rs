@@ -13,7 +13,7 @@ use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::IdempotencyKey;
 use crate::orchestrator::{AwaitAdmission, Locate, PlaceOrder, dispatch, store};
 use crate::saga::machine::{Effect, Event, Refusal, Saga, StepStatus};
-use crate::workers::{coupon, delivery, kitchen, pay};
+use crate::workers::kitchen;
 
 type State = web::Data<ApiState>;
 type Q = web::Query<std::collections::HashMap<String, String>>;
@@ -248,9 +248,8 @@ pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, 
         .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
 }
 
-/// "My orders": per order, the status of the order and of each worker's
-/// record. Read from the sources for now; a projection fed by domain events
-/// replaces it with the read-model work.
+/// "My orders", from its read model: per order, the status of the order and
+/// of each worker's record.
 pub async fn my_orders(state: State, q: Q) -> Result<HttpResponse, ApiError> {
     let q = Query(q.into_inner());
     let page = q.page()?;
@@ -258,41 +257,12 @@ pub async fn my_orders(state: State, q: Q) -> Result<HttpResponse, ApiError> {
         .int("customerId")?
         .map(|c| CustomerId::new(c).map_err(|e| ApiError::bad_request(e.to_string())))
         .transpose()?;
-    let sagas = state
-        .sagas
-        .db()
-        .read(move |c| store::list_sagas(c, page, None, customer))
+    let list = state
+        .views
+        .my_orders
+        .read(move |c| Ok(crate::views::my_orders::list(c, page, customer)?))
         .await?;
-    let mut out = Vec::with_capacity(sagas.len());
-    for s in sagas {
-        let id = s.id;
-        let p = state.pay.read(move |c| Ok(pay::get(c, id)?)).await?;
-        let k = state
-            .kitchen
-            .read(move |c| Ok(kitchen::get_ticket(c, id)?))
-            .await?;
-        let d = state
-            .delivery
-            .read(move |c| Ok(delivery::get(c, id)?))
-            .await?;
-        let cp = state.coupon.read(move |c| Ok(coupon::get(c, id)?)).await?;
-        out.push(json!({
-            "id": id,
-            "orderId": id,
-            "customerId": s.order.customer_id,
-            "foodCatalogId": s.order.food_id,
-            "qty": s.order.qty,
-            "amount": s.order.amount,
-            "status": s.order_status,
-            "sagaState": s.state,
-            "payStatus": p.map(|r| r.status),
-            "kitchenStatus": k.map(|r| r.status),
-            "deliveryStatus": d.map(|r| r.status),
-            "couponStatus": cp.map(|r| r.status),
-            "updatedAt": s.updated_at.to_rfc3339(),
-        }));
-    }
-    Ok(ok_json(&out))
+    Ok(ok_json(&list))
 }
 
 /// `DELETE /kitchens/{id}`: the manager cancels order `id`.

@@ -1,7 +1,6 @@
 //! Customers, the food catalog, and the workers' records.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 
 use super::body::{Body, Query, required};
 use super::error::ApiError;
@@ -108,14 +107,55 @@ pub async fn get_food(state: State, path: web::Path<String>) -> Result<HttpRespo
 pub async fn food_views(state: State, q: Q) -> Result<HttpResponse, ApiError> {
     let page = Query(q.into_inner()).page()?;
     let list = state
-        .kitchen
-        .read(move |c| Ok(kitchen::list_foods(c, page)?))
+        .views
+        .catalog
+        .read(move |c| Ok(crate::views::catalog::list(c, page)?))
         .await?;
-    let views: Vec<_> = list
-        .into_iter()
-        .map(|f| json!({ "id": f.id, "name": f.name, "price": f.price, "stock": f.stock }))
-        .collect();
-    Ok(ok_json(&views))
+    Ok(ok_json(&list))
+}
+
+pub async fn create_review(
+    state: State,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let b = Body::new(body.into_inner())?;
+    let username = required(b.text(&["username", "userName"], 100)?, "username")?;
+    let productname = required(b.text(&["productname", "productName"], 200)?, "productname")?;
+    let content = required(b.text(&["content"], 5000)?, "content")?;
+    let rating = b.int(&["rating"])?;
+    if let Some(r) = rating
+        && !(1..=5).contains(&r)
+    {
+        return Err(ApiError::bad_request("`rating` must be between 1 and 5"));
+    }
+    let created = state
+        .sagas
+        .db()
+        .write(move |tx| store::create_review(tx, &username, &productname, &content, rating))
+        .await?;
+    state.sagas.db().notify_outbox();
+    Ok(HttpResponse::Created().json(created))
+}
+
+pub async fn list_reviews(state: State, q: Q) -> Result<HttpResponse, ApiError> {
+    let page = Query(q.into_inner()).page()?;
+    let list = state
+        .sagas
+        .db()
+        .read(move |c| store::list_reviews(c, page))
+        .await?;
+    Ok(ok_json(&list))
+}
+
+/// The review read model: per product, count, average rating, latest reviews.
+pub async fn review_views(state: State, q: Q) -> Result<HttpResponse, ApiError> {
+    let page = Query(q.into_inner()).page()?;
+    let list = state
+        .views
+        .reviews
+        .read(move |c| Ok(crate::views::reviews::list(c, page)?))
+        .await?;
+    Ok(ok_json(&list))
 }
 
 /// Paging and the `orderId` filter of a worker list.

@@ -9,7 +9,7 @@ use super::{ApiState, ok_json};
 use crate::domain::{Millis, SagaId};
 use crate::orchestrator::{dispatch, store};
 use crate::saga::definition::SagaDefinition;
-use crate::saga::machine::{Event, HistoryEntry, Refusal, Saga, SagaState};
+use crate::saga::machine::{Effect, Event, HistoryEntry, Refusal, Saga, SagaState, StepStatus};
 
 type State = web::Data<ApiState>;
 
@@ -112,11 +112,82 @@ pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, 
                 Some(_) => store::history(c, id)?,
                 None => Vec::new(),
             };
-            Ok(saga.map(|s| (s, history)))
+            let pending = match &saga {
+                Some(_) => store::pending_messages(c, id)?,
+                None => Vec::new(),
+            };
+            Ok(saga.map(|s| (s, history, pending)))
         })
         .await?;
-    let (saga, history) = found.ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
-    Ok(ok_json(&saga_view(&state.def, &saga, Some(&history))))
+    let (saga, history, pending) =
+        found.ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
+    let mut view = saga_view(&state.def, &saga, Some(&history));
+    view["waitingOn"] = waiting_on(&saga);
+    view["inFlight"] = in_flight(&state, &saga, &pending);
+    Ok(ok_json(&view))
+}
+
+/// "Why is it stuck?": the step the saga waits on, since when, its attempts,
+/// the next retry and the last error.
+fn waiting_on(saga: &Saga) -> Value {
+    let waiting = saga.steps.iter().rev().find(|s| {
+        matches!(
+            (s.status, s.effect),
+            (StepStatus::Running, _) | (StepStatus::Compensating, _)
+        )
+    });
+    let Some(s) = waiting else {
+        return Value::Null;
+    };
+    let direction = if s.status == StepStatus::Compensating {
+        "compensation"
+    } else {
+        "forward"
+    };
+    let now = Millis::now();
+    json!({
+        "step": s.name,
+        "direction": direction,
+        "since": time(s.attempt_at.or(s.started_at)),
+        "attempts": s.attempts,
+        "nextAttemptAt": s.attempt_at.filter(|a| *a > now).map(Millis::to_rfc3339),
+        "timesOutAt": time(s.deadline),
+        "waitingForAPerson": s.status == StepStatus::Running && s.effect == Effect::Applied,
+        "lastError": s.error,
+    })
+}
+
+/// The messages of this saga that are on their way: the commands awaiting an
+/// answer (with the queue to look at in the management UI) and the outbox
+/// rows not yet published.
+fn in_flight(state: &ApiState, saga: &Saga, pending: &[store::PendingMessage]) -> Value {
+    let mut out = Vec::new();
+    for (i, s) in saga.steps.iter().enumerate() {
+        let direction = match (s.status, s.effect) {
+            (StepStatus::Running, Effect::Unknown) => "do",
+            (StepStatus::Compensating, _) => "undo",
+            _ => continue,
+        };
+        let Some(d) = state.def.steps.get(i) else {
+            continue;
+        };
+        let queue = format!("{}.{}.commands", state.namespace, d.worker);
+        out.push(json!({
+            "messageId": format!("order-{}.{}.{direction}", saga.id, s.name),
+            "queue": queue,
+            "managementUrl": format!("{}/#/queues/%2F/{queue}", state.management_url.trim_end_matches('/')),
+            "state": "awaiting reply",
+        }));
+    }
+    for m in pending {
+        out.push(json!({
+            "messageId": m.message_id,
+            "type": m.message_type,
+            "state": "in the outbox",
+            "publishAfter": m.available_at.to_rfc3339(),
+        }));
+    }
+    Value::Array(out)
 }
 
 pub async fn retry(

@@ -150,11 +150,13 @@ impl Handler<SagaEvent> for SagaActor {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(Ok(())))));
         }
         let store = self.store.clone();
+        let order_changed =
+            next.order_status != self.saga.order_status || next.state != self.saga.state;
         let (saved, persisted) = (next.clone(), transition.clone());
         let span = tracing::info_span!("saga", saga = %next.id);
         AtomicResponse::new(Box::pin(
             tracing::Instrument::instrument(
-                async move { store.commit(&saved, &persisted).await },
+                async move { store.commit(&saved, &persisted, order_changed).await },
                 span,
             )
             .into_actor(self)

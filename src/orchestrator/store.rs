@@ -7,7 +7,8 @@ use std::sync::Arc;
 use rusqlite::{Connection, Transaction, params};
 use serde::Serialize;
 
-use crate::domain::{CustomerId, Millis, OrderId, SagaId};
+use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
+use crate::events::{self, DomainEvent, Entity};
 use crate::messages::{OrderDetails, Progress, WorkerCommand};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Command, Event, HistoryEntry, Saga, SagaState, Transition};
@@ -34,6 +35,14 @@ CREATE TABLE IF NOT EXISTS sagas (
 );
 CREATE INDEX IF NOT EXISTS sagas_state ON sagas (state, id);
 CREATE INDEX IF NOT EXISTS sagas_customer ON sagas (customer_id, id);
+CREATE TABLE IF NOT EXISTS reviews (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    username    TEXT    NOT NULL,
+    productname TEXT    NOT NULL,
+    content     TEXT    NOT NULL,
+    rating      INTEGER,
+    created_at  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key        TEXT PRIMARY KEY,
     saga_id    INTEGER NOT NULL,
@@ -130,7 +139,7 @@ impl SagaStore {
                 let transition = saga
                     .apply(&def, &Event::Start, now)
                     .map_err(|e| StorageError::Invalid(e.to_string()))?;
-                persist(tx, &def, &saga, &transition, 0, now)?;
+                persist(tx, &def, &saga, &transition, 0, now, true)?;
                 if let Some(key) = &key {
                     tx.execute(
                         "INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES (?1, ?2, ?3)",
@@ -161,7 +170,14 @@ impl SagaStore {
 
     /// Persists a transition: the saga, its new history lines and the
     /// commands it emits, in one transaction.
-    pub async fn commit(&self, saga: &Saga, transition: &Transition) -> StorageResult<()> {
+    /// `order_changed`: the order's status or the saga's state changed, so
+    /// an order event goes out with it.
+    pub async fn commit(
+        &self,
+        saga: &Saga,
+        transition: &Transition,
+        order_changed: bool,
+    ) -> StorageResult<()> {
         let def = self.def.clone();
         let saga = saga.clone();
         let transition = transition.clone();
@@ -172,7 +188,15 @@ impl SagaStore {
                     [saga.id.get()],
                     |r| r.get(0),
                 )?;
-                persist(tx, &def, &saga, &transition, next_seq, saga.updated_at)
+                persist(
+                    tx,
+                    &def,
+                    &saga,
+                    &transition,
+                    next_seq,
+                    saga.updated_at,
+                    order_changed,
+                )
             })
             .await?;
         crate::failpoint::hit("orchestrator-after-commit");
@@ -263,6 +287,31 @@ fn saga_of_key(tx: &Transaction<'_>, key: &IdempotencyKey) -> StorageResult<Opti
     Ok(raw.and_then(|id| OrderId::new(id).ok()))
 }
 
+/// An order's current state as a domain event: `order.placed`,
+/// `order.paid`, ..., `order.cancelled`. Its version is the number of the
+/// saga's last history line, which only grows.
+pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
+    let what = match saga.order_status {
+        OrderStatus::Ordered => "placed".to_owned(),
+        other => other.as_str().to_ascii_lowercase(),
+    };
+    let data = serde_json::json!({
+        "id": saga.id,
+        "orderId": saga.id,
+        "customerId": saga.order.customer_id,
+        "foodCatalogId": saga.order.food_id,
+        "qty": saga.order.qty,
+        "amount": saga.order.amount,
+        "status": saga.order_status,
+        "sagaState": saga.state,
+        "createdAt": saga.created_at.to_rfc3339(),
+        "updatedAt": saga.updated_at.to_rfc3339(),
+    });
+    DomainEvent::new(Entity::Order, &what, saga.id.get(), version, data)
+}
+
+/// Writes a saga, its history lines, its commands and (when the order
+/// changed) the order's event, inside the caller's transaction.
 fn persist(
     tx: &Transaction<'_>,
     def: &SagaDefinition,
@@ -270,7 +319,12 @@ fn persist(
     transition: &Transition,
     first_seq: i64,
     now: Millis,
+    order_changed: bool,
 ) -> StorageResult<()> {
+    if order_changed {
+        let version = first_seq + transition.history.len() as i64;
+        events::emit(tx, &order_event(saga, version))?;
+    }
     tx.execute(
         "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5 WHERE id = ?1",
         params![
@@ -402,4 +456,128 @@ pub fn get_customer(c: &Connection, id: CustomerId) -> StorageResult<Option<Cust
         [id.get()],
         customer,
     ))?)
+}
+
+/// A product review as stored and shown.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRecord {
+    pub id: i64,
+    pub username: String,
+    pub productname: String,
+    pub content: String,
+    pub rating: Option<i64>,
+    pub created_at: String,
+}
+
+fn review(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReviewRecord> {
+    Ok(ReviewRecord {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        productname: r.get(2)?,
+        content: r.get(3)?,
+        rating: r.get(4)?,
+        created_at: Millis(r.get(5)?).to_rfc3339(),
+    })
+}
+
+fn review_event(rec: &ReviewRecord) -> DomainEvent {
+    let data = serde_json::to_value(rec).unwrap_or_default();
+    DomainEvent::new(Entity::Review, "created", rec.id, 1, data)
+}
+
+/// Stores a review and emits `review.created`, in one transaction.
+pub fn create_review(
+    tx: &Transaction<'_>,
+    username: &str,
+    productname: &str,
+    content: &str,
+    rating: Option<i64>,
+) -> StorageResult<ReviewRecord> {
+    let now = Millis::now();
+    tx.execute(
+        "INSERT INTO reviews (username, productname, content, rating, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![username, productname, content, rating, now.0],
+    )?;
+    let rec = ReviewRecord {
+        id: tx.last_insert_rowid(),
+        username: username.to_owned(),
+        productname: productname.to_owned(),
+        content: content.to_owned(),
+        rating,
+        created_at: now.to_rfc3339(),
+    };
+    events::emit(tx, &review_event(&rec))?;
+    Ok(rec)
+}
+
+const REVIEW_COLUMNS: &str = "id, username, productname, content, rating, created_at";
+
+pub fn list_reviews(c: &Connection, page: Page) -> StorageResult<Vec<ReviewRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {REVIEW_COLUMNS} FROM reviews ORDER BY id LIMIT ?1 OFFSET ?2"
+    ))?;
+    Ok(stmt
+        .query_map(params![page.limit, page.offset], review)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Every review as its `review.created` event (to rebuild the read model).
+pub fn review_snapshots(c: &Connection) -> StorageResult<Vec<DomainEvent>> {
+    let mut stmt = c.prepare(&format!("SELECT {REVIEW_COLUMNS} FROM reviews ORDER BY id"))?;
+    let reviews = stmt
+        .query_map([], review)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(reviews.iter().map(review_event).collect())
+}
+
+/// Every order's current state as its latest order event (to rebuild the
+/// read models).
+pub fn order_snapshots(c: &Connection) -> StorageResult<Vec<DomainEvent>> {
+    let mut stmt = c.prepare(
+        "SELECT s.body, (SELECT coalesce(max(seq), 0) FROM saga_history h WHERE h.saga_id = s.id)
+         FROM sagas s ORDER BY s.id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.iter()
+        .map(|(body, version)| Ok(order_event(&from_json::<Saga>(body)?, *version)))
+        .collect()
+}
+
+/// Every order id.
+pub fn order_ids(c: &Connection) -> StorageResult<Vec<OrderId>> {
+    let mut stmt = c.prepare("SELECT id FROM sagas ORDER BY id")?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| OrderId::new(id).ok())
+        .collect())
+}
+
+/// A message of a saga that is still in the outbox.
+#[derive(Debug, Clone)]
+pub struct PendingMessage {
+    pub message_id: String,
+    pub message_type: String,
+    pub available_at: Millis,
+}
+
+/// The saga's outbox rows not yet confirmed by the broker.
+pub fn pending_messages(c: &Connection, id: SagaId) -> StorageResult<Vec<PendingMessage>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT message_id, message_type, available_at FROM outbox WHERE correlation_id = ?1 ORDER BY seq",
+    )?;
+    Ok(stmt
+        .query_map([id.to_string()], |r| {
+            Ok(PendingMessage {
+                message_id: r.get(0)?,
+                message_type: r.get(1)?,
+                available_at: Millis(r.get(2)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -35,7 +35,7 @@ use lapin::{
 use super::{
     DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
 };
-use crate::domain::WorkerKind;
+use crate::domain::{ViewKind, WorkerKind};
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the outbox keeps the row and tries again).
@@ -424,10 +424,7 @@ async fn settle_confirm(
 }
 
 fn all_queues() -> Vec<QueueName> {
-    let mut qs: Vec<QueueName> = WorkerKind::ALL.into_iter().map(QueueName::Worker).collect();
-    qs.push(QueueName::Replies);
-    qs.push(QueueName::DeadLetter);
-    qs
+    QueueName::all()
 }
 
 /// Declares exchanges, queues and bindings; idempotent.
@@ -504,6 +501,21 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
         FieldTable::default(),
     )
     .await?;
+    for v in ViewKind::ALL {
+        let q = t.queue(QueueName::View(v));
+        ch.queue_declare(q.clone().into(), queue_opts, work_args.clone())
+            .await?;
+        for pattern in v.bindings() {
+            ch.queue_bind(
+                q.clone().into(),
+                t.events_exchange().into(),
+                (*pattern).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+    }
     let dead = t.queue(QueueName::DeadLetter);
     ch.queue_declare(dead.clone().into(), queue_opts, FieldTable::default())
         .await?;

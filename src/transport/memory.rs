@@ -13,8 +13,11 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Transport, TransportError};
-use crate::domain::WorkerKind;
+use super::{
+    DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Transport, TransportError,
+    topic_matches,
+};
+use crate::domain::ViewKind;
 
 #[derive(Debug, Clone)]
 struct Message {
@@ -46,11 +49,7 @@ impl Default for MemoryTransport {
 
 impl MemoryTransport {
     pub fn new() -> Self {
-        let mut names: Vec<QueueName> =
-            WorkerKind::ALL.into_iter().map(QueueName::Worker).collect();
-        names.push(QueueName::Replies);
-        names.push(QueueName::DeadLetter);
-        let queues = names
+        let queues = QueueName::all()
             .into_iter()
             .map(|n| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -89,22 +88,30 @@ impl Transport for MemoryTransport {
         let results = batch
             .into_iter()
             .map(|m| {
-                let queue = match &m.route {
-                    Route::Command(k) => QueueName::Worker(*k),
-                    Route::Reply => QueueName::Replies,
-                    // No in-process subscriber of domain events yet: like a
-                    // topic exchange without bindings, the event is dropped.
-                    Route::Event(_) => return Ok(()),
+                let queues: Vec<QueueName> = match &m.route {
+                    Route::Command(k) => vec![QueueName::Worker(*k)],
+                    Route::Reply => vec![QueueName::Replies],
+                    // A topic exchange: every view bound to the key gets a copy.
+                    Route::Event(key) => ViewKind::ALL
+                        .into_iter()
+                        .filter(|v| v.bindings().iter().any(|p| topic_matches(p, key)))
+                        .map(QueueName::View)
+                        .collect(),
                 };
-                self.sender(queue)
-                    .send(Message {
-                        message_id: Some(m.message_id),
-                        correlation_id: Some(m.correlation_id),
-                        message_type: Some(m.message_type),
-                        body: m.body,
-                        redelivered: false,
-                    })
-                    .map_err(|_| TransportError::Unavailable("in-process queue closed".into()))
+                for queue in queues {
+                    self.sender(queue)
+                        .send(Message {
+                            message_id: Some(m.message_id.clone()),
+                            correlation_id: Some(m.correlation_id.clone()),
+                            message_type: Some(m.message_type.clone()),
+                            body: m.body.clone(),
+                            redelivered: false,
+                        })
+                        .map_err(|_| {
+                            TransportError::Unavailable("in-process queue closed".into())
+                        })?;
+                }
+                Ok(())
             })
             .collect();
         async move { results }.boxed()
@@ -210,6 +217,7 @@ impl Settle for MemorySettle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::WorkerKind;
 
     fn msg(id: &str) -> Outgoing {
         Outgoing {

@@ -19,7 +19,7 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-use crate::domain::WorkerKind;
+use crate::domain::{ViewKind, WorkerKind};
 
 /// Where a message goes, independent of the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,6 +60,36 @@ pub enum QueueName {
     Worker(WorkerKind),
     Replies,
     DeadLetter,
+    /// A read model's queue of domain events.
+    View(ViewKind),
+}
+
+impl QueueName {
+    /// Every queue of a namespace.
+    pub fn all() -> Vec<QueueName> {
+        let mut qs: Vec<QueueName> = WorkerKind::ALL.into_iter().map(QueueName::Worker).collect();
+        qs.push(QueueName::Replies);
+        qs.extend(ViewKind::ALL.map(QueueName::View));
+        qs.push(QueueName::DeadLetter);
+        qs
+    }
+}
+
+/// Whether a topic routing key matches a binding pattern (`*` = one word,
+/// `#` = zero or more words), as RabbitMQ's topic exchanges do.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
 }
 
 /// The names every exchange and queue gets in one namespace. They are what
@@ -101,6 +131,7 @@ impl Topology {
             QueueName::Worker(k) => format!("{}.{k}.commands", self.namespace),
             QueueName::Replies => format!("{}.orchestrator.replies", self.namespace),
             QueueName::DeadLetter => format!("{}.dead-letter", self.namespace),
+            QueueName::View(v) => format!("{}.views.{}", self.namespace, v.as_str()),
         }
     }
 
@@ -254,6 +285,21 @@ mod tests {
             t.address(&Route::Command(WorkerKind::Kitchen)),
             ("hearty.commands".to_owned(), "kitchen".to_owned())
         );
+    }
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("order.#", "order.paid"));
+        assert!(topic_matches("#", "order.paid"));
+        assert!(topic_matches("*.paid", "order.paid"));
+        assert!(!topic_matches("order.*", "pay.approved"));
+        assert!(!topic_matches("order.*", "order"));
+        assert!(topic_matches("order.#", "order"));
+        assert_eq!(t_view(), "hearty.views.my-orders");
+    }
+
+    fn t_view() -> String {
+        Topology::new("hearty").queue(QueueName::View(ViewKind::MyOrders))
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::domain::{CouponStatus, Millis, OrderId, WorkerKind};
+use crate::events::{self, DomainEvent, Entity};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS coupons (
     customer_id INTEGER NOT NULL,
     code        TEXT    NOT NULL,
     status      TEXT    NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -92,6 +94,7 @@ impl WorkerLogic for Coupon {
                              VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                             params![id.get(), order.customer_id.get(), code, CouponStatus::Issued.as_str(), now.0],
                         )?;
+                        publish(tx, id)?;
                         Ok(Applied::Final(vec![ReplyOutcome::Done]))
                     }
                 }
@@ -100,9 +103,10 @@ impl WorkerLogic for Coupon {
                 match status_of(tx, id)? {
                     Some(CouponStatus::Issued) => {
                         tx.execute(
-                            "UPDATE coupons SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                            "UPDATE coupons SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
                             params![id.get(), CouponStatus::Cancelled.as_str(), now.0],
                         )?;
+                        publish(tx, id)?;
                     }
                     Some(CouponStatus::Cancelled) => {}
                     None => inbox::bury(tx, id)?,
@@ -111,6 +115,35 @@ impl WorkerLogic for Coupon {
             }
         }
     }
+}
+
+/// Emits the coupon's current state as a domain event (`coupon.issued`, ...).
+fn publish(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+    if let Some(event) = snapshot(tx, id)? {
+        events::emit(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// The coupon of an order as a domain event (also used to rebuild views).
+pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = optional(c.query_row(
+        "SELECT version FROM coupons WHERE id = ?1",
+        [id.get()],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
+        return Ok(None);
+    };
+    let what = rec.status.as_str().to_ascii_lowercase();
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(
+        Entity::Coupon,
+        &what,
+        id.get(),
+        version,
+        data,
+    )))
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<CouponRecord> {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
 use crate::domain::{DeliveryStatus, Millis, OrderId, WorkerKind};
+use crate::events::{self, DomainEvent, Entity};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     status        TEXT    NOT NULL,
     picked_up_at  INTEGER,
     delivered_at  INTEGER,
+    version       INTEGER NOT NULL DEFAULT 1,
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL
 );
@@ -105,6 +107,7 @@ impl WorkerLogic for Delivery {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                     params![id.get(), order.customer_id.get(), DeliveryStatus::Dispatched.as_str(), picked_up, now.0],
                 )?;
+                publish(tx, id, "dispatched")?;
                 Ok(Applied::Final(match picked_up {
                     Some(_) => vec![ReplyOutcome::Accepted, ReplyOutcome::Done],
                     None => vec![ReplyOutcome::Accepted],
@@ -119,9 +122,10 @@ impl WorkerLogic for Delivery {
                 match state_of(tx, id)? {
                     Some((DeliveryStatus::Dispatched, _)) => {
                         tx.execute(
-                            "UPDATE deliveries SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                            "UPDATE deliveries SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
                             params![id.get(), DeliveryStatus::Cancelled.as_str(), now.0],
                         )?;
+                        publish(tx, id, "cancelled")?;
                     }
                     Some((DeliveryStatus::Delivered, _)) => {
                         // Not recorded: an operator may sort it out and retry.
@@ -141,16 +145,18 @@ impl WorkerLogic for Delivery {
                 match (progress, state) {
                     (Progress::PickedUp, Some((DeliveryStatus::Dispatched, false))) => {
                         tx.execute(
-                            "UPDATE deliveries SET picked_up_at = ?2, updated_at = ?2 WHERE id = ?1",
+                            "UPDATE deliveries SET picked_up_at = ?2, updated_at = ?2, version = version + 1 WHERE id = ?1",
                             params![order_id.get(), now.0],
                         )?;
+                        publish(tx, *order_id, "pickedUp")?;
                         Ok(Applied::Final(vec![ReplyOutcome::Done]))
                     }
                     (Progress::Delivered, Some((DeliveryStatus::Dispatched, true))) => {
                         tx.execute(
-                            "UPDATE deliveries SET status = ?2, delivered_at = ?3, updated_at = ?3 WHERE id = ?1",
+                            "UPDATE deliveries SET status = ?2, delivered_at = ?3, updated_at = ?3, version = version + 1 WHERE id = ?1",
                             params![order_id.get(), DeliveryStatus::Delivered.as_str(), now.0],
                         )?;
+                        publish(tx, *order_id, "delivered")?;
                         Ok(Applied::Final(vec![ReplyOutcome::Delivered]))
                     }
                     (p, s) => Ok(Applied::Ignored(format!(
@@ -161,6 +167,39 @@ impl WorkerLogic for Delivery {
             }
         }
     }
+}
+
+/// Emits the delivery's current state as `delivery.<what>`.
+fn publish(tx: &Transaction<'_>, id: OrderId, what: &str) -> rusqlite::Result<()> {
+    if let Some(mut event) = snapshot(tx, id)? {
+        event.event_type = format!("delivery.{what}");
+        events::emit(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// The delivery of an order as a domain event (also used to rebuild views).
+pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = optional(c.query_row(
+        "SELECT version FROM deliveries WHERE id = ?1",
+        [id.get()],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
+        return Ok(None);
+    };
+    let what = match (rec.status, rec.picked_up) {
+        (DeliveryStatus::Dispatched, true) => "pickedUp".to_owned(),
+        (s, _) => s.as_str().to_ascii_lowercase(),
+    };
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(
+        Entity::Delivery,
+        &what,
+        id.get(),
+        version,
+        data,
+    )))
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {

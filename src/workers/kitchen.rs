@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
 use crate::domain::{FoodId, KitchenStatus, Millis, Money, OrderId, Qty, WorkerKind};
+use crate::events::{self, DomainEvent, Entity};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS food_catalog (
     name        TEXT    NOT NULL,
     stock       INTEGER NOT NULL CHECK (stock >= 0),
     price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
+    version     INTEGER NOT NULL DEFAULT 1,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS kitchens (
     qty         INTEGER NOT NULL,
     status      TEXT    NOT NULL,
     reason      TEXT,
+    version     INTEGER NOT NULL DEFAULT 1,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -77,10 +80,10 @@ fn set_ticket(
     now: Millis,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE kitchens SET status = ?2, updated_at = ?3 WHERE id = ?1",
+        "UPDATE kitchens SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
         params![order.get(), status.as_str(), now.0],
     )?;
-    Ok(())
+    publish_ticket(tx, order)
 }
 
 /// The replies of a ticket that exists already (a repeated accept).
@@ -141,12 +144,14 @@ impl WorkerLogic for Kitchen {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                         params![id.get(), order.food_id.get(), qty, KitchenStatus::Rejected.as_str(), reason, now.0],
                     )?;
+                    publish_ticket(tx, id)?;
                     return Ok(Applied::Final(vec![ReplyOutcome::Failed { reason }]));
                 }
                 tx.execute(
-                    "UPDATE food_catalog SET stock = stock - ?2, updated_at = ?3 WHERE id = ?1",
+                    "UPDATE food_catalog SET stock = stock - ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
                     params![order.food_id.get(), qty, now.0],
                 )?;
+                publish_food(tx, order.food_id, "stockChanged")?;
                 let status = match self.mode {
                     Mode::Auto => KitchenStatus::Cooked,
                     Mode::Manual => KitchenStatus::Accepted,
@@ -156,6 +161,7 @@ impl WorkerLogic for Kitchen {
                      VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?5)",
                     params![id.get(), order.food_id.get(), qty, status.as_str(), now.0],
                 )?;
+                publish_ticket(tx, id)?;
                 Ok(Applied::Final(replies_for(status)))
             }
             WorkerCommand::Step {
@@ -172,9 +178,12 @@ impl WorkerLogic for Kitchen {
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )?;
                         tx.execute(
-                            "UPDATE food_catalog SET stock = stock + ?2, updated_at = ?3 WHERE id = ?1",
+                            "UPDATE food_catalog SET stock = stock + ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
                             params![food, qty, now.0],
                         )?;
+                        if let Ok(food) = FoodId::new(food) {
+                            publish_food(tx, food, "stockChanged")?;
+                        }
                         set_ticket(tx, id, KitchenStatus::Cancelled, now)?;
                     }
                     Some(_) => {}
@@ -218,12 +227,71 @@ pub fn create_food(
     )?;
     let id = FoodId::new(tx.last_insert_rowid())
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    publish_food(tx, id, "created")?;
     Ok(FoodRecord {
         id,
         name: name.to_owned(),
         stock,
         price,
     })
+}
+
+/// Emits a ticket's current state as `kitchen.<status>`.
+fn publish_ticket(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+    if let Some(event) = ticket_snapshot(tx, id)? {
+        events::emit(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// Emits a catalog item's current state as `catalog.<what>`.
+fn publish_food(tx: &Transaction<'_>, id: FoodId, what: &str) -> rusqlite::Result<()> {
+    if let Some(mut event) = food_snapshot(tx, id)? {
+        event.event_type = format!("catalog.{what}");
+        events::emit(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// An order's kitchen ticket as a domain event (also used to rebuild views).
+pub fn ticket_snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = optional(c.query_row(
+        "SELECT version FROM kitchens WHERE id = ?1",
+        [id.get()],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, get_ticket(c, id)?) else {
+        return Ok(None);
+    };
+    let what = rec.status.as_str().to_ascii_lowercase();
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(
+        Entity::Kitchen,
+        &what,
+        id.get(),
+        version,
+        data,
+    )))
+}
+
+/// A catalog item as a domain event (`catalog.updated`; also used to rebuild views).
+pub fn food_snapshot(c: &Connection, id: FoodId) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = optional(c.query_row(
+        "SELECT version FROM food_catalog WHERE id = ?1",
+        [id.get()],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, get_food(c, id)?) else {
+        return Ok(None);
+    };
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(
+        Entity::Catalog,
+        "updated",
+        id.get(),
+        version,
+        data,
+    )))
 }
 
 fn food(r: &Row<'_>) -> rusqlite::Result<FoodRecord> {

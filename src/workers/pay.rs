@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::domain::{Millis, Money, OrderId, PayStatus, WorkerKind};
+use crate::events::{self, DomainEvent, Entity};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS pays (
     amount_cents INTEGER NOT NULL,
     status       TEXT    NOT NULL,
     reason       TEXT,
+    version      INTEGER NOT NULL DEFAULT 1,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL
 );
@@ -107,6 +109,7 @@ impl WorkerLogic for Pay {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                     params![id.get(), order.customer_id.get(), order.amount.cents(), status.as_str(), reason, now.0],
                 )?;
+                publish(tx, id)?;
                 Ok(Applied::Final(vec![match reason {
                     None => ReplyOutcome::Done,
                     Some(reason) => ReplyOutcome::Failed { reason },
@@ -116,9 +119,10 @@ impl WorkerLogic for Pay {
                 match existing {
                     Some(PayStatus::Approved) => {
                         tx.execute(
-                            "UPDATE pays SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                            "UPDATE pays SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
                             params![id.get(), PayStatus::Refunded.as_str(), now.0],
                         )?;
+                        publish(tx, id)?;
                     }
                     Some(_) => {}
                     None => inbox::bury(tx, id)?,
@@ -127,6 +131,35 @@ impl WorkerLogic for Pay {
             }
         }
     }
+}
+
+/// Emits the payment's current state as a domain event (`pay.approved`, ...).
+fn publish(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+    if let Some(event) = snapshot(tx, id)? {
+        events::emit(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// The payment of an order as a domain event (also used to rebuild views).
+pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = optional(c.query_row(
+        "SELECT version FROM pays WHERE id = ?1",
+        [id.get()],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
+        return Ok(None);
+    };
+    let what = rec.status.as_str().to_ascii_lowercase();
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(
+        Entity::Pay,
+        &what,
+        id.get(),
+        version,
+        data,
+    )))
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<PayRecord> {

@@ -97,9 +97,19 @@ async fn after_completion(app: &TestApp) {
         pos("delivery") < pos("kitchen") && pos("kitchen") < pos("pay"),
         "{order:?}"
     );
-    let (_, mine) = app.get("/myOrders").await;
-    assert_eq!(mine[0]["status"], "Cancelled");
-    assert_eq!(mine[0]["couponStatus"], "Cancelled");
+    app.wait_view("/myOrders", id, "cancelled everywhere", |m| {
+        m["status"] == "Cancelled"
+            && m["sagaState"] == "Compensated"
+            && m["payStatus"] == "Refunded"
+            && m["kitchenStatus"] == "Cancelled"
+            && m["deliveryStatus"] == "Cancelled"
+            && m["couponStatus"] == "Cancelled"
+    })
+    .await;
+    app.wait_view("/foodCatalogViews", food, "restocked", |f| {
+        f["stock"] == 100
+    })
+    .await;
 }
 
 on_both_transports!(

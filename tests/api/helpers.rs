@@ -66,6 +66,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Prefix of this test's exchanges and queues.
     pub namespace: String,
+    /// This test's `HEARTY_DATA_DIR`.
+    pub data_dir: PathBuf,
     running: Option<Running>,
     _guard: Option<NamespaceGuard>,
     _dir: tempfile::TempDir,
@@ -152,6 +154,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
             .build()
             .expect("client"),
         namespace,
+        data_dir: dir.path().join("data"),
         running: Some(running),
         _guard: guard,
         _dir: dir,
@@ -281,12 +284,37 @@ impl TestApp {
         .await
     }
 
+    /// The kitchen's own stock (the write side: always current).
     pub async fn stock(&self, food: i64) -> i64 {
-        let (_, v) = self.get("/foodCatalogViews").await;
-        v.as_array()
-            .and_then(|a| a.iter().find(|f| f["id"] == food))
-            .and_then(|f| f["stock"].as_i64())
-            .expect("food in the catalog view")
+        let (_, v) = self.get(&format!("/foodCatalogs/{food}")).await;
+        v["stock"].as_i64().expect("food in the catalog")
+    }
+
+    /// Polls a read model until `pred` holds for the entry with `id`; read
+    /// models follow the write side through events, a moment later.
+    pub async fn wait_view(
+        &self,
+        path: &str,
+        id: i64,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, v) = self.get(path).await;
+            let entry = v
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["id"] == id))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if pred(&entry) {
+                return entry;
+            }
+            if Instant::now() > deadline {
+                panic!("{path} entry {id} never became {what}: {v:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn saga(&self, id: i64) -> Value {

@@ -6,5 +6,7 @@ mod helpers;
 mod bad_input;
 mod cancellation;
 mod duplicates;
+mod inspection;
 mod order_saga;
+mod read_models;
 mod topology;

@@ -68,9 +68,34 @@ async fn seed_flow_completes(app: &TestApp) {
     );
     assert_eq!(app.stock(food).await, 90);
 
-    let (_, mine) = app.get(&format!("/myOrders?customerId={customer}")).await;
-    assert_eq!(mine[0]["payStatus"], "Approved", "{mine}");
-    assert_eq!(mine[0]["couponStatus"], "Issued", "{mine}");
+    let mine = app
+        .wait_view(
+            &format!("/myOrders?customerId={customer}"),
+            id,
+            "complete",
+            |m| {
+                m["status"] == "Dispatched"
+                    && m["sagaState"] == "Completed"
+                    && m["payStatus"] == "Approved"
+                    && m["kitchenStatus"] == "Cooked"
+                    && m["deliveryStatus"] == "Dispatched"
+                    && m["couponStatus"] == "Issued"
+            },
+        )
+        .await;
+    assert_eq!(mine["foodName"], "cake");
+    assert_eq!(mine["qty"], 10);
+    assert_eq!(mine["amount"], 40.0);
+    let view = app
+        .wait_view("/foodCatalogViews", food, "90 left", |f| f["stock"] == 90)
+        .await;
+    assert_eq!(view["name"], "cake");
+    let (_, other) = app.get("/myOrders?customerId=999").await;
+    assert_eq!(
+        other,
+        serde_json::json!([]),
+        "another customer's orders are not mine"
+    );
     let (_, completed) = app.get("/sagas?state=Completed").await;
     assert_eq!(completed.as_array().map(Vec::len), Some(1));
     let (_, running) = app.get("/sagas?state=Running").await;

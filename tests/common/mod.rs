@@ -319,7 +319,7 @@ impl Cluster {
     }
 
     pub fn stock(&self, api: &Service) -> i64 {
-        self.get(api, "/foodCatalogViews")[0]["stock"]
+        self.get(api, "/foodCatalogs/1")["stock"]
             .as_i64()
             .expect("stock")
     }

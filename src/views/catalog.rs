@@ -1,0 +1,54 @@
+//! The food catalog view: `id, name, price, stock` per item, from
+//! `catalog.*` events.
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::{Value, json};
+
+use crate::domain::Money;
+use crate::events::DomainEvent;
+use crate::storage::Page;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS food_views (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    price_cents INTEGER NOT NULL,
+    stock       INTEGER NOT NULL,
+    version     INTEGER NOT NULL
+);
+";
+
+pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+    let d = &e.data;
+    let price =
+        Money::parse_decimal(d["price"].as_f64().unwrap_or(0.0)).unwrap_or(Money::from_cents(0));
+    tx.execute(
+        "INSERT INTO food_views (id, name, price_cents, stock, version) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
+             stock = excluded.stock, version = excluded.version
+         WHERE excluded.version > food_views.version",
+        params![
+            e.entity_id,
+            d["name"].as_str().unwrap_or(""),
+            price.cents(),
+            d["stock"].as_i64().unwrap_or(0),
+            e.version
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, name, price_cents, stock FROM food_views ORDER BY id LIMIT ?1 OFFSET ?2",
+    )?;
+    stmt.query_map(params![page.limit, page.offset], |r| {
+        Ok(json!({
+            "id": r.get::<_, i64>(0)?,
+            "name": r.get::<_, String>(1)?,
+            "price": Money::from_cents(r.get(2)?),
+            "stock": r.get::<_, i64>(3)?,
+        }))
+    })?
+    .collect()
+}

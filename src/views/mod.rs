@@ -1,0 +1,200 @@
+//! Read models (CQRS): each is fed only by domain events, from its own queue,
+//! into its own SQLite file, and answers one family of queries.
+//!
+//! - [`my_orders`] (`views-my-orders.db`): per order, the order's and every
+//!   worker's status — `/myOrders`.
+//! - [`catalog`] (`views-catalog.db`): the food catalog's stock —
+//!   `/foodCatalogViews`.
+//! - [`reviews`] (`views-reviews.db`): count, average rating and latest
+//!   reviews per product — `/reviewViews`.
+//!
+//! Projections are idempotent and tolerate redelivered, duplicated and
+//! reordered events: every event carries its entity's version, and a
+//! projection only applies what is newer than what it has. `hearty views
+//! rebuild` recomputes every read model from the write side's current state
+//! (read-only) in one transaction per read model.
+
+pub mod catalog;
+pub mod my_orders;
+pub mod reviews;
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rusqlite::Transaction;
+
+use crate::config::Config;
+use crate::domain::ViewKind;
+use crate::events::DomainEvent;
+use crate::metrics::{METRICS, inc};
+use crate::shutdown::Shutdown;
+use crate::storage::{Db, StorageError, StorageResult};
+use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
+use crate::transport::{Delivery, QueueName, Transport, TransportError};
+
+/// The schema of a read model's database.
+pub fn schema(kind: ViewKind) -> &'static str {
+    match kind {
+        ViewKind::MyOrders => my_orders::SCHEMA,
+        ViewKind::Catalog => catalog::SCHEMA,
+        ViewKind::Reviews => reviews::SCHEMA,
+    }
+}
+
+/// Applies one event to a read model (inside the caller's transaction).
+pub fn apply(kind: ViewKind, tx: &Transaction<'_>, event: &DomainEvent) -> rusqlite::Result<()> {
+    match kind {
+        ViewKind::MyOrders => my_orders::apply(tx, event),
+        ViewKind::Catalog => catalog::apply(tx, event),
+        ViewKind::Reviews => reviews::apply(tx, event),
+    }
+}
+
+/// Opens a read model's database.
+pub fn open(config: &Config, kind: ViewKind) -> StorageResult<Db> {
+    Db::open(
+        &config.db_path(&format!("views-{}", kind.as_str())),
+        schema(kind),
+    )
+}
+
+/// Consumes a read model's queue until shutdown: decode, apply, then ack.
+pub async fn consume(
+    kind: ViewKind,
+    db: Db,
+    transport: Arc<dyn Transport>,
+    mut shutdown: Shutdown,
+) -> Result<(), TransportError> {
+    let mut deliveries = transport.consume(QueueName::View(kind)).await?;
+    let failures = Arc::new(FailureCounts::default());
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.recv() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        actix::spawn(project(kind, db.clone(), delivery, failures.clone()));
+    }
+}
+
+async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<FailureCounts>) {
+    let _in_flight = crate::metrics::InFlight::start();
+    if delivery.redelivered {
+        inc(&METRICS.redeliveries_total);
+    }
+    let event: DomainEvent = match serde_json::from_slice(&delivery.body) {
+        Ok(e) => e,
+        Err(e) => {
+            dead_letter(delivery, &format!("undecodable event: {e}")).await;
+            return;
+        }
+    };
+    let id = format!(
+        "{}.{}.v{}",
+        event.event_type, event.entity_id, event.version
+    );
+    let applied = db
+        .write(move |tx| apply(kind, tx, &event).map_err(StorageError::from))
+        .await;
+    match applied {
+        Ok(()) => {
+            failures.forget(&id);
+            inc(&METRICS.events_projected_total);
+            let _ = delivery.ack().await;
+        }
+        Err(e) => {
+            let count = failures.record(&id);
+            if count >= MAX_DELIVERIES {
+                dead_letter(delivery, &format!("failed {count} times; last error: {e}")).await;
+                failures.forget(&id);
+            } else {
+                tracing::warn!(view = kind.as_str(), error = %e, "event not projected; handing it back");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
+                let _ = delivery.requeue().await;
+            }
+        }
+    }
+}
+
+/// Recomputes every read model from the write side's current state: each
+/// source row becomes a snapshot event, applied to an emptied read model in
+/// one transaction. Sources are only read.
+pub async fn rebuild(config: &Config) -> anyhow::Result<Vec<(ViewKind, usize)>> {
+    use crate::workers::{coupon, delivery, kitchen, pay};
+    let open_source = |name: &str| -> anyhow::Result<rusqlite::Connection> {
+        let path = config.db_path(name);
+        anyhow::ensure!(path.exists(), "no {} to rebuild from", path.display());
+        Ok(rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?)
+    };
+    let mut events: Vec<DomainEvent> = Vec::new();
+    {
+        let orch = open_source("orchestrator")?;
+        events.extend(crate::orchestrator::store::order_snapshots(&orch)?);
+        events.extend(crate::orchestrator::store::review_snapshots(&orch)?);
+        let ids = crate::orchestrator::store::order_ids(&orch)?;
+        let (p, k, d, c) = (
+            open_source("pay")?,
+            open_source("kitchen")?,
+            open_source("delivery")?,
+            open_source("coupon")?,
+        );
+        for id in ids {
+            events.extend(pay::snapshot(&p, id)?);
+            events.extend(kitchen::ticket_snapshot(&k, id)?);
+            events.extend(delivery::snapshot(&d, id)?);
+            events.extend(coupon::snapshot(&c, id)?);
+        }
+        for food in kitchen::list_foods(
+            &k,
+            crate::storage::Page {
+                limit: i64::MAX,
+                offset: 0,
+            },
+        )? {
+            events.extend(kitchen::food_snapshot(&k, food.id)?);
+        }
+    }
+    let events = Arc::new(events);
+    let mut counts = Vec::new();
+    for kind in ViewKind::ALL {
+        let db = open(config, kind)?;
+        let evs = events.clone();
+        let n = db
+            .write(move |tx| {
+                clear(kind, tx)?;
+                let mut n = 0;
+                for e in evs.iter() {
+                    if kind
+                        .bindings()
+                        .iter()
+                        .any(|p| crate::transport::topic_matches(p, &e.event_type))
+                    {
+                        apply(kind, tx, e)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await?;
+        db.close();
+        counts.push((kind, n));
+    }
+    Ok(counts)
+}
+
+fn clear(kind: ViewKind, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let tables: &[&str] = match kind {
+        ViewKind::MyOrders => &["my_orders", "foods"],
+        ViewKind::Catalog => &["food_views"],
+        ViewKind::Reviews => &["review_views", "applied_reviews"],
+    };
+    for t in tables {
+        tx.execute(&format!("DELETE FROM {t}"), [])?;
+    }
+    Ok(())
+}

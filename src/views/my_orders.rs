@@ -1,0 +1,157 @@
+//! "My orders": per order, the customer, the food, the quantity and amount,
+//! and the status of the order, its payment, kitchen ticket, delivery and
+//! coupon — from `order.*`, `pay.*`, `kitchen.*`, `delivery.*`, `coupon.*`
+//! (and `catalog.*` for the food's name). Each part keeps its own version.
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::{Value, json};
+
+use crate::domain::{CustomerId, Millis, Money};
+use crate::events::{DomainEvent, Entity};
+use crate::storage::Page;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS my_orders (
+    order_id         INTEGER PRIMARY KEY,
+    customer_id      INTEGER,
+    food_id          INTEGER,
+    qty              INTEGER,
+    amount_cents     INTEGER,
+    status           TEXT,
+    saga_state       TEXT,
+    order_version    INTEGER NOT NULL DEFAULT 0,
+    pay_status       TEXT,
+    pay_version      INTEGER NOT NULL DEFAULT 0,
+    kitchen_status   TEXT,
+    kitchen_version  INTEGER NOT NULL DEFAULT 0,
+    delivery_status  TEXT,
+    delivery_picked_up INTEGER,
+    delivery_version INTEGER NOT NULL DEFAULT 0,
+    coupon_status    TEXT,
+    coupon_code      TEXT,
+    coupon_version   INTEGER NOT NULL DEFAULT 0,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS my_orders_customer ON my_orders (customer_id, order_id);
+CREATE TABLE IF NOT EXISTS foods (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT    NOT NULL,
+    version INTEGER NOT NULL
+);
+";
+
+pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+    let d = &e.data;
+    let now = Millis::now().0;
+    if e.entity == Entity::Catalog {
+        tx.execute(
+            "INSERT INTO foods (id, name, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version
+             WHERE excluded.version > foods.version",
+            params![e.entity_id, d["name"].as_str().unwrap_or(""), e.version],
+        )?;
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO my_orders (order_id, updated_at) VALUES (?1, ?2)",
+        params![e.entity_id, now],
+    )?;
+    let status = d["status"].as_str();
+    match e.entity {
+        Entity::Order => {
+            let amount = Money::parse_decimal(d["amount"].as_f64().unwrap_or(0.0))
+                .unwrap_or(Money::from_cents(0));
+            tx.execute(
+                "UPDATE my_orders SET customer_id = ?2, food_id = ?3, qty = ?4, amount_cents = ?5,
+                     status = ?6, saga_state = ?7, order_version = ?8, updated_at = ?9
+                 WHERE order_id = ?1 AND order_version < ?8",
+                params![
+                    e.entity_id,
+                    d["customerId"].as_i64(),
+                    d["foodCatalogId"].as_i64(),
+                    d["qty"].as_i64(),
+                    amount.cents(),
+                    status,
+                    d["sagaState"].as_str(),
+                    e.version,
+                    now
+                ],
+            )?;
+        }
+        Entity::Pay => part(tx, e, "pay", status)?,
+        Entity::Kitchen => part(tx, e, "kitchen", status)?,
+        Entity::Delivery => {
+            tx.execute(
+                "UPDATE my_orders SET delivery_status = ?2, delivery_picked_up = ?3, delivery_version = ?4, updated_at = ?5
+                 WHERE order_id = ?1 AND delivery_version < ?4",
+                params![e.entity_id, status, d["pickedUp"].as_bool(), e.version, now],
+            )?;
+        }
+        Entity::Coupon => {
+            tx.execute(
+                "UPDATE my_orders SET coupon_status = ?2, coupon_code = ?3, coupon_version = ?4, updated_at = ?5
+                 WHERE order_id = ?1 AND coupon_version < ?4",
+                params![e.entity_id, status, d["code"].as_str(), e.version, now],
+            )?;
+        }
+        Entity::Catalog | Entity::Review => {}
+    }
+    Ok(())
+}
+
+/// Updates one part's status when the event is newer than what is there.
+fn part(
+    tx: &Transaction<'_>,
+    e: &DomainEvent,
+    name: &str,
+    status: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE my_orders SET {name}_status = ?2, {name}_version = ?3, updated_at = ?4
+             WHERE order_id = ?1 AND {name}_version < ?3"
+        ),
+        params![e.entity_id, status, e.version, Millis::now().0],
+    )?;
+    Ok(())
+}
+
+pub fn list(
+    c: &Connection,
+    page: Page,
+    customer: Option<CustomerId>,
+) -> rusqlite::Result<Vec<Value>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT o.order_id, o.customer_id, o.food_id, f.name, o.qty, o.amount_cents, o.status, o.saga_state,
+                o.pay_status, o.kitchen_status, o.delivery_status, o.delivery_picked_up, o.coupon_status,
+                o.coupon_code, o.updated_at
+         FROM my_orders o LEFT JOIN foods f ON f.id = o.food_id
+         WHERE (?1 IS NULL OR o.customer_id = ?1)
+         ORDER BY o.order_id LIMIT ?2 OFFSET ?3",
+    )?;
+    stmt.query_map(
+        params![customer.map(CustomerId::get), page.limit, page.offset],
+        |r| {
+            let amount: Option<i64> = r.get(5)?;
+            Ok(json!({
+                "id": r.get::<_, i64>(0)?,
+                "orderId": r.get::<_, i64>(0)?,
+                "customerId": r.get::<_, Option<i64>>(1)?,
+                "foodCatalogId": r.get::<_, Option<i64>>(2)?,
+                "foodName": r.get::<_, Option<String>>(3)?,
+                "qty": r.get::<_, Option<i64>>(4)?,
+                "amount": amount.map(Money::from_cents),
+                "status": r.get::<_, Option<String>>(6)?,
+                "sagaState": r.get::<_, Option<String>>(7)?,
+                "payStatus": r.get::<_, Option<String>>(8)?,
+                "kitchenStatus": r.get::<_, Option<String>>(9)?,
+                "deliveryStatus": r.get::<_, Option<String>>(10)?,
+                "pickedUp": r.get::<_, Option<bool>>(11)?,
+                "couponStatus": r.get::<_, Option<String>>(12)?,
+                "couponCode": r.get::<_, Option<String>>(13)?,
+                "updatedAt": Millis(r.get(14)?).to_rfc3339(),
+            }))
+        },
+    )?
+    .collect()
+}

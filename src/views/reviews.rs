@@ -1,0 +1,89 @@
+//! The review view: per product, the number of reviews, the average rating
+//! and the latest reviews — from `review.*` events.
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::{Value, json};
+
+use crate::events::DomainEvent;
+use crate::storage::Page;
+
+/// How many recent reviews a product's view keeps.
+const LATEST: usize = 5;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS review_views (
+    id           INTEGER PRIMARY KEY,
+    productname  TEXT    NOT NULL UNIQUE,
+    count        INTEGER NOT NULL,
+    rating_sum   INTEGER NOT NULL,
+    rating_count INTEGER NOT NULL,
+    latest       TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied_reviews (
+    review_id INTEGER PRIMARY KEY
+);
+";
+
+pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+    // Reviews are created once: the review id alone makes this idempotent.
+    let fresh = tx.execute(
+        "INSERT OR IGNORE INTO applied_reviews (review_id) VALUES (?1)",
+        [e.entity_id],
+    )? == 1;
+    if !fresh {
+        return Ok(());
+    }
+    let d = &e.data;
+    let product = d["productname"].as_str().unwrap_or("");
+    let rating = d["rating"].as_i64();
+    let latest: Option<String> = crate::storage::optional(tx.query_row(
+        "SELECT latest FROM review_views WHERE productname = ?1",
+        [product],
+        |r| r.get(0),
+    ))?;
+    let mut list: Vec<Value> = latest
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .unwrap_or_default();
+    list.insert(0, d.clone());
+    list.sort_by_key(|r| std::cmp::Reverse(r["id"].as_i64().unwrap_or(0)));
+    list.truncate(LATEST);
+    let latest = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        // A product's id is its first review's id, whatever the order the
+        // events come in (so a rebuild gives the same ids).
+        "INSERT INTO review_views (id, productname, count, rating_sum, rating_count, latest)
+         VALUES (?1, ?2, 1, ?3, ?4, ?5)
+         ON CONFLICT (productname) DO UPDATE SET count = count + 1,
+             rating_sum = rating_sum + excluded.rating_sum,
+             rating_count = rating_count + excluded.rating_count,
+             latest = excluded.latest,
+             id = min(review_views.id, excluded.id)",
+        params![
+            e.entity_id,
+            product,
+            rating.unwrap_or(0),
+            i64::from(rating.is_some()),
+            latest
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, productname, count, rating_sum, rating_count, latest FROM review_views
+         ORDER BY id LIMIT ?1 OFFSET ?2",
+    )?;
+    stmt.query_map(params![page.limit, page.offset], |r| {
+        let (sum, n): (i64, i64) = (r.get(3)?, r.get(4)?);
+        let latest: String = r.get(5)?;
+        Ok(json!({
+            "id": r.get::<_, i64>(0)?,
+            "productname": r.get::<_, String>(1)?,
+            "count": r.get::<_, i64>(2)?,
+            "averageRating": (n > 0).then(|| sum as f64 / n as f64),
+            "latestReviews": serde_json::from_str::<Value>(&latest).unwrap_or(Value::Array(vec![])),
+        }))
+    })?
+    .collect()
+}
