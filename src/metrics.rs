@@ -72,3 +72,69 @@ impl Drop for InFlight {
         METRICS.deliveries_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Upper bounds (milliseconds) of the step latency histogram buckets.
+const BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS_MS.len()],
+    count: u64,
+    sum_ms: u64,
+}
+
+/// Step latencies per (step, outcome): from a step's start to its answer,
+/// or from a compensation's last attempt to its confirmation.
+static STEP_LATENCY: std::sync::Mutex<
+    std::collections::BTreeMap<(String, &'static str), Histogram>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Records one step outcome's latency.
+pub fn observe_step(step: &str, outcome: &'static str, ms: u64) {
+    let mut all = STEP_LATENCY.lock().unwrap_or_else(|p| p.into_inner());
+    let h = all.entry((step.to_owned(), outcome)).or_default();
+    for (i, le) in BUCKETS_MS.iter().enumerate() {
+        if ms <= *le {
+            h.counts[i] += 1;
+        }
+    }
+    h.count += 1;
+    h.sum_ms += ms;
+}
+
+/// The step latency histograms in the Prometheus text format.
+pub fn render_step_latency() -> String {
+    let all = STEP_LATENCY.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hearty_step_duration_seconds Time from a step's command to its outcome, per step and outcome."
+    );
+    let _ = writeln!(out, "# TYPE hearty_step_duration_seconds histogram");
+    for ((step, outcome), h) in all.iter() {
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "hearty_step_duration_seconds_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"{}\"}} {}",
+                *le as f64 / 1000.0,
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "hearty_step_duration_seconds_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "hearty_step_duration_seconds_sum{{step=\"{step}\",outcome=\"{outcome}\"}} {}",
+            h.sum_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "hearty_step_duration_seconds_count{{step=\"{step}\",outcome=\"{outcome}\"}} {}",
+            h.count
+        );
+    }
+    out
+}

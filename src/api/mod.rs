@@ -3,11 +3,13 @@
 //! mistakes.
 
 pub mod body;
+mod docs;
 pub mod error;
 mod ops;
 mod orders;
 mod resources;
 mod sagas;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,6 +180,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(business())
         .service(records())
         .service(more_records())
+        .service(reviews_and_ui())
+        .configure(docs::routes)
         .service(ops::routes());
 }
 
@@ -229,12 +233,20 @@ fn more_records() -> impl HttpServiceFactory {
         resource("/sagas").route(web::get().to(sagas::list)),
         resource("/sagas/{id}").route(web::get().to(sagas::get)),
         resource("/sagas/{id}/retry").route(web::post().to(sagas::retry)),
+    )
+}
+
+fn reviews_and_ui() -> impl HttpServiceFactory {
+    (
         resource("/reviews")
             .route(web::post().to(resources::create_review))
             .route(web::get().to(resources::list_reviews)),
         resource("/reviewViews").route(web::get().to(resources::review_views)),
         // The seed spells it `/reviewView`.
         resource("/reviewView").route(web::get().to(resources::review_views)),
+        resource("/ui").route(web::get().to(ui::page)),
+        resource("/ui/").route(web::get().to(ui::page)),
+        resource("/ui/config.json").route(web::get().to(ui::config)),
     )
 }
 

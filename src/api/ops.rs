@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::metrics::METRICS;
 use crate::saga::breaker::Breakers;
-use crate::storage::Db;
+use crate::storage::{Db, outbox};
 use crate::transport::Transport;
 
 /// What readiness checks: every database this process uses and the transport.
@@ -60,7 +60,25 @@ async fn ready(probes: web::Data<Probes>) -> HttpResponse {
 }
 
 async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
+    let mut backlog = String::from(
+        "# HELP hearty_outbox_backlog Messages committed and not yet confirmed by the broker.\n# TYPE hearty_outbox_backlog gauge\n",
+    );
+    for db in &probes.dbs {
+        if let Ok(n) = outbox::backlog(db).await {
+            let name = db
+                .path()
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("db");
+            backlog.push_str(&format!("hearty_outbox_backlog{{db=\"{name}\"}} {n}\n"));
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(format!("{}{}", METRICS.render(), probes.breakers.render()))
+        .body(format!(
+            "{}{}{}{backlog}",
+            METRICS.render(),
+            probes.breakers.render(),
+            crate::metrics::render_step_latency()
+        ))
 }

@@ -176,6 +176,7 @@ impl Handler<SagaEvent> for SagaActor {
                 {
                     b.record(failed, Millis::now());
                 }
+                observe_latencies(&act.saga, &next);
                 let before = act.saga.state;
                 act.saga = next;
                 act.after_commit(before, &transition, ctx);
@@ -214,5 +215,24 @@ impl Handler<Snapshot> for SagaActor {
 
     fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.saga.clone())
+    }
+}
+
+/// Feeds the step latency histograms with the steps this transition finished.
+fn observe_latencies(before: &Saga, after: &Saga) {
+    use crate::saga::machine::StepStatus;
+    for (b, a) in before.steps.iter().zip(&after.steps) {
+        if a.status == b.status {
+            continue;
+        }
+        let (outcome, from) = match a.status {
+            StepStatus::Done => ("done", a.started_at),
+            StepStatus::Failed => ("failed", a.started_at),
+            StepStatus::Compensated => ("compensated", a.attempt_at),
+            _ => continue,
+        };
+        if let (Some(from), Some(to)) = (from, a.finished_at) {
+            crate::metrics::observe_step(&a.name, outcome, (to.0 - from.0).max(0) as u64);
+        }
     }
 }

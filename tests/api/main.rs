@@ -7,6 +7,8 @@ mod bad_input;
 mod cancellation;
 mod duplicates;
 mod inspection;
+mod observability;
 mod order_saga;
 mod read_models;
 mod topology;
+mod ui;

@@ -1,0 +1,115 @@
+//! The inspection page in a real headless Chromium (Debian's `chromium`):
+//! load it, see the saga appear, open it and see the compensation timeline.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{Broker, Options, TOKEN, spawn_app};
+
+fn chromium() -> Option<String> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(str::to_owned)
+}
+
+/// The DOM of `url` after its scripts ran.
+async fn dump_dom(browser: String, url: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let out = std::process::Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(&url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .expect("chromium task")
+}
+
+#[actix_web::test]
+async fn the_inspection_page_shows_a_cancelled_sagas_compensation_timeline() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is required in CI"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: no chromium on this machine (apt-get install chromium). In CI this is a failure.\n"
+        );
+        return;
+    };
+    let app = spawn_app(Broker::InProcess, Options::default())
+        .await
+        .expect("app");
+    // An empty list first.
+    let dom = dump_dom(browser.clone(), format!("{}/ui", app.base)).await;
+    assert!(dom.contains("id=\"no-sagas\""), "{dom}");
+
+    let customer = app.seed_customer().await;
+    let food = app.seed_food(100).await;
+    let (s, order) = app.order(customer, food, 10).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let id = order["id"].as_i64().expect("id");
+    app.wait_state(id, "Completed").await;
+    let (s, _) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    app.wait_state(id, "Compensated").await;
+
+    // The saga appears in the list...
+    let dom = dump_dom(browser.clone(), format!("{}/ui", app.base)).await;
+    assert!(
+        dom.contains(&format!("data-saga=\"{id}\" data-state=\"Compensated\"")),
+        "{dom}"
+    );
+    assert!(dom.contains(&format!("href=\"#/sagas/{id}\"")), "{dom}");
+    // ...and opens on its steps and compensation timeline.
+    let dom = dump_dom(browser, format!("{}/ui#/sagas/{id}", app.base)).await;
+    assert!(
+        dom.contains(&format!(
+            "id=\"saga\" data-saga=\"{id}\" data-state=\"Compensated\""
+        )),
+        "{dom}"
+    );
+    for step in ["pay", "kitchen", "delivery", "coupon"] {
+        assert!(
+            dom.contains(&format!("data-step=\"{step}\" data-status=\"Compensated\"")),
+            "step {step}: {dom}"
+        );
+        assert!(
+            dom.contains(&format!(
+                "compensation\" data-step=\"{step}\" data-step-status=\"Compensated\""
+            )),
+            "timeline entry for {step}'s compensation: {dom}"
+        );
+        let queue = format!("{}.{step}.commands", app.namespace);
+        assert!(
+            dom.contains(&format!("#/queues/%2F/{queue}")),
+            "link to {queue}: {dom}"
+        );
+    }
+    assert!(dom.contains("cancelled by the kitchen manager"), "{dom}");
+    app.stop().await;
+}
