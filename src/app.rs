@@ -185,7 +185,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("opening the orchestrator database")?;
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());
-        let orchestrator = Orchestrator::new(def.clone(), sagas.clone(), breakers.clone()).start();
+        let orchestrator = Orchestrator::new(
+            def.clone(),
+            sagas.clone(),
+            breakers.clone(),
+            config.passivate_after,
+        )
+        .start();
         relays.push(actix::spawn(outbox::run_relay(
             db.clone(),
             transport.clone(),

@@ -290,6 +290,11 @@ pub struct Config {
     #[arg(long, env = "HEARTY_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
 
+    /// How long a saga actor with nothing to wait for stays in memory before
+    /// it is passivated (its state is in SQLite; its next event reloads it).
+    #[arg(long, env = "HEARTY_PASSIVATE_AFTER", default_value = "5s", value_parser = parse_duration)]
+    pub passivate_after: Duration,
+
     /// How long `POST /orders` waits for the payment before answering 503.
     #[arg(long, env = "HEARTY_ORDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub order_timeout: Duration,

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 macro_rules! counters {
     ($($name:ident : $help:literal),+ $(,)?) => {
         /// Every counter of the process.
-        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64, pub deliveries_in_flight: AtomicI64 }
+        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64, pub deliveries_in_flight: AtomicI64, pub saga_actors_live: AtomicI64 }
 
         /// The process's metrics.
-        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0), deliveries_in_flight: AtomicI64::new(0) };
+        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0), deliveries_in_flight: AtomicI64::new(0), saga_actors_live: AtomicI64::new(0) };
 
         impl Metrics {
             /// The Prometheus text exposition of every metric.
@@ -21,9 +21,12 @@ macro_rules! counters {
                     let _ = writeln!(out, "# TYPE hearty_{} counter", stringify!($name));
                     let _ = writeln!(out, "hearty_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
                 )+
-                let _ = writeln!(out, "# HELP hearty_sagas_in_flight Sagas loaded and not yet finished in this process.");
+                let _ = writeln!(out, "# HELP hearty_sagas_in_flight Sagas Running or Compensating (as this orchestrator counts them since it started).");
                 let _ = writeln!(out, "# TYPE hearty_sagas_in_flight gauge");
                 let _ = writeln!(out, "hearty_sagas_in_flight {}", self.sagas_in_flight.load(Ordering::Relaxed));
+                let _ = writeln!(out, "# HELP hearty_saga_actors_live Saga actors in memory (the rest are passivated in SQLite).");
+                let _ = writeln!(out, "# TYPE hearty_saga_actors_live gauge");
+                let _ = writeln!(out, "hearty_saga_actors_live {}", self.saga_actors_live.load(Ordering::Relaxed));
                 let _ = writeln!(out, "# HELP hearty_deliveries_in_flight Messages received and not yet settled.");
                 let _ = writeln!(out, "# TYPE hearty_deliveries_in_flight gauge");
                 let _ = writeln!(out, "hearty_deliveries_in_flight {}", self.deliveries_in_flight.load(Ordering::Relaxed));

@@ -54,15 +54,26 @@ pub struct Orchestrator {
     /// Live saga actors by saga id; others are loaded on their next event.
     sagas: HashMap<SagaId, Addr<SagaActor>>,
     breakers: Breakers,
+    /// Its own address, handed to the saga actors it starts.
+    registry: Option<Addr<Orchestrator>>,
+    /// How long an idle saga actor stays in memory.
+    passivate_after: std::time::Duration,
 }
 
 impl Orchestrator {
-    pub fn new(def: Arc<SagaDefinition>, store: SagaStore, breakers: Breakers) -> Self {
+    pub fn new(
+        def: Arc<SagaDefinition>,
+        store: SagaStore,
+        breakers: Breakers,
+        passivate_after: std::time::Duration,
+    ) -> Self {
         Orchestrator {
             def,
             store,
             sagas: HashMap::new(),
             breakers,
+            registry: None,
+            passivate_after,
         }
     }
 
@@ -73,6 +84,11 @@ impl Orchestrator {
             self.def.clone(),
             self.store.clone(),
             self.breakers.clone(),
+            // Set in `started`, before any message is handled.
+            self.registry
+                .clone()
+                .unwrap_or_else(|| unreachable!("the registry is started")),
+            self.passivate_after,
         )
         .start();
         self.sagas.insert(id, addr.clone());
@@ -82,7 +98,28 @@ impl Orchestrator {
 
 impl Actor for Orchestrator {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.registry = Some(ctx.address());
+    }
 }
+
+/// A saga actor stopped (passivated or failed): forget its address.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Passivated(pub SagaId, pub Addr<SagaActor>);
+
+impl Handler<Passivated> for Orchestrator {
+    type Result = ();
+
+    fn handle(&mut self, Passivated(id, addr): Passivated, _ctx: &mut Self::Context) {
+        if self.sagas.get(&id) == Some(&addr) {
+            self.sagas.remove(&id);
+        }
+    }
+}
+
+impl Orchestrator {}
 
 /// Start a new order's saga. Answers with its id and actor once the saga
 /// and its first command are committed.
@@ -107,6 +144,9 @@ impl Handler<PlaceOrder> for Orchestrator {
                         Err(e) => Err(e.into()),
                         Ok(Created::New(saga)) => {
                             inc(&METRICS.sagas_started_total);
+                            METRICS
+                                .sagas_in_flight
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let id = saga.id;
                             // The actor arms the first step's timer from the saga.
                             Ok((id, Some(act.spawn_saga(*saga))))
@@ -168,8 +208,18 @@ pub async fn dispatch(
     saga: SagaId,
     event: Event,
 ) -> Result<Result<(), Refusal>, OrchestratorError> {
-    let addr = orchestrator.send(Locate(saga)).await??;
-    addr.send(SagaEvent(event)).await?
+    // An actor may passivate between being located and being sent to; then
+    // locating it again loads it afresh.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let addr = orchestrator.send(Locate(saga)).await??;
+        match addr.send(SagaEvent(event.clone())).await {
+            Ok(result) => return result,
+            Err(MailboxError::Closed) if tries < 3 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Load every saga that still has work to do, re-arming its timers and
@@ -189,8 +239,14 @@ impl Handler<Recover> for Orchestrator {
                 .map(|loaded, act, _ctx| {
                     let sagas = loaded?;
                     let n = sagas.len();
+                    METRICS
+                        .sagas_in_flight
+                        .store(n as i64, std::sync::atomic::Ordering::Relaxed);
+                    // Only sagas that wait on a timer need an actor now; the
+                    // others (waiting for a person, or for a reply that will
+                    // come) are loaded by their next event.
                     for saga in sagas {
-                        if !act.sagas.contains_key(&saga.id) {
+                        if !saga.pending_timers().is_empty() && !act.sagas.contains_key(&saga.id) {
                             act.spawn_saga(saga);
                         }
                     }

@@ -26,16 +26,32 @@ pub struct SagaActor {
     waiters: Vec<oneshot::Sender<Saga>>,
     /// Step breakers, told of every answer and timeout.
     breakers: Breakers,
+    /// The registry, told when this actor passivates.
+    registry: Addr<super::Orchestrator>,
+    /// Counts events, so an idle check knows whether anything happened since.
+    activity: u64,
+    /// How long it stays in memory with nothing to wait for.
+    passivate_after: Duration,
 }
 
 impl SagaActor {
-    pub fn new(saga: Saga, def: Arc<SagaDefinition>, store: SagaStore, breakers: Breakers) -> Self {
+    pub fn new(
+        saga: Saga,
+        def: Arc<SagaDefinition>,
+        store: SagaStore,
+        breakers: Breakers,
+        registry: Addr<super::Orchestrator>,
+        passivate_after: Duration,
+    ) -> Self {
         SagaActor {
             saga,
             def,
             store,
             waiters: Vec::new(),
             breakers,
+            registry,
+            activity: 0,
+            passivate_after,
         }
     }
 
@@ -66,16 +82,10 @@ impl SagaActor {
                 SagaState::Failed => inc(&METRICS.sagas_failed_total),
                 _ => {}
             }
-            let was_active = before.is_active();
-            let is_active = self.saga.state.is_active();
-            if was_active && !is_active {
-                METRICS
-                    .sagas_in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            } else if !was_active && is_active {
-                METRICS
-                    .sagas_in_flight
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match (before.is_active(), self.saga.state.is_active()) {
+                (true, false) => inc_gauge(&METRICS.sagas_in_flight, -1),
+                (false, true) => inc_gauge(&METRICS.sagas_in_flight, 1),
+                _ => {}
             }
             tracing::info!(saga = %self.saga.id, from = before.as_str(), to = self.saga.state.as_str(), "saga state changed");
         }
@@ -84,6 +94,7 @@ impl SagaActor {
                 let _ = w.send(self.saga.clone());
             }
         }
+        self.schedule_passivation(ctx);
     }
 }
 
@@ -91,23 +102,40 @@ impl Actor for SagaActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.saga.state.is_active() {
-            METRICS
-                .sagas_in_flight
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        inc_gauge(&METRICS.saga_actors_live, 1);
         // Re-arm what the saga waits for: after a restart, or the first
         // step's timer of a new saga.
         let timers = self.saga.pending_timers();
         self.arm(&timers, ctx);
+        self.schedule_passivation(ctx);
     }
 
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.saga.state.is_active() {
-            METRICS
-                .sagas_in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        inc_gauge(&METRICS.saga_actors_live, -1);
+        // Tell the registry, so it forgets this address.
+        self.registry
+            .do_send(super::Passivated(self.saga.id, ctx.address()));
+    }
+}
+
+fn inc_gauge(g: &std::sync::atomic::AtomicI64, by: i64) {
+    g.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl SagaActor {
+    /// An actor whose saga waits on no timer and no caller is stopped after
+    /// `passivate_after` without events: its state is all in
+    /// SQLite, and the registry loads it again on its next event. A saga
+    /// waiting for a person (manual mode) or finished costs no memory.
+    fn schedule_passivation(&mut self, ctx: &mut Context<Self>) {
+        self.activity += 1;
+        let seen = self.activity;
+        ctx.run_later(self.passivate_after, move |act, ctx| {
+            let idle = act.activity == seen;
+            if idle && act.waiters.is_empty() && act.saga.pending_timers().is_empty() {
+                ctx.stop();
+            }
+        });
     }
 }
 

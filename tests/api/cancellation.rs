@@ -420,3 +420,40 @@ on_both_transports!(
     },
     racing_the_delivery
 );
+
+async fn passivated_sagas_come_back_on_their_next_event(app: &TestApp) {
+    let (id, food) = place(app).await;
+    app.wait_record("kitchens", id, "Accepted").await;
+    // The saga waits for a person: its actor passivates (50 ms here).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, body) = app
+        .post_as_manager(&format!("/kitchens/{id}/cooked"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    app.wait_state(id, "Completed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Completed and passivated: a cancel loads it again.
+    cancel(app, id).await;
+    assert_cancelled(
+        app,
+        id,
+        food,
+        [
+            Some("Refunded"),
+            Some("Cancelled"),
+            Some("Cancelled"),
+            Some("Cancelled"),
+        ],
+    )
+    .await;
+}
+
+on_both_transports!(
+    passivation,
+    Options {
+        kitchen_manual: true,
+        passivate_after: Some("50ms"),
+        ..Options::default()
+    },
+    passivated_sagas_come_back_on_their_next_event
+);

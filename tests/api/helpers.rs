@@ -32,6 +32,8 @@ pub struct Options {
     pub fail_compensations: Option<&'static str>,
     /// Compensation retries in milliseconds instead of seconds.
     pub fast_retries: bool,
+    /// Passivate idle saga actors this fast.
+    pub passivate_after: Option<&'static str>,
 }
 
 pub fn amqp_url() -> String {
@@ -118,6 +120,9 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     config.delivery_latency = opts.delivery_latency.map(|l| l.parse().expect("latency"));
     config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
     config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
+    if let Some(p) = opts.passivate_after {
+        config.passivate_after = hearty::saga::definition::parse_duration(p).expect("duration");
+    }
     config.saga_file = if opts.fast_retries {
         fast_saga(dir.path())
     } else {
