@@ -1,0 +1,766 @@
+//! `hearty bench`: drives orders over HTTP exactly as customers would and
+//! measures, beside the broker's own ceiling in the same run:
+//! throughput of completed sagas, `POST /orders` and order-to-`Completed`
+//! latency at full and at half load, cancellation throughput, resident
+//! memory per in-flight saga, and recovery time. See BENCHMARKS.md.
+
+pub mod ceiling;
+pub mod http;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::saga::definition::parse_duration;
+
+const TOKEN: &str = "bench-manager-token";
+
+/// Settings of `hearty bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Target a running service instead of starting one (memory and
+    /// recovery are then skipped: they need to own the process).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The RabbitMQ of the service and of the ceiling measurement.
+    #[arg(
+        long,
+        env = "HEARTY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Measurement window of each load phase.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up before the full-load window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// In-flight sagas held for the memory and recovery measurements.
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_sagas: usize,
+    /// Manager cancellations for the compensation throughput.
+    #[arg(long, default_value_t = 2_000)]
+    pub cancellations: usize,
+    /// Skip the memory and recovery phases.
+    #[arg(long)]
+    pub skip_memory: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Percentiles of a latency sample, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Self {
+        if ms.is_empty() {
+            return Latency::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        Latency {
+            count: ms.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: ms[ms.len() - 1],
+        }
+    }
+}
+
+/// One load phase.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Load {
+    pub offered_orders_per_sec: Option<f64>,
+    pub completed_sagas_per_sec: f64,
+    pub seconds: f64,
+    pub post_orders_ms: Latency,
+    pub order_to_completed_ms: Latency,
+    pub errors: u64,
+}
+
+/// Everything `hearty bench` measured.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub machine: Value,
+    pub concurrency: usize,
+    pub ceiling: ceiling::Ceiling,
+    pub ceiling_with_sqlite_commit: ceiling::Ceiling,
+    pub full_load: Load,
+    pub half_load: Load,
+    pub throughput_vs_ceiling: f64,
+    pub cancellations_per_sec: Option<f64>,
+    pub memory: Option<Value>,
+    pub recovery: Option<Value>,
+}
+
+/// A `hearty serve` child process.
+struct Service {
+    child: Child,
+    base: String,
+    data_dir: PathBuf,
+}
+
+impl Service {
+    fn start(
+        exe: &Path,
+        amqp: &str,
+        namespace: &str,
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HEARTY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("serve")
+            .env("HEARTY_AMQP_URL", amqp)
+            .env("HEARTY_NAMESPACE", namespace)
+            .env("HEARTY_DATA_DIR", data_dir)
+            .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
+            .env("HEARTY_MANAGER_TOKEN", TOKEN)
+            .env("HEARTY_PAY_DECLINE_ABOVE", "1000000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("starting hearty serve")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("Hearty listening on http://") {
+                    let _ = tx.send(a.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .context("the service did not start")?;
+        Ok(Service {
+            child,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    }
+
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<40} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+async fn get_json(conn: &mut http::Conn, path: &str) -> anyhow::Result<Value> {
+    let r = conn.request("GET", path, None).await?;
+    if r.status != 200 {
+        bail!("GET {path}: {}", r.status);
+    }
+    Ok(serde_json::from_slice(&r.body)?)
+}
+
+async fn metric(conn: &mut http::Conn, name: &str) -> anyhow::Result<f64> {
+    let r = conn.request("GET", "/metrics", None).await?;
+    let text = String::from_utf8_lossy(&r.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .with_context(|| format!("no metric {name}"))
+}
+
+async fn seed(base: &str) -> anyhow::Result<()> {
+    let mut c = http::Conn::new(base, Some(TOKEN.into()))?;
+    let r = c
+        .request(
+            "POST",
+            "/customers",
+            Some(br#"{"name":"bench","phone":"0","address":"here","age":30}"#),
+        )
+        .await?;
+    anyhow::ensure!(r.status == 201, "customer: {}", r.status);
+    let r = c
+        .request(
+            "POST",
+            "/foodCatalogs",
+            Some(br#"{"name":"cake","stock":1000000000,"price":4.0}"#),
+        )
+        .await?;
+    anyhow::ensure!(r.status == 201, "food: {}", r.status);
+    Ok(())
+}
+
+const ORDER: &[u8] = br#"{"qty":"1","foodcaltalogid":"1","customerid":"1"}"#;
+
+/// Closed loop: `concurrency` clients order back to back for `warmup +
+/// window`; latencies of orders placed inside the window are kept.
+async fn full_load(
+    base: &str,
+    concurrency: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<Load> {
+    let pb = bar(
+        window.as_secs() + warmup.as_secs(),
+        "full load (closed loop)",
+    );
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + window;
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut conn = http::Conn::new(base, None)?;
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (lat, errors, base) = (lat.clone(), errors.clone(), base.to_owned());
+        clients.push(tokio::spawn(async move {
+            let Ok(mut c) = http::Conn::new(&base, None) else {
+                return;
+            };
+            while Instant::now() < end {
+                let t = Instant::now();
+                match c.request("POST", "/orders", Some(ORDER)).await {
+                    Ok(r) if r.status == 201 => {
+                        if t >= measure_from {
+                            lat.lock().await.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let completed_before = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let window_start_wall = crate::domain::Millis::now();
+    while Instant::now() < end {
+        pb.set_position(start.elapsed().as_secs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let completed_after = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let window_end_wall = crate::domain::Millis::now();
+    for c in clients {
+        let _ = c.await;
+    }
+    pb.finish_and_clear();
+    let seconds = window.as_secs_f64();
+    let post = Latency::of(std::mem::take(&mut *lat.lock().await));
+    let to_completed = completion_latencies(&mut conn, window_start_wall, window_end_wall).await?;
+    Ok(Load {
+        offered_orders_per_sec: None,
+        completed_sagas_per_sec: (completed_after - completed_before) / seconds,
+        seconds,
+        post_orders_ms: post,
+        order_to_completed_ms: to_completed,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Open loop: orders at a fixed rate for `window`.
+async fn rate_load(base: &str, rate: f64, window: Duration) -> anyhow::Result<Load> {
+    let pb = bar(
+        window.as_secs(),
+        &format!("half load ({rate:.0} orders/s, open loop)"),
+    );
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut conn = http::Conn::new(base, None)?;
+    let completed_before = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let wall_start = crate::domain::Millis::now();
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    // A pool of idle connections, so the open loop does not pay for connects.
+    let pool: Arc<Mutex<Vec<http::Conn>>> = Arc::default();
+    let mut tasks = Vec::new();
+    let mut next = start;
+    while next < start + window {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
+        pb.set_position(start.elapsed().as_secs());
+        let (lat, errors, pool, base) =
+            (lat.clone(), errors.clone(), pool.clone(), base.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let reused = pool.lock().await.pop();
+            let Ok(mut c) = reused
+                .map(Ok)
+                .unwrap_or_else(|| http::Conn::new(&base, None))
+            else {
+                return;
+            };
+            let t = Instant::now();
+            match c.request("POST", "/orders", Some(ORDER)).await {
+                Ok(r) if r.status == 201 => {
+                    lat.lock().await.push(t.elapsed().as_secs_f64() * 1000.0)
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            pool.lock().await.push(c);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    // Let the last sagas finish before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let completed_after = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let wall_end = crate::domain::Millis::now();
+    pb.finish_and_clear();
+    let to_completed = completion_latencies(&mut conn, wall_start, wall_end).await?;
+    Ok(Load {
+        offered_orders_per_sec: Some(rate),
+        completed_sagas_per_sec: (completed_after - completed_before) / seconds,
+        seconds,
+        post_orders_ms: Latency::of(std::mem::take(&mut *lat.lock().await)),
+        order_to_completed_ms: to_completed,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Order-to-`Completed` times of sagas created in `[from, to]`, from their
+/// `createdAt` and the time of their `Completed` history line.
+async fn completion_latencies(
+    conn: &mut http::Conn,
+    from: crate::domain::Millis,
+    to: crate::domain::Millis,
+) -> anyhow::Result<Latency> {
+    let sagas = get_json(conn, "/sagas?state=Completed&limit=100000").await?;
+    let parse = |v: &Value| v.as_str().and_then(parse_rfc3339);
+    let mut ms = Vec::new();
+    for s in sagas.as_array().into_iter().flatten() {
+        let (Some(created), Some(updated)) = (parse(&s["createdAt"]), parse(&s["updatedAt"]))
+        else {
+            continue;
+        };
+        if created >= from.0 && created <= to.0 {
+            ms.push((updated - created) as f64);
+        }
+    }
+    Ok(Latency::of(ms))
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
+/// Cancels completed orders from `concurrency` clients; compensations/s.
+async fn cancellations(base: &str, concurrency: usize, want: usize) -> anyhow::Result<Option<f64>> {
+    let mut conn = http::Conn::new(base, None)?;
+    let sagas = get_json(&mut conn, "/sagas?state=Completed&limit=100000").await?;
+    let ids: Vec<i64> = sagas
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_i64())
+        .take(want)
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let pb = bar(ids.len() as u64, "cancellations");
+    let before = metric(&mut conn, "hearty_sagas_compensated_total").await?;
+    let start = Instant::now();
+    let queue = Arc::new(Mutex::new(ids.clone()));
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, base) = (queue.clone(), base.to_owned());
+        clients.push(tokio::spawn(async move {
+            let Ok(mut c) = http::Conn::new(&base, Some(TOKEN.into())) else {
+                return;
+            };
+            loop {
+                let Some(id) = queue.lock().await.pop() else {
+                    return;
+                };
+                let _ = c.request("DELETE", &format!("/kitchens/{id}"), None).await;
+            }
+        }));
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    let target = before + ids.len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let now = metric(&mut conn, "hearty_sagas_compensated_total").await?;
+        pb.set_position((now - before).max(0.0) as u64);
+        if now >= target || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pb.finish_and_clear();
+    Ok(Some(ids.len() as f64 / start.elapsed().as_secs_f64()))
+}
+
+async fn wait_ready(base: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = http::Conn::new(base, None)
+            && let Ok(r) = c.request("GET", "/health/ready", None).await
+            && r.status == 200
+        {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("not ready within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Memory per in-flight saga and recovery time, with N sagas waiting for
+/// the kitchen (manual mode).
+async fn memory_and_recovery(
+    exe: &Path,
+    args: &BenchArgs,
+    namespace: &str,
+    dir: &Path,
+) -> anyhow::Result<(Value, Value)> {
+    let manual = [("HEARTY_KITCHEN_MODE", "manual")];
+    let svc = Service::start(exe, &args.amqp_url, namespace, dir, &manual)?;
+    wait_ready(&svc.base, Duration::from_secs(60)).await?;
+    seed(&svc.base).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = svc.rss_kib().unwrap_or(0);
+    let n = args.memory_sagas;
+    let pb = bar(n as u64, "in-flight sagas (kitchen manual)");
+    let left = Arc::new(AtomicU64::new(n as u64));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        let (left, failed, base, pb) = (left.clone(), failed.clone(), svc.base.clone(), pb.clone());
+        clients.push(tokio::spawn(async move {
+            let Ok(mut c) = http::Conn::new(&base, None) else {
+                return;
+            };
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok()
+            {
+                match c.request("POST", "/orders", Some(ORDER)).await {
+                    Ok(r) if r.status == 201 => pb.inc(1),
+                    _ => failed.store(true, Ordering::Relaxed),
+                }
+            }
+        }));
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    pb.finish_and_clear();
+    let mut conn = http::Conn::new(&svc.base, None)?;
+    // Let the kitchen accept the last ones and the idle actors passivate.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let loaded = svc.rss_kib().unwrap_or(0);
+    let live = metric(&mut conn, "hearty_saga_actors_live")
+        .await
+        .unwrap_or(-1.0);
+    let in_flight = metric(&mut conn, "hearty_sagas_in_flight")
+        .await
+        .unwrap_or(-1.0);
+    let per_saga = (loaded.saturating_sub(idle)) as f64 * 1024.0 / n as f64;
+    let memory = json!({
+        "inFlightSagas": in_flight,
+        "sagaActorsLive": live,
+        "idleRssKiB": idle,
+        "loadedRssKiB": loaded,
+        "bytesPerInFlightSaga": per_saga,
+        "someOrdersFailed": failed.load(Ordering::Relaxed),
+    });
+    // Recovery: crash the process holding them, start again, time readiness.
+    let data_dir = svc.data_dir.clone();
+    svc.kill();
+    let t = Instant::now();
+    let svc = Service::start(exe, &args.amqp_url, namespace, &data_dir, &manual)?;
+    let ready = wait_ready(&svc.base, Duration::from_secs(600)).await?;
+    let ready_total = t.elapsed();
+    let mut conn = http::Conn::new(&svc.base, None)?;
+    let back = metric(&mut conn, "hearty_sagas_in_flight")
+        .await
+        .unwrap_or(-1.0);
+    let recovery = json!({
+        "inFlightSagas": n,
+        "secondsToReady": ready_total.as_secs_f64(),
+        "secondsFromListeningToReady": ready.as_secs_f64(),
+        "sagasInFlightAfterRecovery": back,
+        "note": "ready is answered only after recovery: every saga that waits on a timer has its actor back; the others are loaded by their next event",
+    });
+    svc.terminate();
+    Ok((memory, recovery))
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    json!({ "cores": cores, "memory": mem, "cpu": cpu })
+}
+
+/// Runs the whole benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe()?;
+    let namespace = format!("bench-{:08x}", rand::random::<u32>());
+    let tmp = std::env::temp_dir().join(&namespace);
+    std::fs::create_dir_all(&tmp)?;
+    let result = run_in(&exe, &args, &namespace, &tmp).await;
+    let _ =
+        crate::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn run_in(
+    exe: &Path,
+    args: &BenchArgs,
+    namespace: &str,
+    tmp: &Path,
+) -> anyhow::Result<Report> {
+    let pb = bar(2, "broker ceiling (raw round trips)");
+    let ceiling = ceiling::measure(
+        &args.amqp_url,
+        namespace,
+        args.concurrency,
+        args.duration.min(Duration::from_secs(10)),
+        300,
+        None,
+    )
+    .await?;
+    pb.inc(1);
+    let with_sqlite = ceiling::measure(
+        &args.amqp_url,
+        namespace,
+        args.concurrency,
+        args.duration.min(Duration::from_secs(10)),
+        300,
+        Some(&tmp.join("ceiling.db")),
+    )
+    .await?;
+    pb.finish_and_clear();
+
+    let (svc, base) = match &args.url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let s = Service::start(exe, &args.amqp_url, namespace, &tmp.join("load"), &[])?;
+            let b = s.base.clone();
+            (Some(s), b)
+        }
+    };
+    wait_ready(&base, Duration::from_secs(60)).await?;
+    seed(&base).await?;
+    let full = full_load(&base, args.concurrency, args.warmup, args.duration).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let half = rate_load(
+        &base,
+        (full.completed_sagas_per_sec / 2.0).max(1.0),
+        args.duration,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cancels = cancellations(&base, args.concurrency, args.cancellations).await?;
+    if let Some(s) = svc {
+        s.terminate();
+    }
+    let (memory, recovery) = if args.url.is_none() && !args.skip_memory {
+        let (m, r) =
+            memory_and_recovery(exe, args, &format!("{namespace}-mem"), &tmp.join("memory"))
+                .await?;
+        let _ = crate::transport::amqp::AmqpTransport::delete_namespace(
+            &args.amqp_url,
+            &format!("{namespace}-mem"),
+        )
+        .await;
+        (Some(m), Some(r))
+    } else {
+        (None, None)
+    };
+    Ok(Report {
+        machine: machine(),
+        concurrency: args.concurrency,
+        throughput_vs_ceiling: full.completed_sagas_per_sec / ceiling.sagas_per_sec,
+        ceiling,
+        ceiling_with_sqlite_commit: with_sqlite,
+        full_load: full,
+        half_load: half,
+        cancellations_per_sec: cancels,
+        memory,
+        recovery,
+    })
+}
+
+/// The human-readable summary.
+pub fn summary(r: &Report) -> String {
+    let l = |x: &Latency| {
+        format!(
+            "p50 {:.1} / p95 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
+            x.p50, x.p95, x.p99, x.max, x.count
+        )
+    };
+    let mut out = String::new();
+    out.push_str(&format!("machine: {}\n\n", r.machine));
+    out.push_str(&format!(
+        "broker ceiling: {:.0} round trips/s → {:.0} 4-step sagas/s ({} clients, persistent, confirms)\n",
+        r.ceiling.round_trips_per_sec, r.ceiling.sagas_per_sec, r.concurrency
+    ));
+    out.push_str(&format!(
+        "  with one SQLite commit per round trip: {:.0} round trips/s → {:.0} sagas/s\n",
+        r.ceiling_with_sqlite_commit.round_trips_per_sec,
+        r.ceiling_with_sqlite_commit.sagas_per_sec
+    ));
+    out.push_str(&format!(
+        "throughput: {:.1} completed sagas/s over {:.0} s = {:.1}% of the ceiling (errors {})\n",
+        r.full_load.completed_sagas_per_sec,
+        r.full_load.seconds,
+        r.throughput_vs_ceiling * 100.0,
+        r.full_load.errors
+    ));
+    out.push_str(&format!(
+        "  full load  POST /orders:       {}\n",
+        l(&r.full_load.post_orders_ms)
+    ));
+    out.push_str(&format!(
+        "  full load  order → Completed:  {}\n",
+        l(&r.full_load.order_to_completed_ms)
+    ));
+    out.push_str(&format!(
+        "  half load ({:.0}/s) POST /orders: {}\n",
+        r.half_load.offered_orders_per_sec.unwrap_or(0.0),
+        l(&r.half_load.post_orders_ms)
+    ));
+    out.push_str(&format!(
+        "  half load  order → Completed:  {}\n",
+        l(&r.half_load.order_to_completed_ms)
+    ));
+    if let Some(c) = r.cancellations_per_sec {
+        out.push_str(&format!("cancellations: {c:.1} compensated sagas/s\n"));
+    }
+    if let Some(m) = &r.memory {
+        out.push_str(&format!(
+            "memory: {:.0} bytes per in-flight saga ({} sagas, RSS {} → {} KiB, {} actors live)\n",
+            m["bytesPerInFlightSaga"].as_f64().unwrap_or(0.0),
+            m["inFlightSagas"],
+            m["idleRssKiB"],
+            m["loadedRssKiB"],
+            m["sagaActorsLive"]
+        ));
+    }
+    if let Some(rc) = &r.recovery {
+        out.push_str(&format!(
+            "recovery: {} in-flight sagas ready in {:.2} s after restart\n",
+            rc["inFlightSagas"],
+            rc["secondsToReady"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let l = Latency::of((1..=100).map(f64::from).collect());
+        assert_eq!(
+            (l.p50, l.p95, l.p99, l.max, l.count),
+            (50.0, 95.0, 99.0, 100.0, 100)
+        );
+        assert_eq!(Latency::of(vec![]).count, 0);
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let m = crate::domain::Millis(1_795_000_000_123);
+        assert_eq!(parse_rfc3339(&m.to_rfc3339()), Some(m.0));
+    }
+}
