@@ -13,7 +13,7 @@
 //! duplicated and reordered events are harmless. The full list of events and
 //! fields is in `docs/events.md`.
 
-use rusqlite::Transaction;
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -99,7 +99,7 @@ impl DomainEvent {
 }
 
 /// Writes an event to the outbox inside the caller's transaction.
-pub fn emit(tx: &Transaction<'_>, event: &DomainEvent) -> rusqlite::Result<()> {
+pub fn emit(tx: &Connection, event: &DomainEvent) -> rusqlite::Result<()> {
     outbox::enqueue(tx, &event.message(), Millis::now())
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
@@ -278,7 +278,7 @@ pub enum Created {
     Existing(SagaId),
 }
 
-fn saga_of_key(tx: &Transaction<'_>, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
+fn saga_of_key(tx: &Connection, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
     let raw: Option<i64> = optional(tx.query_row(
         "SELECT saga_id FROM idempotency_keys WHERE key = ?1",
         [key.as_str()],
@@ -313,7 +313,7 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
 /// Writes a saga, its history lines, its commands and (when the order
 /// changed) the order's event, inside the caller's transaction.
 fn persist(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     def: &SagaDefinition,
     saga: &Saga,
     transition: &Transition,
@@ -409,7 +409,7 @@ pub fn history(c: &Connection, id: SagaId) -> StorageResult<Vec<HistoryEntry>> {
 }
 
 pub fn create_customer(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     name: &str,
     phone: &str,
     address: &str,
@@ -488,7 +488,7 @@ fn review_event(rec: &ReviewRecord) -> DomainEvent {
 
 /// Stores a review and emits `review.created`, in one transaction.
 pub fn create_review(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     username: &str,
     productname: &str,
     content: &str,

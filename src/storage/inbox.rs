@@ -6,7 +6,7 @@
 //! so a redelivered command is recognised and answered with the same replies
 //! without a second effect.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use crate::domain::{Millis, OrderId};
 
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS tombstones (
 ";
 
 /// The replies recorded for a message id, if it was applied before.
-pub fn replies_of(tx: &Transaction<'_>, message_id: &str) -> rusqlite::Result<Option<String>> {
+pub fn replies_of(tx: &Connection, message_id: &str) -> rusqlite::Result<Option<String>> {
     super::optional(tx.query_row(
         "SELECT replies FROM inbox WHERE message_id = ?1",
         [message_id],
@@ -36,7 +36,7 @@ pub fn replies_of(tx: &Transaction<'_>, message_id: &str) -> rusqlite::Result<Op
 }
 
 /// Records that a message id was applied and what it answered.
-pub fn record(tx: &Transaction<'_>, message_id: &str, replies: &str) -> rusqlite::Result<()> {
+pub fn record(tx: &Connection, message_id: &str, replies: &str) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO inbox (message_id, replies, processed_at) VALUES (?1, ?2, ?3)",
         params![message_id, replies, Millis::now().0],
@@ -46,7 +46,7 @@ pub fn record(tx: &Transaction<'_>, message_id: &str, replies: &str) -> rusqlite
 
 /// Marks an order as compensated before its forward command was applied: a
 /// forward command arriving later is refused.
-pub fn bury(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<()> {
+pub fn bury(tx: &Connection, order: OrderId) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR IGNORE INTO tombstones (order_id, created_at) VALUES (?1, ?2)",
         params![order.get(), Millis::now().0],
@@ -54,7 +54,7 @@ pub fn bury(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn is_buried(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<bool> {
+pub fn is_buried(tx: &Connection, order: OrderId) -> rusqlite::Result<bool> {
     Ok(super::optional(tx.query_row(
         "SELECT 1 FROM tombstones WHERE order_id = ?1",
         [order.get()],
@@ -64,7 +64,7 @@ pub fn is_buried(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<bool>
 }
 
 /// Counts one more injected failure of a message; returns the count before.
-pub fn count_injected_failure(tx: &Transaction<'_>, message_id: &str) -> rusqlite::Result<u32> {
+pub fn count_injected_failure(tx: &Connection, message_id: &str) -> rusqlite::Result<u32> {
     let before: u32 = super::optional(tx.query_row(
         "SELECT count FROM injected_failures WHERE message_id = ?1",
         [message_id],

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::{Db, StorageResult};
 use crate::domain::Millis;
@@ -37,7 +37,7 @@ const BATCH: i64 = 512;
 
 /// Adds a message to the outbox inside the caller's transaction; it is
 /// published no earlier than `available_at`.
-pub fn enqueue(tx: &Transaction<'_>, msg: &Outgoing, available_at: Millis) -> rusqlite::Result<()> {
+pub fn enqueue(tx: &Connection, msg: &Outgoing, available_at: Millis) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO outbox (message_id, route, message_type, correlation_id, body, available_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

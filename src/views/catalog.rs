@@ -1,7 +1,7 @@
 //! The food catalog view: `id, name, price, stock` per item, from
 //! `catalog.*` events.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::domain::Money;
@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS food_views (
 );
 ";
 
-pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let d = &e.data;
     let price =
         Money::parse_decimal(d["price"].as_f64().unwrap_or(0.0)).unwrap_or(Money::from_cents(0));

@@ -21,7 +21,7 @@ pub mod reviews;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::domain::ViewKind;
@@ -42,7 +42,7 @@ pub fn schema(kind: ViewKind) -> &'static str {
 }
 
 /// Applies one event to a read model (inside the caller's transaction).
-pub fn apply(kind: ViewKind, tx: &Transaction<'_>, event: &DomainEvent) -> rusqlite::Result<()> {
+pub fn apply(kind: ViewKind, tx: &Connection, event: &DomainEvent) -> rusqlite::Result<()> {
     match kind {
         ViewKind::MyOrders => my_orders::apply(tx, event),
         ViewKind::Catalog => catalog::apply(tx, event),
@@ -187,7 +187,7 @@ pub async fn rebuild(config: &Config) -> anyhow::Result<Vec<(ViewKind, usize)>> 
     Ok(counts)
 }
 
-fn clear(kind: ViewKind, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+fn clear(kind: ViewKind, tx: &Connection) -> rusqlite::Result<()> {
     let tables: &[&str] = match kind {
         ViewKind::MyOrders => &["my_orders", "foods"],
         ViewKind::Catalog => &["food_views"],

@@ -3,7 +3,7 @@
 //! coupon — from `order.*`, `pay.*`, `kitchen.*`, `delivery.*`, `coupon.*`
 //! (and `catalog.*` for the food's name). Each part keeps its own version.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::domain::{CustomerId, Millis, Money};
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS foods (
 );
 ";
 
-pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let d = &e.data;
     let now = Millis::now().0;
     if e.entity == Entity::Catalog {
@@ -101,7 +101,7 @@ pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
 
 /// Updates one part's status when the event is newer than what is there.
 fn part(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     e: &DomainEvent,
     name: &str,
     status: Option<&str>,

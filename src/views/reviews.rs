@@ -1,7 +1,7 @@
 //! The review view: per product, the number of reviews, the average rating
 //! and the latest reviews — from `review.*` events.
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::events::DomainEvent;
@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS applied_reviews (
 );
 ";
 
-pub fn apply(tx: &Transaction<'_>, e: &DomainEvent) -> rusqlite::Result<()> {
+pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     // Reviews are created once: the review id alone makes this idempotent.
     let fresh = tx.execute(
         "INSERT OR IGNORE INTO applied_reviews (review_id) VALUES (?1)",

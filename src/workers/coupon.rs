@@ -4,7 +4,7 @@
 //! Owns `coupon.db`: table `coupons`, one row per order (its id is the order
 //! id).
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
@@ -40,7 +40,7 @@ pub struct CouponRecord {
     pub updated_at: String,
 }
 
-fn status_of(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<Option<CouponStatus>> {
+fn status_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<CouponStatus>> {
     let raw: Option<String> = optional(tx.query_row(
         "SELECT status FROM coupons WHERE id = ?1",
         [order.get()],
@@ -60,7 +60,7 @@ impl WorkerLogic for Coupon {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         cmd: &WorkerCommand,
         now: Millis,
     ) -> rusqlite::Result<Applied> {
@@ -118,7 +118,7 @@ impl WorkerLogic for Coupon {
 }
 
 /// Emits the coupon's current state as a domain event (`coupon.issued`, ...).
-fn publish(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
     if let Some(event) = snapshot(tx, id)? {
         events::emit(tx, &event)?;
     }

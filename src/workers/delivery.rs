@@ -4,7 +4,7 @@
 //! Owns `delivery.db`: table `deliveries`, one row per order (its id is the
 //! order id).
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
@@ -47,10 +47,7 @@ pub struct DeliveryRecord {
 }
 
 /// Status and whether it was picked up.
-fn state_of(
-    tx: &Transaction<'_>,
-    order: OrderId,
-) -> rusqlite::Result<Option<(DeliveryStatus, bool)>> {
+fn state_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<(DeliveryStatus, bool)>> {
     let raw: Option<(String, Option<i64>)> = optional(tx.query_row(
         "SELECT status, picked_up_at FROM deliveries WHERE id = ?1",
         [order.get()],
@@ -70,7 +67,7 @@ impl WorkerLogic for Delivery {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         cmd: &WorkerCommand,
         now: Millis,
     ) -> rusqlite::Result<Applied> {
@@ -170,7 +167,7 @@ impl WorkerLogic for Delivery {
 }
 
 /// Emits the delivery's current state as `delivery.<what>`.
-fn publish(tx: &Transaction<'_>, id: OrderId, what: &str) -> rusqlite::Result<()> {
+fn publish(tx: &Connection, id: OrderId, what: &str) -> rusqlite::Result<()> {
     if let Some(mut event) = snapshot(tx, id)? {
         event.event_type = format!("delivery.{what}");
         events::emit(tx, &event)?;

@@ -4,7 +4,7 @@
 //! Owns `kitchen.db`: tables `food_catalog` and `kitchens` (one ticket per
 //! order; its id is the order id).
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
@@ -64,7 +64,7 @@ pub struct TicketRecord {
     pub updated_at: String,
 }
 
-fn ticket_status(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<Option<KitchenStatus>> {
+fn ticket_status(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<KitchenStatus>> {
     let raw: Option<String> = optional(tx.query_row(
         "SELECT status FROM kitchens WHERE id = ?1",
         [order.get()],
@@ -74,7 +74,7 @@ fn ticket_status(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<Optio
 }
 
 fn set_ticket(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     order: OrderId,
     status: KitchenStatus,
     now: Millis,
@@ -108,7 +108,7 @@ impl WorkerLogic for Kitchen {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         cmd: &WorkerCommand,
         now: Millis,
     ) -> rusqlite::Result<Applied> {
@@ -215,7 +215,7 @@ impl WorkerLogic for Kitchen {
 
 /// Adds an item to the catalog.
 pub fn create_food(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     name: &str,
     stock: i64,
     price: Money,
@@ -237,7 +237,7 @@ pub fn create_food(
 }
 
 /// Emits a ticket's current state as `kitchen.<status>`.
-fn publish_ticket(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+fn publish_ticket(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
     if let Some(event) = ticket_snapshot(tx, id)? {
         events::emit(tx, &event)?;
     }
@@ -245,7 +245,7 @@ fn publish_ticket(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
 }
 
 /// Emits a catalog item's current state as `catalog.<what>`.
-fn publish_food(tx: &Transaction<'_>, id: FoodId, what: &str) -> rusqlite::Result<()> {
+fn publish_food(tx: &Connection, id: FoodId, what: &str) -> rusqlite::Result<()> {
     if let Some(mut event) = food_snapshot(tx, id)? {
         event.event_type = format!("catalog.{what}");
         events::emit(tx, &event)?;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::{FutureExt, StreamExt};
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::config::{Config, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
@@ -50,12 +50,8 @@ pub trait WorkerLogic: Send + Sync + 'static {
     fn schema(&self) -> &'static str;
 
     /// Applies a command that this worker has not seen before.
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        cmd: &WorkerCommand,
-        now: Millis,
-    ) -> rusqlite::Result<Applied>;
+    fn apply(&self, tx: &Connection, cmd: &WorkerCommand, now: Millis)
+    -> rusqlite::Result<Applied>;
 }
 
 /// The simulation knobs of PRODUCT.md.
@@ -225,7 +221,7 @@ impl Handler<NoteDeadLetter> for WorkerActor {
 fn apply_in_tx(
     logic: &dyn WorkerLogic,
     faults: Faults,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     cmd: &WorkerCommand,
 ) -> rusqlite::Result<bool> {
     let id = cmd.message_id();
@@ -277,7 +273,7 @@ fn apply_in_tx(
 /// An injected compensation failure, if one is due for this command.
 fn injected_failure(
     faults: Faults,
-    tx: &Transaction<'_>,
+    tx: &Connection,
     cmd: &WorkerCommand,
     id: &str,
 ) -> rusqlite::Result<Option<ReplyOutcome>> {

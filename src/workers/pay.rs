@@ -2,7 +2,7 @@
 //!
 //! Owns `pay.db`: table `pays`, one row per order (its id is the order id).
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
@@ -43,7 +43,7 @@ pub struct PayRecord {
     pub updated_at: String,
 }
 
-fn status_of(tx: &Transaction<'_>, order: OrderId) -> rusqlite::Result<Option<PayStatus>> {
+fn status_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<PayStatus>> {
     let raw: Option<String> = optional(tx.query_row(
         "SELECT status FROM pays WHERE id = ?1",
         [order.get()],
@@ -63,7 +63,7 @@ impl WorkerLogic for Pay {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         cmd: &WorkerCommand,
         now: Millis,
     ) -> rusqlite::Result<Applied> {
@@ -134,7 +134,7 @@ impl WorkerLogic for Pay {
 }
 
 /// Emits the payment's current state as a domain event (`pay.approved`, ...).
-fn publish(tx: &Transaction<'_>, id: OrderId) -> rusqlite::Result<()> {
+fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
     if let Some(event) = snapshot(tx, id)? {
         events::emit(tx, &event)?;
     }
