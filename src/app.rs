@@ -52,7 +52,9 @@ pub struct Running {
     server: actix_web::dev::ServerHandle,
     trigger: ShutdownTrigger,
     relay_trigger: ShutdownTrigger,
-    relays: Vec<tokio::task::JoinHandle<()>>,
+    relays: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// The threads of workers, views and relays.
+    arbiters: Vec<actix::Arbiter>,
     transport: Arc<dyn Transport>,
     amqp: Option<AmqpTransport>,
     dbs: Vec<Db>,
@@ -77,6 +79,9 @@ impl Running {
         self.relay_trigger.trigger();
         for relay in self.relays {
             let _ = relay.await;
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
         }
         for db in &self.dbs {
             db.close();
@@ -121,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Relays stop last, after the in-flight work committed its messages.
     let (relay_trigger, _) = ShutdownTrigger::new();
     let mut relays = Vec::new();
+    let mut arbiters = Vec::new();
     let breakers = Breakers::for_definition(&def);
     let knobs = Knobs::from_config(&config);
     let mut dbs = Vec::new();
@@ -146,15 +152,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 compensation_failures: failures.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c),
                 duplicate_replies: config.duplicate_replies,
             };
+            // Each worker kind runs on its own arbiter (thread): its actor,
+            // its consumer and its outbox relay never compete with the
+            // orchestrator's thread.
+            let arbiter = actix::Arbiter::new();
             let worker_db = db.clone();
-            let actor =
-                actix::Supervisor::start(move |_| WorkerActor::new(logic, worker_db, faults));
-            relays.push(actix::spawn(outbox::run_relay(
+            let actor = actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                WorkerActor::new(logic, worker_db, faults)
+            });
+            relays.push(spawn_relay(
+                &arbiter,
                 db.clone(),
                 transport.clone(),
                 relay_trigger.subscribe(),
-            )));
-            spawn_consumer(kind, actor, transport.clone(), shutdown.clone());
+            ));
+            let (t, s) = (transport.clone(), shutdown.clone());
+            arbiter.spawn(async move {
+                if let Err(e) = workers::consume(kind, actor, t, s).await {
+                    tracing::error!(worker = %kind, error = %e, "consumer stopped");
+                }
+            });
+            arbiters.push(arbiter);
         }
         dbs.push(db.clone());
         worker_dbs.insert(kind, db);
@@ -168,11 +186,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("opening the {} view", kind.as_str()))?;
             if roles.has(Role::Views) {
                 let (d, t, s) = (db.clone(), transport.clone(), shutdown.clone());
-                actix::spawn(async move {
+                let arbiter = actix::Arbiter::new();
+                arbiter.spawn(async move {
                     if let Err(e) = views::consume(kind, d, t, s).await {
                         tracing::error!(view = kind.as_str(), error = %e, "view consumer stopped");
                     }
                 });
+                arbiters.push(arbiter);
             }
             dbs.push(db.clone());
             view_dbs.insert(kind, db);
@@ -192,11 +212,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.passivate_after,
         )
         .start();
-        relays.push(actix::spawn(outbox::run_relay(
+        let relay = actix::Arbiter::new();
+        relays.push(spawn_relay(
+            &relay,
             db.clone(),
             transport.clone(),
             relay_trigger.subscribe(),
-        )));
+        ));
+        arbiters.push(relay);
         let recovered = orchestrator
             .send(Recover)
             .await
@@ -288,23 +311,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         trigger,
         relay_trigger,
         relays,
+        arbiters,
         transport,
         amqp,
         dbs,
     })
 }
 
-fn spawn_consumer(
-    kind: WorkerKind,
-    actor: Addr<WorkerActor>,
+/// Runs an outbox relay on `arbiter`; the receiver resolves when it ends.
+fn spawn_relay(
+    arbiter: &actix::Arbiter,
+    db: Db,
     transport: Arc<dyn Transport>,
     shutdown: Shutdown,
-) {
-    actix::spawn(async move {
-        if let Err(e) = workers::consume(kind, actor, transport, shutdown).await {
-            tracing::error!(worker = %kind, error = %e, "consumer stopped");
-        }
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    arbiter.spawn(async move {
+        outbox::run_relay(db, transport, shutdown).await;
+        let _ = done.send(());
     });
+    ended
 }
 
 /// A broker URL without its password, for logs and errors.
