@@ -29,7 +29,7 @@ use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
 use crate::shutdown::Shutdown;
 use crate::storage::StorageError;
-use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
+use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
 use store::{Created, IdempotencyKey, SagaStore};
@@ -318,11 +318,7 @@ async fn handle_reply(
         }
         Err(e) => e.to_string(),
     };
-    let count = failures.record(&id);
-    if count >= MAX_DELIVERIES {
-        let reason = format!("failed {count} times; last error: {error}");
-        dead_letter(delivery, &reason).await;
-        failures.forget(&id);
+    if let Some(reason) = hand_back_or_dead_letter(delivery, &failures, &id, &error).await {
         // Best effort: the saga may be what fails.
         let note = Event::Reply {
             step,
@@ -330,9 +326,5 @@ async fn handle_reply(
             outcome: crate::messages::ReplyOutcome::DeadLettered { reason },
         };
         let _ = dispatch(&orchestrator, saga, note).await;
-        return;
     }
-    tracing::warn!(saga = %saga, error, attempt = count, "reply not applied; handing it back");
-    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
-    let _ = delivery.requeue().await;
 }

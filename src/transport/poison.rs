@@ -35,3 +35,25 @@ pub async fn dead_letter(delivery: Delivery, reason: &str) {
         tracing::warn!(error = %e, "cannot dead-letter; it will be redelivered");
     }
 }
+
+/// After a failed attempt at `delivery`: once the message has failed
+/// [`MAX_DELIVERIES`] times it is dead-lettered and the reason returned;
+/// before that it is handed back to its queue after a short, growing pause.
+pub async fn hand_back_or_dead_letter(
+    delivery: Delivery,
+    failures: &FailureCounts,
+    id: &str,
+    error: &str,
+) -> Option<String> {
+    let count = failures.record(id);
+    if count >= MAX_DELIVERIES {
+        let reason = format!("failed {count} times; last error: {error}");
+        dead_letter(delivery, &reason).await;
+        failures.forget(id);
+        return Some(reason);
+    }
+    tracing::warn!(msg = %id, error, attempt = count, "not applied; handing it back");
+    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
+    let _ = delivery.requeue().await;
+    None
+}

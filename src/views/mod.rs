@@ -29,7 +29,7 @@ use crate::events::DomainEvent;
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, StorageResult};
-use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
+use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 
 /// The schema of a read model's database.
@@ -105,15 +105,8 @@ async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<Failu
             let _ = delivery.ack().await;
         }
         Err(e) => {
-            let count = failures.record(&id);
-            if count >= MAX_DELIVERIES {
-                dead_letter(delivery, &format!("failed {count} times; last error: {e}")).await;
-                failures.forget(&id);
-            } else {
-                tracing::warn!(view = kind.as_str(), error = %e, "event not projected; handing it back");
-                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
-                let _ = delivery.requeue().await;
-            }
+            tracing::warn!(view = kind.as_str(), error = %e, "event not projected");
+            hand_back_or_dead_letter(delivery, &failures, &id, &e.to_string()).await;
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::domain::{CouponStatus, Millis, OrderId, WorkerKind};
-use crate::events::{self, DomainEvent, Entity};
+use crate::events::{DomainEvent, Entity};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -119,31 +119,14 @@ impl WorkerLogic for Coupon {
 
 /// Emits the coupon's current state as a domain event (`coupon.issued`, ...).
 fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
-    if let Some(event) = snapshot(tx, id)? {
-        events::emit(tx, &event)?;
-    }
-    Ok(())
+    super::emit(tx, snapshot(tx, id)?)
 }
 
 /// The coupon of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    let version: Option<i64> = optional(c.query_row(
-        "SELECT version FROM coupons WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
-        return Ok(None);
-    };
-    let what = rec.status.as_str().to_ascii_lowercase();
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(
-        Entity::Coupon,
-        &what,
-        id.get(),
-        version,
-        data,
-    )))
+    super::record_event(c, "coupons", id.get(), Entity::Coupon, get(c, id)?, |r| {
+        r.status.as_str().to_ascii_lowercase()
+    })
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<CouponRecord> {

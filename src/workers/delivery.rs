@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
 use crate::domain::{DeliveryStatus, Millis, OrderId, WorkerKind};
-use crate::events::{self, DomainEvent, Entity};
+use crate::events::{DomainEvent, Entity};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -168,35 +168,26 @@ impl WorkerLogic for Delivery {
 
 /// Emits the delivery's current state as `delivery.<what>`.
 fn publish(tx: &Connection, id: OrderId, what: &str) -> rusqlite::Result<()> {
-    if let Some(mut event) = snapshot(tx, id)? {
-        event.event_type = format!("delivery.{what}");
-        events::emit(tx, &event)?;
-    }
-    Ok(())
+    let event = snapshot(tx, id)?.map(|mut e| {
+        e.event_type = format!("delivery.{what}");
+        e
+    });
+    super::emit(tx, event)
 }
 
 /// The delivery of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    let version: Option<i64> = optional(c.query_row(
-        "SELECT version FROM deliveries WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
-        return Ok(None);
-    };
-    let what = match (rec.status, rec.picked_up) {
-        (DeliveryStatus::Dispatched, true) => "pickedUp".to_owned(),
-        (s, _) => s.as_str().to_ascii_lowercase(),
-    };
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(
-        Entity::Delivery,
-        &what,
+    super::record_event(
+        c,
+        "deliveries",
         id.get(),
-        version,
-        data,
-    )))
+        Entity::Delivery,
+        get(c, id)?,
+        |r| match (r.status, r.picked_up) {
+            (DeliveryStatus::Dispatched, true) => "pickedUp".to_owned(),
+            (s, _) => s.as_str().to_ascii_lowercase(),
+        },
+    )
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {

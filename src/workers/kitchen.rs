@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
 use crate::domain::{FoodId, KitchenStatus, Millis, Money, OrderId, Qty, WorkerKind};
-use crate::events::{self, DomainEvent, Entity};
+use crate::events::{DomainEvent, Entity};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -238,60 +238,40 @@ pub fn create_food(
 
 /// Emits a ticket's current state as `kitchen.<status>`.
 fn publish_ticket(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
-    if let Some(event) = ticket_snapshot(tx, id)? {
-        events::emit(tx, &event)?;
-    }
-    Ok(())
+    super::emit(tx, ticket_snapshot(tx, id)?)
 }
 
 /// Emits a catalog item's current state as `catalog.<what>`.
 fn publish_food(tx: &Connection, id: FoodId, what: &str) -> rusqlite::Result<()> {
-    if let Some(mut event) = food_snapshot(tx, id)? {
-        event.event_type = format!("catalog.{what}");
-        events::emit(tx, &event)?;
-    }
-    Ok(())
+    let event = food_snapshot(tx, id)?.map(|mut e| {
+        e.event_type = format!("catalog.{what}");
+        e
+    });
+    super::emit(tx, event)
 }
 
 /// An order's kitchen ticket as a domain event (also used to rebuild views).
 pub fn ticket_snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    let version: Option<i64> = optional(c.query_row(
-        "SELECT version FROM kitchens WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    let (Some(version), Some(rec)) = (version, get_ticket(c, id)?) else {
-        return Ok(None);
-    };
-    let what = rec.status.as_str().to_ascii_lowercase();
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(
-        Entity::Kitchen,
-        &what,
+    super::record_event(
+        c,
+        "kitchens",
         id.get(),
-        version,
-        data,
-    )))
+        Entity::Kitchen,
+        get_ticket(c, id)?,
+        |r| r.status.as_str().to_ascii_lowercase(),
+    )
 }
 
 /// A catalog item as a domain event (`catalog.updated`; also used to rebuild views).
 pub fn food_snapshot(c: &Connection, id: FoodId) -> rusqlite::Result<Option<DomainEvent>> {
-    let version: Option<i64> = optional(c.query_row(
-        "SELECT version FROM food_catalog WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    let (Some(version), Some(rec)) = (version, get_food(c, id)?) else {
-        return Ok(None);
-    };
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(
-        Entity::Catalog,
-        "updated",
+    super::record_event(
+        c,
+        "food_catalog",
         id.get(),
-        version,
-        data,
-    )))
+        Entity::Catalog,
+        get_food(c, id)?,
+        |_| "updated".to_owned(),
+    )
 }
 
 fn food(r: &Row<'_>) -> rusqlite::Result<FoodRecord> {

@@ -21,13 +21,15 @@ use actix::prelude::*;
 use futures_util::{FutureExt, StreamExt};
 use rusqlite::Connection;
 
+use crate::events::{DomainEvent, Entity};
+
 use crate::config::{Config, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, inbox, outbox};
-use crate::transport::poison::{FailureCounts, MAX_DELIVERIES, dead_letter};
+use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, Outgoing, QueueName, Route, Transport};
 
 /// What applying a command came to.
@@ -383,7 +385,13 @@ async fn handle_delivery(
         Ok(c) => c,
         Err(e) => {
             let reason = format!("undecodable command: {e}");
-            note_dead_letter(&worker, &delivery, &reason).await;
+            note_dead_letter(
+                &worker,
+                delivery.correlation_id.as_deref(),
+                delivery.message_id.clone(),
+                &reason,
+            )
+            .await;
             dead_letter(delivery, &reason).await;
             return;
         }
@@ -401,26 +409,21 @@ async fn handle_delivery(
         Ok(Err(e)) => e.to_string(),
         Err(e) => format!("worker actor unavailable: {e}"),
     };
-    let count = failures.record(&id);
-    if count >= MAX_DELIVERIES {
-        let reason = format!("failed {count} times; last error: {error}");
-        note_dead_letter(&worker, &delivery, &reason).await;
-        dead_letter(delivery, &reason).await;
-        failures.forget(&id);
-        return;
+    let (correlation, message_id) = (delivery.correlation_id.clone(), delivery.message_id.clone());
+    if let Some(reason) = hand_back_or_dead_letter(delivery, &failures, &id, &error).await {
+        note_dead_letter(&worker, correlation.as_deref(), message_id, &reason).await;
     }
-    tracing::warn!(msg = %id, error, attempt = count, "command not applied; handing it back");
-    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(count))).await;
-    let _ = delivery.requeue().await;
 }
 
 /// Tells the saga of a dead-lettered command, when the message says which.
-async fn note_dead_letter(worker: &Addr<WorkerActor>, delivery: &Delivery, reason: &str) {
-    let order = delivery
-        .correlation_id
-        .as_deref()
-        .and_then(|c| c.parse::<OrderId>().ok());
-    let message_id = delivery.message_id.clone().unwrap_or_default();
+async fn note_dead_letter(
+    worker: &Addr<WorkerActor>,
+    correlation: Option<&str>,
+    message_id: Option<String>,
+    reason: &str,
+) {
+    let order = correlation.and_then(|c| c.parse::<OrderId>().ok());
+    let message_id = message_id.unwrap_or_default();
     // `order-7.pay.do` → step `pay`.
     let step = message_id.split('.').nth(1).map(str::to_owned);
     if let (Some(order_id), Some(step)) = (order, step) {
@@ -436,6 +439,37 @@ async fn note_dead_letter(worker: &Addr<WorkerActor>, delivery: &Delivery, reaso
         if let Err(e) = worker.send(NoteDeadLetter(reply)).await {
             tracing::warn!(error = %e, "cannot tell the saga about its dead letter");
         }
+    }
+}
+
+/// A worker's record as a domain event `<entity>.<what>`, with the version
+/// kept in the record's row of `table` (also used to rebuild read models).
+pub(crate) fn record_event<R: serde::Serialize>(
+    c: &Connection,
+    table: &str,
+    id: i64,
+    entity: Entity,
+    record: Option<R>,
+    what: impl FnOnce(&R) -> String,
+) -> rusqlite::Result<Option<DomainEvent>> {
+    let version: Option<i64> = crate::storage::optional(c.query_row(
+        &format!("SELECT version FROM {table} WHERE id = ?1"),
+        [id],
+        |r| r.get(0),
+    ))?;
+    let (Some(version), Some(rec)) = (version, record) else {
+        return Ok(None);
+    };
+    let what = what(&rec);
+    let data = serde_json::to_value(&rec).unwrap_or_default();
+    Ok(Some(DomainEvent::new(entity, &what, id, version, data)))
+}
+
+/// Writes an event, if there is one, to the outbox of the transaction.
+pub(crate) fn emit(tx: &Connection, event: Option<DomainEvent>) -> rusqlite::Result<()> {
+    match event {
+        Some(e) => crate::events::emit(tx, &e),
+        None => Ok(()),
     }
 }
 

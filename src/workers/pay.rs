@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::domain::{Millis, Money, OrderId, PayStatus, WorkerKind};
-use crate::events::{self, DomainEvent, Entity};
+use crate::events::{DomainEvent, Entity};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -135,31 +135,14 @@ impl WorkerLogic for Pay {
 
 /// Emits the payment's current state as a domain event (`pay.approved`, ...).
 fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
-    if let Some(event) = snapshot(tx, id)? {
-        events::emit(tx, &event)?;
-    }
-    Ok(())
+    super::emit(tx, snapshot(tx, id)?)
 }
 
 /// The payment of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    let version: Option<i64> = optional(c.query_row(
-        "SELECT version FROM pays WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    let (Some(version), Some(rec)) = (version, get(c, id)?) else {
-        return Ok(None);
-    };
-    let what = rec.status.as_str().to_ascii_lowercase();
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(
-        Entity::Pay,
-        &what,
-        id.get(),
-        version,
-        data,
-    )))
+    super::record_event(c, "pays", id.get(), Entity::Pay, get(c, id)?, |r| {
+        r.status.as_str().to_ascii_lowercase()
+    })
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<PayRecord> {
