@@ -300,11 +300,25 @@ fn chaos_loses_nothing_and_doubles_nothing() {
                 break all;
             }
             if Instant::now() > deadline {
-                let stuck: Vec<_> = all
+                let stuck: Vec<Value> = all
                     .iter()
                     .filter(|s| s["state"] != "Completed" && s["state"] != "Compensated")
+                    .filter_map(|s| s["id"].as_i64())
+                    .filter_map(|id| {
+                        call(
+                            &c,
+                            reqwest::Method::GET,
+                            format!("{base}/sagas/{id}"),
+                            None,
+                            None,
+                        )
+                        .map(|(_, v)| v)
+                    })
                     .collect();
-                panic!("chaos (seed {seed}): sagas never settled: {stuck:#?}");
+                panic!(
+                    "chaos (seed {seed}): sagas never settled: {}",
+                    serde_json::to_string_pretty(&stuck).unwrap_or_default()
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(250));

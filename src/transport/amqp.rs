@@ -580,11 +580,7 @@ impl Transport for AmqpTransport {
         queue: QueueName,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>> {
         async move {
-            if self.live().is_none() {
-                return Err(TransportError::Unavailable(
-                    "reconnecting to RabbitMQ".into(),
-                ));
-            }
+            // While reconnecting, the subscription starts once the broker is back.
             let (tx, rx) = mpsc::channel(usize::from(self.inner.settings.prefetch.max(1)));
             tokio::spawn(self.clone().subscribe_forever(queue, tx));
             Ok(tokio_stream_from(rx))
