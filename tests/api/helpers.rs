@@ -34,6 +34,8 @@ pub struct Options {
     pub fast_retries: bool,
     /// Passivate idle saga actors this fast.
     pub passivate_after: Option<&'static str>,
+    /// Declare quorum queues (RabbitMQ only).
+    pub quorum_queues: bool,
 }
 
 pub fn amqp_url() -> String {
@@ -120,6 +122,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     config.delivery_latency = opts.delivery_latency.map(|l| l.parse().expect("latency"));
     config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
     config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
+    config.quorum_queues = opts.quorum_queues;
     if let Some(p) = opts.passivate_after {
         config.passivate_after = hearty::saga::definition::parse_duration(p).expect("duration");
     }

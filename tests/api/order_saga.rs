@@ -210,3 +210,15 @@ on_both_transports!(
     Options::default(),
     the_same_idempotency_key_returns_the_same_order
 );
+
+#[actix_web::test]
+async fn the_seed_flow_runs_on_quorum_queues() {
+    let opts = Options {
+        quorum_queues: true,
+        ..Options::default()
+    };
+    if let Some(app) = crate::helpers::spawn_app(crate::helpers::Broker::RabbitMq, opts).await {
+        seed_flow_completes(&app).await;
+        app.stop().await;
+    }
+}
