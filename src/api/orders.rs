@@ -23,18 +23,7 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 /// The order view: the order and its saga's state.
 pub fn order_view(saga: &Saga) -> Value {
-    json!({
-        "id": saga.id,
-        "customerId": saga.order.customer_id,
-        "foodCatalogId": saga.order.food_id,
-        "qty": saga.order.qty,
-        "amount": saga.order.amount,
-        "status": saga.order_status,
-        "sagaState": saga.state,
-        "reason": saga.reason,
-        "createdAt": saga.created_at.to_rfc3339(),
-        "updatedAt": saga.updated_at.to_rfc3339(),
-    })
+    store::order_json(saga)
 }
 
 fn order_id(raw: &str) -> Result<OrderId, ApiError> {

@@ -295,7 +295,18 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
         OrderStatus::Ordered => "placed".to_owned(),
         other => other.as_str().to_ascii_lowercase(),
     };
-    let data = serde_json::json!({
+    DomainEvent::new(
+        Entity::Order,
+        &what,
+        saga.id.get(),
+        version,
+        order_json(saga),
+    )
+}
+
+/// An order as the API shows it and its events carry it.
+pub fn order_json(saga: &Saga) -> serde_json::Value {
+    serde_json::json!({
         "id": saga.id,
         "orderId": saga.id,
         "customerId": saga.order.customer_id,
@@ -304,10 +315,10 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
         "amount": saga.order.amount,
         "status": saga.order_status,
         "sagaState": saga.state,
+        "reason": saga.reason,
         "createdAt": saga.created_at.to_rfc3339(),
         "updatedAt": saga.updated_at.to_rfc3339(),
-    });
-    DomainEvent::new(Entity::Order, &what, saga.id.get(), version, data)
+    })
 }
 
 /// Writes a saga, its history lines, its commands and (when the order
