@@ -13,9 +13,15 @@ use serde::{Deserialize, Serialize};
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(i64);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $name::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
 
         impl $name {
             /// Parses an identifier: it must be a positive integer.
@@ -89,9 +95,16 @@ impl DomainError {
 
 /// A quantity of food: at least one, at most a sane upper bound so that
 /// `qty × price` can never overflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Qty(u32);
+
+/// Messages are parsed like requests: a quantity off the wire is validated.
+impl<'de> Deserialize<'de> for Qty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Qty::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Qty {
     /// The largest quantity one order may ask for.
@@ -398,6 +411,13 @@ mod tests {
         assert_eq!(OrderId::new(7).map(OrderId::get), Ok(7));
         assert_eq!("12".parse::<CustomerId>().map(CustomerId::get), Ok(12));
         assert!("x".parse::<FoodId>().is_err());
+    }
+
+    #[test]
+    fn qty_is_validated_off_the_wire_too() {
+        assert_eq!(serde_json::from_str::<Qty>("3").map(Qty::get).ok(), Some(3));
+        assert!(serde_json::from_str::<Qty>("0").is_err());
+        assert!(serde_json::from_str::<Qty>("-2").is_err());
     }
 
     #[test]
