@@ -336,21 +336,23 @@ fn persist(
         let version = first_seq + transition.history.len() as i64;
         events::emit(tx, &order_event(saga, version))?;
     }
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5 WHERE id = ?1",
-        params![
-            saga.id.get(),
-            saga.state.as_str(),
-            saga.order_status.as_str(),
-            to_json(saga)?,
-            now.0
-        ],
-    )?;
+    )?
+    .execute(params![
+        saga.id.get(),
+        saga.state.as_str(),
+        saga.order_status.as_str(),
+        to_json(saga)?,
+        now.0
+    ])?;
     for (n, h) in transition.history.iter().enumerate() {
-        tx.execute(
-            "INSERT INTO saga_history (saga_id, seq, body) VALUES (?1, ?2, ?3)",
-            params![saga.id.get(), first_seq + 1 + n as i64, to_json(h)?],
-        )?;
+        tx.prepare_cached("INSERT INTO saga_history (saga_id, seq, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![
+                saga.id.get(),
+                first_seq + 1 + n as i64,
+                to_json(h)?
+            ])?;
     }
     for c in &transition.commands {
         if let Command::Send {

@@ -28,19 +28,16 @@ CREATE TABLE IF NOT EXISTS tombstones (
 
 /// The replies recorded for a message id, if it was applied before.
 pub fn replies_of(tx: &Connection, message_id: &str) -> rusqlite::Result<Option<String>> {
-    super::optional(tx.query_row(
-        "SELECT replies FROM inbox WHERE message_id = ?1",
-        [message_id],
-        |r| r.get(0),
-    ))
+    super::optional(
+        tx.prepare_cached("SELECT replies FROM inbox WHERE message_id = ?1")?
+            .query_row([message_id], |r| r.get(0)),
+    )
 }
 
 /// Records that a message id was applied and what it answered.
 pub fn record(tx: &Connection, message_id: &str, replies: &str) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO inbox (message_id, replies, processed_at) VALUES (?1, ?2, ?3)",
-        params![message_id, replies, Millis::now().0],
-    )?;
+    tx.prepare_cached("INSERT INTO inbox (message_id, replies, processed_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![message_id, replies, Millis::now().0])?;
     Ok(())
 }
 

@@ -38,19 +38,19 @@ const BATCH: i64 = 512;
 /// Adds a message to the outbox inside the caller's transaction; it is
 /// published no earlier than `available_at`.
 pub fn enqueue(tx: &Connection, msg: &Outgoing, available_at: Millis) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO outbox (message_id, route, message_type, correlation_id, body, available_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+    )?
+    .execute(params![
             msg.message_id,
             msg.route.encode(),
             msg.message_type,
             msg.correlation_id,
             msg.body,
             available_at.0,
-            Millis::now().0
-        ],
-    )?;
+        Millis::now().0
+    ])?;
     Ok(())
 }
 

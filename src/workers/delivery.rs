@@ -89,12 +89,7 @@ impl WorkerLogic for Delivery {
                             reason: "the delivery is cancelled".into(),
                         }]));
                     }
-                    Some((_, true)) => {
-                        return Ok(Applied::Final(vec![
-                            ReplyOutcome::Accepted,
-                            ReplyOutcome::Done,
-                        ]));
-                    }
+                    Some((_, true)) => return Ok(Applied::Final(vec![ReplyOutcome::Done])),
                     Some((_, false)) => return Ok(Applied::Final(vec![ReplyOutcome::Accepted])),
                     None => {}
                 }
@@ -106,7 +101,8 @@ impl WorkerLogic for Delivery {
                 )?;
                 publish(tx, id, "dispatched")?;
                 Ok(Applied::Final(match picked_up {
-                    Some(_) => vec![ReplyOutcome::Accepted, ReplyOutcome::Done],
+                    // Dispatched and picked up in one go (auto mode): one reply.
+                    Some(_) => vec![ReplyOutcome::Done],
                     None => vec![ReplyOutcome::Accepted],
                 }))
             }

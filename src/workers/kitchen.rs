@@ -90,7 +90,8 @@ fn set_ticket(
 fn replies_for(status: KitchenStatus) -> Vec<ReplyOutcome> {
     match status {
         KitchenStatus::Accepted => vec![ReplyOutcome::Accepted],
-        KitchenStatus::Cooked => vec![ReplyOutcome::Accepted, ReplyOutcome::Done],
+        // Accepted and cooked in one go (auto mode): one reply says both.
+        KitchenStatus::Cooked => vec![ReplyOutcome::Done],
         KitchenStatus::Rejected | KitchenStatus::Cancelled => vec![ReplyOutcome::Failed {
             reason: format!("the ticket is {status}"),
         }],
