@@ -191,7 +191,11 @@ impl AmqpTransport {
                 if self.is_closed() {
                     return;
                 }
-                match open(&self.inner.settings, &self.inner.topology).await {
+                let attempt = tokio::time::timeout(
+                    CONFIRM_TIMEOUT,
+                    open(&self.inner.settings, &self.inner.topology),
+                );
+                match attempt.await.unwrap_or(Err(TransportError::Timeout)) {
                     Ok(live) => {
                         *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
                         self.inner.generation.send_modify(|g| *g += 1);
@@ -350,31 +354,46 @@ impl AmqpTransport {
         queue: QueueName,
         tx: &mpsc::Sender<Delivery>,
     ) -> Result<(), TransportError> {
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        ch.basic_qos(
-            self.inner.settings.prefetch.max(1),
-            BasicQosOptions::default(),
-        )
-        .await
-        .map_err(unavailable)?;
-        let name = self.inner.topology.queue(queue);
-        let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
-        let mut consumer = ch
-            .basic_consume(
-                name.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        // A broker that goes away mid-handshake may never answer: bound
+        // every setup step, and give up this subscription as soon as the
+        // transport has reconnected (the old connection's stream may never
+        // end by itself).
+        let mut generations = self.inner.generation.subscribe();
+        generations.mark_unchanged();
+        let setup = async {
+            let ch = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(unavailable)?;
+            ch.basic_qos(
+                self.inner.settings.prefetch.max(1),
+                BasicQosOptions::default(),
             )
             .await
             .map_err(unavailable)?;
+            let name = self.inner.topology.queue(queue);
+            let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
+            let consumer = ch
+                .basic_consume(
+                    name.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, TransportError>((ch, consumer))
+        };
+        let (ch, mut consumer) = tokio::time::timeout(CONFIRM_TIMEOUT, setup)
+            .await
+            .map_err(|_| TransportError::Timeout)??;
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
+                _ = generations.changed() => {
+                    return Err(TransportError::Unavailable("reconnected; subscribing on the new connection".into()));
+                }
                 _ = tx.closed() => {
                     let _ = ch.close(200, "consumer stopped".into()).await;
                     return Ok(());
