@@ -153,11 +153,7 @@ impl FromStr for Latency {
 }
 
 fn parse_money(s: &str) -> Result<Money, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not an amount"))?;
-    Money::parse_decimal(v).map_err(|e| e.to_string())
+    Money::parse_price(s).map_err(|e| format!("`{s}`: {e}"))
 }
 
 /// The manager's bearer token. Never printed by `Debug`.

@@ -128,16 +128,21 @@ impl Qty {
     }
 }
 
-/// An amount of money in cents. On the wire it is a decimal number of the
-/// currency unit (`4.0`), as the seed sends it.
+/// An amount of money in whole cents. Storage, messages and events carry the
+/// integer (`4000`); only the REST edge also shows it as a decimal of the
+/// currency unit (`40.0`), as the seed does. No amount ever goes through a
+/// floating-point number on its way in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money {
     cents: i64,
 }
 
 impl Money {
-    /// Upper bound of a single price, so that every product fits an `i64`.
-    pub const MAX_CENTS: i64 = 100_000_000_000;
+    /// The largest price of one catalog item (one billion currency units).
+    pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+    /// The largest total of one order. Every amount up to it is exact both as
+    /// an `i64` and as the `f64` of its decimal display (below 2^53).
+    pub const MAX_TOTAL_CENTS: i64 = 10_000_000_000_000;
 
     pub const fn from_cents(cents: i64) -> Self {
         Self { cents }
@@ -147,41 +152,82 @@ impl Money {
         self.cents
     }
 
-    /// Parses a non-negative decimal amount with at most two decimals.
-    pub fn parse_decimal(raw: f64) -> Result<Self, DomainError> {
-        if !raw.is_finite() || raw < 0.0 {
-            return Err(DomainError::new("amount must be a non-negative number"));
+    /// Parses a catalog price written as a plain decimal (`4`, `4.0`,
+    /// `4.05`): non-negative, at most two decimals, at most
+    /// [`Money::MAX_PRICE_CENTS`]. The text is read digit by digit, never
+    /// through a float.
+    pub fn parse_price(raw: &str) -> Result<Self, DomainError> {
+        let cents = parse_cents(raw.trim())?;
+        if cents > Self::MAX_PRICE_CENTS {
+            return Err(DomainError::new(format!(
+                "price must be at most {}",
+                Money::from_cents(Self::MAX_PRICE_CENTS)
+            )));
         }
-        let cents = (raw * 100.0).round();
-        if (cents - raw * 100.0).abs() > 1e-6 {
-            return Err(DomainError::new("amount has more than two decimals"));
-        }
-        if cents > Self::MAX_CENTS as f64 {
-            return Err(DomainError::new("amount is too large"));
-        }
-        Ok(Self::from_cents(cents as i64))
+        Ok(Self::from_cents(cents))
     }
 
-    /// `price × qty`; the bounds on both make this exact.
-    pub fn times(self, qty: Qty) -> Money {
-        Money::from_cents(self.cents.saturating_mul(i64::from(qty.get())))
+    /// `price × qty`, refused when it exceeds [`Money::MAX_TOTAL_CENTS`].
+    pub fn total(self, qty: Qty) -> Result<Money, DomainError> {
+        self.cents
+            .checked_mul(i64::from(qty.get()))
+            .filter(|c| *c <= Self::MAX_TOTAL_CENTS)
+            .map(Money::from_cents)
+            .ok_or_else(|| {
+                DomainError::new(format!(
+                    "the order's total would exceed {}",
+                    Money::from_cents(Self::MAX_TOTAL_CENTS)
+                ))
+            })
     }
 
+    /// The decimal of the currency unit, for display only (exact below 2^53
+    /// cents, which every amount is).
     pub fn as_decimal(self) -> f64 {
         self.cents as f64 / 100.0
     }
-}
 
-impl Serialize for Money {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(self.as_decimal())
+    /// `serialize_with` for REST fields that show the decimal (`price: 4.0`).
+    pub fn serialize_decimal<S: serde::Serializer>(m: &Money, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(m.as_decimal())
     }
 }
 
+/// `12`, `12.3`, `12.34` → cents; anything else (signs, exponents, a third
+/// decimal, more digits than an amount can have) is refused.
+fn parse_cents(s: &str) -> Result<i64, DomainError> {
+    let bad = || DomainError::new("an amount is a non-negative decimal with at most two decimals");
+    let (whole, frac) = match s.split_once('.') {
+        Some((_, "")) => return Err(bad()),
+        Some(parts) => parts,
+        None => (s, ""),
+    };
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || whole.len() > 15 || frac.len() > 2 || !digits(whole) || !digits(frac) {
+        return Err(bad());
+    }
+    let whole: i64 = whole.parse().map_err(|_| bad())?;
+    let frac: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+    Ok(whole * 100 + frac)
+}
+
+/// Whole cents on every wire: an integer, never a float.
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.cents)
+    }
+}
+
+/// Parsed like a request: negative or impossible totals are refused.
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = f64::deserialize(d)?;
-        Money::parse_decimal(raw).map_err(serde::de::Error::custom)
+        let cents = i64::deserialize(d)?;
+        if !(0..=Self::MAX_TOTAL_CENTS).contains(&cents) {
+            return Err(serde::de::Error::custom(format!(
+                "{cents} cents is not a valid amount"
+            )));
+        }
+        Ok(Self::from_cents(cents))
     }
 }
 
@@ -430,14 +476,46 @@ mod tests {
 
     #[test]
     fn money_is_exact_cents() {
-        let price = Money::parse_decimal(4.0).expect("valid");
+        let price = Money::parse_price("4.0").expect("valid");
         assert_eq!(price.cents(), 400);
-        assert_eq!(price.times(Qty::new(10).expect("valid")).cents(), 4000);
-        assert_eq!(Money::parse_decimal(0.1).expect("valid").cents(), 10);
-        assert!(Money::parse_decimal(-1.0).is_err());
-        assert!(Money::parse_decimal(f64::NAN).is_err());
-        assert!(Money::parse_decimal(1.234).is_err());
+        let qty = Qty::new(10).expect("valid");
+        assert_eq!(price.total(qty).map(Money::cents), Ok(4000));
+        assert_eq!(Money::parse_price("0.1").map(Money::cents), Ok(10));
+        assert_eq!(Money::parse_price(" 12 ").map(Money::cents), Ok(1200));
+        assert_eq!(
+            Money::parse_price("999999.99").map(Money::cents),
+            Ok(99_999_999)
+        );
+        for bad in ["-1", "1.234", "NaN", "1e3", "", ".5", "1.", "+1", "1 000"] {
+            assert!(Money::parse_price(bad).is_err(), "{bad:?} is not a price");
+        }
+        assert!(
+            Money::parse_price("1000000000.01").is_err(),
+            "above the price cap"
+        );
         assert_eq!(Money::from_cents(4005).to_string(), "40.05");
+    }
+
+    #[test]
+    fn large_totals_are_exact_or_refused() {
+        // The order that once made every stored saga unreadable.
+        let price = Money::parse_price("999999.99").expect("valid");
+        let total = price.total(Qty::new(136).expect("valid")).expect("fits");
+        assert_eq!(total.cents(), 13_599_999_864);
+        let wire = serde_json::to_string(&total).expect("serializes");
+        assert_eq!(wire, "13599999864", "cents travel as an integer");
+        assert_eq!(serde_json::from_str::<Money>(&wire).ok(), Some(total));
+        let max_price = Money::from_cents(Money::MAX_PRICE_CENTS);
+        assert!(
+            max_price
+                .total(Qty::new(i64::from(Qty::MAX)).expect("valid"))
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Money>("-1").is_err());
+        assert!(
+            serde_json::from_str::<Money>("4.0").is_err(),
+            "no floats on the wire"
+        );
     }
 
     #[test]

@@ -16,9 +16,11 @@
 use std::collections::{HashMap, HashSet};
 
 use hearty::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
-use hearty::messages::{Direction, OrderDetails, ReplyOutcome};
+use hearty::messages::{Direction, OrderDetails, Progress, ReplyOutcome};
 use hearty::saga::definition::SagaDefinition;
-use hearty::saga::machine::{Command, Effect, Event, Refusal, Saga, SagaState, StepStatus};
+use hearty::saga::machine::{
+    Admission, Command, Effect, Event, Refusal, Saga, SagaState, StepStatus,
+};
 use proptest::prelude::*;
 
 const DEF: &str = r#"
@@ -76,8 +78,10 @@ enum Msg {
         attempt: u32,
         at: Millis,
     },
-    /// A person completes a manual step.
+    /// A person completes a manual step (through the saga).
     Person { step: usize },
+    /// A person's progress, accepted by the saga, on its way to the worker.
+    Progress { step: usize, progress: Progress },
 }
 
 /// One worker's truth.
@@ -88,6 +92,8 @@ struct WorkerState {
     tombstone: bool,
     inbox: HashMap<Direction, Vec<ReplyOutcome>>,
     transient_failures_left: u32,
+    /// The delivery was handed to the customer.
+    delivered: bool,
 }
 
 /// How the simulated workers behave in one run.
@@ -110,6 +116,7 @@ struct World {
     do_sent: [bool; 4],
     cancel_accepted: bool,
     cancels_refused: u32,
+    delivered_accepted: bool,
 }
 
 fn order() -> OrderDetails {
@@ -124,7 +131,11 @@ fn order() -> OrderDetails {
 
 impl World {
     fn new(behaviour: Behaviour) -> Self {
-        let def = SagaDefinition::parse(DEF).expect("test saga is valid");
+        Self::with_definition(DEF, behaviour)
+    }
+
+    fn with_definition(text: &str, behaviour: Behaviour) -> Self {
+        let def = SagaDefinition::parse(text).expect("test saga is valid");
         let now = Millis(1_000_000);
         let saga = Saga::new(&def, order(), now);
         let workers = (0..4)
@@ -144,6 +155,7 @@ impl World {
             do_sent: [false; 4],
             cancel_accepted: false,
             cancels_refused: 0,
+            delivered_accepted: false,
         }
     }
 
@@ -214,6 +226,9 @@ impl World {
                 Command::ArmTimer { step, attempt, at } => {
                     self.pending.push(Msg::Timer { step, attempt, at })
                 }
+                Command::Progress { step, progress } => {
+                    self.pending.push(Msg::Progress { step, progress })
+                }
             }
         }
         // A reply applied twice changes nothing the second time.
@@ -263,6 +278,7 @@ impl World {
                 }
             }
             Direction::Undo => {
+                assert!(!w.delivered, "compensating a delivered order");
                 if w.transient_failures_left > 0 {
                     w.transient_failures_left -= 1;
                     self.pending.push(reply(ReplyOutcome::CompensationFailed {
@@ -313,8 +329,32 @@ impl World {
                 }
             }
             Msg::Person { step } => {
-                let w = &self.workers[step];
-                if w.applied && w.undone == 0 {
+                let progress = if step == 1 {
+                    Progress::Cooked
+                } else {
+                    Progress::PickedUp
+                };
+                let refused = self.apply(Event::Progress { progress }).is_err();
+                // The saga may not know yet that the worker accepted: the
+                // person tries again later, while the step still runs.
+                let s = &self.saga.steps[step];
+                if refused
+                    && self.saga.state == SagaState::Running
+                    && s.status == StepStatus::Running
+                    && s.effect == Effect::Unknown
+                {
+                    self.pending.push(Msg::Person { step });
+                }
+            }
+            Msg::Progress { step, progress } => {
+                let w = &mut self.workers[step];
+                if progress == Progress::Delivered {
+                    assert!(
+                        w.applied && w.undone == 0,
+                        "delivering a cancelled delivery"
+                    );
+                    w.delivered = true;
+                } else if w.applied && w.undone == 0 {
                     self.pending.push(Msg::Reply {
                         step,
                         attempt: 0,
@@ -322,6 +362,23 @@ impl World {
                     });
                 }
             }
+        }
+    }
+
+    /// The delivery team reports the order delivered.
+    fn deliver_to_customer(&mut self) {
+        let open =
+            self.saga.order_status.is_cancellable() && self.saga.state == SagaState::Completed;
+        match self.apply(Event::Progress {
+            progress: Progress::Delivered,
+        }) {
+            Ok(()) => {
+                assert!(open, "delivered accepted for an order that was not out");
+                assert!(!self.cancel_accepted, "delivered accepted after a cancel");
+                self.delivered_accepted = true;
+                assert_eq!(self.saga.order_status, OrderStatus::Delivered);
+            }
+            Err(_) => assert!(!open, "an order out for delivery refused `delivered`"),
         }
     }
 
@@ -387,6 +444,10 @@ impl World {
                 }
             }
         }
+        if self.delivered_accepted {
+            assert_eq!(state, SagaState::Completed);
+            assert_eq!(self.saga.order_status, OrderStatus::Delivered);
+        }
         if self.cancel_accepted {
             assert_eq!(state, SagaState::Compensated);
             assert_eq!(self.saga.order_status, OrderStatus::Cancelled);
@@ -411,6 +472,7 @@ enum Choice {
     Deliver(usize),
     Duplicate(usize),
     Cancel,
+    Delivered,
 }
 
 fn choice() -> impl Strategy<Value = Choice> {
@@ -418,6 +480,7 @@ fn choice() -> impl Strategy<Value = Choice> {
         6 => any::<usize>().prop_map(Choice::Deliver),
         2 => any::<usize>().prop_map(Choice::Duplicate),
         1 => Just(Choice::Cancel),
+        1 => Just(Choice::Delivered),
     ]
 }
 
@@ -448,6 +511,7 @@ proptest! {
         for c in choices {
             match c {
                 Choice::Cancel => w.cancel(),
+                Choice::Delivered => w.deliver_to_customer(),
                 _ if w.pending.is_empty() => {}
                 Choice::Deliver(i) => { let n = w.pending.len(); w.deliver(i % n, false) }
                 Choice::Duplicate(i) => { let n = w.pending.len(); w.deliver(i % n, true) }
@@ -587,5 +651,122 @@ fn a_declined_payment_establishes_nothing() {
         w.do_sent == [true, false, false, false],
         "nothing after the payment"
     );
-    assert!(matches!(w.saga.admission(), Some(Err(_))));
+    assert!(matches!(w.saga.admission(), Admission::Declined(_)));
+}
+
+/// `DEF` where one step's compensation is tried only once.
+fn one_compensation_attempt(step: &str) -> String {
+    let marker = format!("name = \"{step}\"\n");
+    DEF.replace(
+        &marker,
+        &format!("{marker}compensation_retry = {{ max_attempts = 1, initial_delay = \"10ms\", factor = 2.0, max_delay = \"1s\" }}\n"),
+    )
+}
+
+fn no_failures() -> Behaviour {
+    Behaviour {
+        declines: [false; 4],
+        manual: [false; 4],
+        compensation_failures: [0; 4],
+    }
+}
+
+/// Issue 10, defect 4: the coupon's compensation does not block, so its
+/// failure must not hold back the refund and the stock.
+#[test]
+fn a_failing_coupon_compensation_holds_back_nothing() {
+    let mut w = World::with_definition(
+        &one_compensation_attempt("coupon"),
+        Behaviour {
+            compensation_failures: [0, 0, 0, 100],
+            ..no_failures()
+        },
+    );
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Completed);
+    w.cancel();
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Failed, "the coupon is stuck");
+    for (i, name) in ["pay", "kitchen", "delivery"].iter().enumerate() {
+        assert_eq!(w.workers[i].undone, 1, "{name} was compensated");
+        assert_eq!(w.saga.steps[i].status, StepStatus::Compensated, "{name}");
+    }
+    assert_eq!(w.saga.steps[3].status, StepStatus::Compensating);
+    assert!(
+        w.saga.reason.as_deref().unwrap_or("").contains("coupon"),
+        "{:?}",
+        w.saga.reason
+    );
+    // The coupon system is fixed; the operator retries.
+    w.workers[3].transient_failures_left = 0;
+    w.apply(Event::Retry).expect("retry");
+    w.drain();
+    w.check_end();
+    assert_eq!(
+        w.saga.reason.as_deref(),
+        Some("cancelled by the kitchen manager"),
+        "a compensated saga shows why it compensated, not an old failure"
+    );
+}
+
+/// Issue 10, defect 4: a blocking step's `Compensated` that arrives after
+/// its attempts ran out resumes the compensation it held back.
+#[test]
+fn a_late_compensated_resumes_a_stuck_compensation() {
+    let mut w = World::with_definition(&one_compensation_attempt("delivery"), no_failures());
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    w.cancel();
+    // The coupon (which does not block) is compensated at once...
+    while let Some(i) = w
+        .pending
+        .iter()
+        .position(|m| matches!(m, Msg::Command { step: 3, .. } | Msg::Reply { step: 3, .. }))
+    {
+        w.deliver(i, false);
+    }
+    // ...and the delivery's undo times out before its worker answers.
+    let timer = w
+        .pending
+        .iter()
+        .position(|m| matches!(m, Msg::Timer { step: 2, .. }))
+        .expect("the delivery's undo timer");
+    w.deliver(timer, false);
+    assert_eq!(w.saga.state, SagaState::Failed);
+    assert_eq!(
+        w.workers[0].undone, 0,
+        "the refund waits behind the delivery"
+    );
+    // Now the worker answers: the saga resumes and refunds.
+    w.drain();
+    w.check_end();
+    assert_eq!(w.saga.state, SagaState::Compensated);
+    assert_eq!(w.workers[0].undone, 1, "the payment was refunded");
+    assert_eq!(w.workers[1].undone, 1, "the stock came back");
+}
+
+/// Issue 10, defect 3: an `Abandon` (the caller gave up waiting) never
+/// touches an order whose payment succeeded.
+#[test]
+fn abandon_never_touches_a_paid_order() {
+    let mut w = World::new(no_failures());
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Completed);
+    let abandon = Event::Abandon {
+        reason: "payment did not answer in time".into(),
+    };
+    let t = w
+        .saga
+        .apply(&w.def, &abandon, w.now)
+        .expect("never refused");
+    assert!(!t.changed(), "a completed, paid order was abandoned");
+    // While the payment is still running, it is abandoned.
+    let mut fresh = World::new(no_failures());
+    fresh.apply(Event::Start).expect("start");
+    fresh.apply(abandon).expect("never refused");
+    assert_eq!(fresh.saga.state, SagaState::Compensating);
+    assert_eq!(fresh.saga.order_status, OrderStatus::Rejected);
+    assert!(matches!(fresh.saga.admission(), Admission::Unavailable(_)));
 }

@@ -60,6 +60,19 @@ impl Body {
             .ok_or_else(|| ApiError::bad_request(format!("`{name}` must be a number")))
     }
 
+    /// The text of a decimal number, from a number or a string, for exact
+    /// parsing (amounts never go through a float).
+    pub fn decimal_text(&self, names: &[&str]) -> Result<Option<String>, ApiError> {
+        let Some((name, v)) = self.find(names) else {
+            return Ok(None);
+        };
+        match v {
+            Value::Number(n) => Ok(Some(n.to_string())),
+            Value::String(s) => Ok(Some(s.trim().to_owned())),
+            _ => Err(ApiError::bad_request(format!("`{name}` must be a number"))),
+        }
+    }
+
     /// A non-empty string of at most `max` characters (numbers are taken as
     /// their text).
     pub fn text(&self, names: &[&str], max: usize) -> Result<Option<String>, ApiError> {

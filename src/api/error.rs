@@ -109,6 +109,14 @@ impl From<OrchestratorError> for ApiError {
     fn from(e: OrchestratorError) -> Self {
         match e {
             OrchestratorError::UnknownSaga(id) => ApiError::not_found(format!("no order {id}")),
+            e @ OrchestratorError::Quarantined(..) => {
+                ApiError::conflict("saga_quarantined", e.to_string())
+            }
+            e @ OrchestratorError::KeyReused(_) => ApiError::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
             other => {
                 tracing::warn!(error = %other, "orchestrator error in a request");
                 ApiError::unavailable(format!("the orchestrator is busy: {other}"), 1)

@@ -10,9 +10,9 @@ use super::error::ApiError;
 use super::{ApiState, ok_json};
 use crate::domain::{CustomerId, FoodId, OrderId, Qty};
 use crate::messages::{OrderDetails, Progress};
-use crate::orchestrator::store::IdempotencyKey;
-use crate::orchestrator::{AwaitAdmission, Locate, PlaceOrder, dispatch, store};
-use crate::saga::machine::{Effect, Event, Refusal, Saga, StepStatus};
+use crate::orchestrator::store::{IdempotencyKey, KeyUse, Stored};
+use crate::orchestrator::{AwaitAdmission, OrchestratorError, PlaceOrder, ask, dispatch, store};
+use crate::saga::machine::{Admission, Event, Refusal, Saga};
 use crate::workers::kitchen;
 
 type State = web::Data<ApiState>;
@@ -24,6 +24,23 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// The order view: the order and its saga's state.
 pub fn order_view(saga: &Saga) -> Value {
     store::order_json(saga)
+}
+
+/// The order view of a stored row; a quarantined one shows what is known.
+fn stored_order_view(row: &Stored) -> Value {
+    match row {
+        Stored::Saga(saga) => order_view(saga),
+        Stored::Quarantined(q) => json!({
+            "id": q.id,
+            "orderId": q.id,
+            "status": q.order_status,
+            "sagaState": "Failed",
+            "quarantined": true,
+            "reason": q.reason,
+            "createdAt": q.created_at.to_rfc3339(),
+            "updatedAt": q.updated_at.to_rfc3339(),
+        }),
+    }
 }
 
 fn order_id(raw: &str) -> Result<OrderId, ApiError> {
@@ -56,17 +73,6 @@ pub async fn place(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    if let Some(k) = &key
-        && let Some(id) = state.sagas.order_of_key(k).await?
-    {
-        // A retry of an order we already took: answer for that order.
-        let actor = state
-            .orchestrator
-            .send(Locate(id))
-            .await
-            .map_err(crate::orchestrator::OrchestratorError::from)??;
-        return respond(&state, id, actor).await;
-    }
     let b = Body::new(body.into_inner())?;
     let customer = required(
         b.int(&["customerId", "customerid", "customer_id", "customerID"])?,
@@ -87,6 +93,22 @@ pub async fn place(
     let customer =
         CustomerId::new(customer).map_err(|e| unprocessable("unknown_customer", e.to_string()))?;
     let food = FoodId::new(food).map_err(|e| unprocessable("unknown_food", e.to_string()))?;
+    let mut draft = OrderDetails {
+        // Replaced by the id the orchestrator allocates.
+        order_id: OrderId::new(i64::MAX).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        customer_id: customer,
+        food_id: food,
+        qty,
+        amount: crate::domain::Money::from_cents(0),
+    };
+    if let Some(k) = &key {
+        match state.sagas.key_use(k, &draft).await? {
+            KeyUse::Fresh | KeyUse::TurnedAway => {}
+            // A retry of an order we already took: answer for that order.
+            KeyUse::Placed(id) => return respond(&state, id).await,
+            KeyUse::OtherRequest(id) => return Err(key_reused(id)),
+        }
+    }
 
     let known = state
         .sagas
@@ -115,20 +137,16 @@ pub async fn place(
             ),
         ));
     }
+    draft.amount = item
+        .price
+        .total(qty)
+        .map_err(|e| unprocessable("amount_too_large", e.to_string()))?;
     if !state.transport.is_ready() {
         return Err(ApiError::unavailable(
             "the message broker is unavailable; try again shortly",
             RETRY_AFTER_SECS,
         ));
     }
-    let draft = OrderDetails {
-        // Replaced by the id the orchestrator allocates.
-        order_id: OrderId::new(i64::MAX).map_err(|e| ApiError::bad_request(e.to_string()))?,
-        customer_id: customer,
-        food_id: food,
-        qty,
-        amount: item.price.times(qty),
-    };
     // The breaker turns the order away at once while payment is failing,
     // without touching the broker.
     let breaker = state.breakers.admission();
@@ -146,68 +164,77 @@ pub async fn place(
     let placed = state
         .orchestrator
         .send(PlaceOrder { order: draft, key })
-        .await;
-    let (id, saga_actor) = match placed {
-        Ok(Ok(placed)) => placed,
-        Ok(Err(e)) => {
-            breaker.inspect(|b| b.release());
-            return Err(e.into());
-        }
+        .await
+        .map_err(OrchestratorError::from)
+        .and_then(|r| r);
+    let id = match placed {
+        Ok(id) => id,
         Err(e) => {
+            // No saga started: the breaker's trial permit, if this was
+            // one, goes back.
             breaker.inspect(|b| b.release());
-            return Err(crate::orchestrator::OrchestratorError::from(e).into());
+            return Err(match e {
+                OrchestratorError::KeyReused(id) => key_reused(id),
+                e => e.into(),
+            });
         }
     };
-    respond(&state, id, saga_actor).await
+    respond(&state, id).await
 }
 
-/// Waits for the payment's outcome of order `id` and answers for it.
-async fn respond(
-    state: &ApiState,
-    id: OrderId,
-    saga_actor: actix::Addr<crate::orchestrator::SagaActor>,
-) -> Result<HttpResponse, ApiError> {
-    let outcome = tokio::time::timeout(state.order_timeout, saga_actor.send(AwaitAdmission)).await;
+fn key_reused(id: OrderId) -> ApiError {
+    unprocessable(
+        "idempotency_key_reused",
+        format!("this Idempotency-Key was used for a different order request (order {id}); use a new key"),
+    )
+    .with_extra(json!({ "orderId": id }))
+}
+
+/// Waits for the payment's outcome of order `id` and answers for it. The
+/// saga's actor abandons the order itself if the payment does not answer
+/// within `order_timeout`, so a 503 means nothing was established.
+async fn respond(state: &ApiState, id: OrderId) -> Result<HttpResponse, ApiError> {
+    let wait = AwaitAdmission {
+        within: state.order_timeout,
+    };
+    // The actor answers within `order_timeout` plus a commit; the margin
+    // only guards against an actor that cannot commit at all.
+    let bound = state.order_timeout + std::time::Duration::from_secs(10);
+    let outcome = tokio::time::timeout(bound, ask(&state.orchestrator, id, wait)).await;
     let saga = match outcome {
         Ok(Ok(Some(saga))) => saga,
+        Ok(Err(e @ OrchestratorError::Quarantined(..))) => return Err(e.into()),
         _ => {
-            // No answer in time: make sure the order is never established.
-            let reason = "payment did not answer in time".to_owned();
-            let _ = dispatch(&state.orchestrator, id, Event::Abandon { reason }).await;
             return Err(ApiError::unavailable(
-                "payment is unavailable right now; try again shortly",
+                "the order's outcome is not known yet; retry with the same Idempotency-Key to learn it",
                 RETRY_AFTER_SECS,
             )
             .with_extra(json!({ "orderId": id })));
         }
     };
     match saga.admission() {
-        Some(Ok(())) => Ok(HttpResponse::Created().json(order_view(&saga))),
-        Some(Err(reason)) if saga.order_status == crate::domain::OrderStatus::Cancelled => {
-            Err(ApiError::conflict(
-                "order_cancelled",
-                format!("the order was cancelled before it was paid: {reason}"),
+        Admission::Established => Ok(HttpResponse::Created().json(order_view(&saga))),
+        Admission::CancelledUnpaid(reason) => Err(ApiError::conflict(
+            "order_cancelled",
+            format!("the order was cancelled before it was paid: {reason}"),
+        )
+        .with_extra(json!({ "orderId": id }))),
+        Admission::Declined(reason) => {
+            Err(
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", reason)
+                    .with_extra(json!({ "orderId": id })),
             )
-            .with_extra(json!({ "orderId": id })))
         }
-        Some(Err(reason)) => {
-            let pay = saga.steps.first();
-            let declined =
-                pay.is_some_and(|p| p.status == StepStatus::Failed && p.effect == Effect::None);
-            if declined {
-                Err(
-                    ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", reason)
-                        .with_extra(json!({ "orderId": id })),
-                )
-            } else {
-                Err(ApiError::unavailable(reason, RETRY_AFTER_SECS)
-                    .with_extra(json!({ "orderId": id })))
-            }
-        }
-        None => Err(ApiError::unavailable(
+        Admission::Unavailable(reason) => Err(ApiError::unavailable(
+            format!("{reason}; nothing was established, try again shortly"),
+            RETRY_AFTER_SECS,
+        )
+        .with_extra(json!({ "orderId": id }))),
+        Admission::Pending => Err(ApiError::unavailable(
             "payment outcome unknown",
             RETRY_AFTER_SECS,
-        )),
+        )
+        .with_extra(json!({ "orderId": id }))),
     }
 }
 
@@ -223,7 +250,9 @@ pub async fn list(state: State, q: Q) -> Result<HttpResponse, ApiError> {
         .db()
         .read(move |c| store::list_sagas(c, page, None, customer))
         .await?;
-    Ok(ok_json(&sagas.iter().map(order_view).collect::<Vec<_>>()))
+    Ok(ok_json(
+        &sagas.iter().map(stored_order_view).collect::<Vec<_>>(),
+    ))
 }
 
 pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -233,7 +262,7 @@ pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, 
         .db()
         .read(move |c| store::get_saga(c, id))
         .await?
-        .map(|s| ok_json(&order_view(&s)))
+        .map(|s| ok_json(&stored_order_view(&s)))
         .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
 }
 
@@ -278,6 +307,8 @@ pub async fn cancel(
     }
 }
 
+/// Manual-mode progress: the saga's actor judges it against its current
+/// state and, if it fits, sends it to the worker in the same commit.
 async fn progress(
     state: State,
     req: HttpRequest,
@@ -286,26 +317,14 @@ async fn progress(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(raw)?;
-    let saga = state
-        .sagas
-        .db()
-        .read(move |c| store::get_saga(c, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no order {id}")))?;
-    if !saga.order_status.is_cancellable()
-        || !saga.state.is_active() && saga.state != crate::saga::machine::SagaState::Completed
-    {
-        return Err(ApiError::conflict(
-            "not_in_progress",
-            format!("order {id} is {} ({:?})", saga.order_status, saga.state),
-        ));
+    match dispatch(&state.orchestrator, id, Event::Progress { progress }).await? {
+        Ok(()) => Ok(HttpResponse::Accepted().json(json!({
+            "orderId": id,
+            "progress": progress.as_str(),
+        }))),
+        Err(refusal) => Err(ApiError::conflict("not_in_progress", refusal.to_string())
+            .with_extra(json!({ "orderId": id }))),
     }
-    let message_id = state.sagas.send_progress(id, progress).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "orderId": id,
-        "progress": progress.as_str(),
-        "messageId": message_id,
-    })))
 }
 
 pub async fn cooked(

@@ -74,9 +74,9 @@ pub async fn create_food(
             "`stock` must be between 0 and 1000000000",
         ));
     }
-    let price = required(b.number(&["price"])?, "price")?;
+    let price = required(b.decimal_text(&["price"])?, "price")?;
     let price =
-        Money::parse_decimal(price).map_err(|e| ApiError::bad_request(format!("`price`: {e}")))?;
+        Money::parse_price(&price).map_err(|e| ApiError::bad_request(format!("`price`: {e}")))?;
     let created = state
         .kitchen
         .write(move |tx| Ok(kitchen::create_food(tx, &name, stock, price)?))

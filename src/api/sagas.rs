@@ -73,6 +73,28 @@ pub fn saga_view(def: &SagaDefinition, saga: &Saga, history: Option<&[HistoryEnt
     v
 }
 
+/// The inspection view of a quarantined row: what is known, and why.
+fn quarantined_view(q: &store::Quarantined) -> Value {
+    json!({
+        "id": q.id,
+        "orderId": q.id,
+        "state": "Failed",
+        "orderStatus": q.order_status,
+        "quarantined": true,
+        "reason": q.reason,
+        "steps": [],
+        "createdAt": q.created_at.to_rfc3339(),
+        "updatedAt": q.updated_at.to_rfc3339(),
+    })
+}
+
+fn stored_view(def: &SagaDefinition, row: &store::Stored) -> Value {
+    match row {
+        store::Stored::Saga(s) => saga_view(def, s, None),
+        store::Stored::Quarantined(q) => quarantined_view(q),
+    }
+}
+
 pub async fn list(
     state: State,
     q: web::Query<std::collections::HashMap<String, String>>,
@@ -92,10 +114,7 @@ pub async fn list(
         .db()
         .read(move |c| store::list_sagas(c, page, filter, None))
         .await?;
-    let views: Vec<Value> = sagas
-        .iter()
-        .map(|s| saga_view(&state.def, s, None))
-        .collect();
+    let views: Vec<Value> = sagas.iter().map(|s| stored_view(&state.def, s)).collect();
     Ok(ok_json(&views))
 }
 
@@ -107,20 +126,21 @@ pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, 
         .sagas
         .db()
         .read(move |c| {
-            let saga = store::get_saga(c, id)?;
-            let history = match &saga {
-                Some(_) => store::history(c, id)?,
-                None => Vec::new(),
+            let saga = match store::get_saga(c, id)? {
+                None => return Ok(None),
+                Some(store::Stored::Quarantined(q)) => return Ok(Some(Err(q))),
+                Some(store::Stored::Saga(s)) => *s,
             };
-            let pending = match &saga {
-                Some(_) => store::pending_messages(c, id)?,
-                None => Vec::new(),
-            };
-            Ok(saga.map(|s| (s, history, pending)))
+            let history = store::history(c, id)?;
+            let pending = store::pending_messages(c, id)?;
+            Ok(Some(Ok((saga, history, pending))))
         })
         .await?;
     let (saga, history, pending) =
-        found.ok_or_else(|| ApiError::not_found(format!("no saga {id}")))?;
+        match found.ok_or_else(|| ApiError::not_found(format!("no saga {id}")))? {
+            Ok(found) => found,
+            Err(q) => return Ok(ok_json(&quarantined_view(&q))),
+        };
     let mut view = saga_view(&state.def, &saga, Some(&history));
     view["waitingOn"] = waiting_on(&saga);
     view["inFlight"] = in_flight(&state, &saga, &pending);

@@ -32,7 +32,7 @@ use crate::storage::StorageError;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
-use store::{Created, IdempotencyKey, SagaStore};
+use store::{Created, IdempotencyKey, SagaStore, Stored};
 
 /// Why the orchestrator could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,10 @@ pub enum OrchestratorError {
     Mailbox(#[from] MailboxError),
     #[error("saga actor panicked: {0}")]
     Panicked(String),
+    #[error("saga {0} is quarantined: {1}")]
+    Quarantined(SagaId, String),
+    #[error("Idempotency-Key was already used for another request (order {0})")]
+    KeyReused(SagaId),
 }
 
 /// The registry of saga actors.
@@ -77,7 +81,14 @@ impl Orchestrator {
         }
     }
 
-    fn spawn_saga(&mut self, saga: Saga) -> Addr<SagaActor> {
+    /// The one actor of `saga`: the live one if there is one, else a new
+    /// one started from `saga`. Every actor is started here, inside the
+    /// registry's own handler, so two can never exist for one saga: a
+    /// second caller finds the first in `sagas`.
+    fn actor_for(&mut self, saga: Saga) -> Addr<SagaActor> {
+        if let Some(addr) = self.sagas.get(&saga.id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
         let id = saga.id;
         let addr = SagaActor::new(
             saga,
@@ -119,12 +130,11 @@ impl Handler<Passivated> for Orchestrator {
     }
 }
 
-impl Orchestrator {}
-
-/// Start a new order's saga. Answers with its id and actor once the saga
-/// and its first command are committed.
+/// Start a new order's saga. Answers with its id once the saga and its
+/// first command are committed and its actor runs; with a key already used
+/// for the same request, with that key's order.
 #[derive(Message)]
-#[rtype(result = "Result<(SagaId, Addr<SagaActor>), OrchestratorError>")]
+#[rtype(result = "Result<SagaId, OrchestratorError>")]
 pub struct PlaceOrder {
     pub order: OrderDetails,
     /// A client's key: the same key returns the same order.
@@ -132,47 +142,31 @@ pub struct PlaceOrder {
 }
 
 impl Handler<PlaceOrder> for Orchestrator {
-    type Result = ResponseActFuture<Self, Result<(SagaId, Addr<SagaActor>), OrchestratorError>>;
+    type Result = ResponseActFuture<Self, Result<SagaId, OrchestratorError>>;
 
     fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
             async move { store.create(msg.order, msg.key).await }
                 .into_actor(self)
-                .then(|created, act, ctx| {
-                    let found: Result<_, OrchestratorError> = match created {
-                        Err(e) => Err(e.into()),
-                        Ok(Created::New(saga)) => {
-                            inc(&METRICS.sagas_started_total);
-                            METRICS
-                                .sagas_in_flight
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let id = saga.id;
-                            // The actor arms the first step's timer from the saga.
-                            Ok((id, Some(act.spawn_saga(*saga))))
-                        }
-                        Ok(Created::Existing(id)) => Ok((id, None)),
-                    };
-                    let registry = ctx.address();
-                    async move {
-                        match found? {
-                            (id, Some(addr)) => Ok((id, addr)),
-                            // The key's order already exists: find its actor.
-                            (id, None) => Ok((id, registry.send(Locate(id)).await??)),
-                        }
+                .map(|created, act, _ctx| match created? {
+                    Created::New(saga) => {
+                        inc(&METRICS.sagas_started_total);
+                        METRICS
+                            .sagas_in_flight
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let id = saga.id;
+                        // The saga is committed, so a `Locate` handled since
+                        // may have started its actor already: `actor_for`
+                        // keeps that one. The actor arms the first timer.
+                        act.actor_for(*saga);
+                        Ok(id)
                     }
-                    .into_actor(act)
+                    Created::Existing(id) => Ok(id),
+                    Created::KeyReused(id) => Err(OrchestratorError::KeyReused(id)),
                 }),
         )
     }
-}
-
-/// Deliver an event to a saga, loading its actor if needed.
-#[derive(Message)]
-#[rtype(result = "Result<Result<(), Refusal>, OrchestratorError>")]
-pub struct Dispatch {
-    pub saga: SagaId,
-    pub event: Event,
 }
 
 /// Find (or load) a saga's actor.
@@ -195,28 +189,49 @@ impl Handler<Locate> for Orchestrator {
             async move { store.load(id).await }
                 .into_actor(self)
                 .map(move |loaded, act, _ctx| match loaded? {
-                    Some(saga) => Ok(act.spawn_saga(saga)),
+                    Some(Stored::Saga(saga)) => Ok(act.actor_for(*saga)),
+                    Some(Stored::Quarantined(q)) => {
+                        Err(OrchestratorError::Quarantined(id, q.reason))
+                    }
                     None => Err(OrchestratorError::UnknownSaga(id)),
                 }),
         ))
     }
 }
 
-/// Sends an event to a saga through the registry.
+/// Sends an event to a saga through the registry; the saga's actor decides
+/// it against its current state.
 pub async fn dispatch(
     orchestrator: &Addr<Orchestrator>,
     saga: SagaId,
     event: Event,
 ) -> Result<Result<(), Refusal>, OrchestratorError> {
-    // An actor may passivate between being located and being sent to; then
-    // locating it again loads it afresh.
+    ask(orchestrator, saga, SagaEvent(event)).await?
+}
+
+/// Sends `msg` to saga `saga`'s actor, loading it if needed.
+///
+/// An actor passivates only when idle, but a message may be on its way to
+/// it then: the mailbox is closed before the message was handled, so the
+/// message is sent again to the actor the registry loads afresh (the state
+/// is all in SQLite). A message that was handled is never sent twice.
+pub async fn ask<M>(
+    orchestrator: &Addr<Orchestrator>,
+    saga: SagaId,
+    msg: M,
+) -> Result<M::Result, OrchestratorError>
+where
+    M: Message + Clone + Send + 'static,
+    M::Result: Send,
+    SagaActor: Handler<M>,
+{
     let mut tries = 0;
     loop {
         tries += 1;
         let addr = orchestrator.send(Locate(saga)).await??;
-        match addr.send(SagaEvent(event.clone())).await {
-            Ok(result) => return result,
-            Err(MailboxError::Closed) if tries < 3 => continue,
+        match addr.send(msg.clone()).await {
+            Ok(result) => return Ok(result),
+            Err(MailboxError::Closed) if tries < 5 => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -237,7 +252,10 @@ impl Handler<Recover> for Orchestrator {
             async move { Ok::<_, OrchestratorError>(store.load_active().await?) }
                 .into_actor(self)
                 .map(|loaded, act, _ctx| {
-                    let sagas = loaded?;
+                    let (sagas, quarantined) = loaded?;
+                    for q in &quarantined {
+                        tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+                    }
                     let n = sagas.len();
                     METRICS
                         .sagas_in_flight
@@ -246,8 +264,8 @@ impl Handler<Recover> for Orchestrator {
                     // others (waiting for a person, or for a reply that will
                     // come) are loaded by their next event.
                     for saga in sagas {
-                        if !saga.pending_timers().is_empty() && !act.sagas.contains_key(&saga.id) {
-                            act.spawn_saga(saga);
+                        if !saga.pending_timers().is_empty() {
+                            act.actor_for(saga);
                         }
                     }
                     Ok(n)
@@ -314,6 +332,10 @@ async fn handle_reply(
         }
         Err(OrchestratorError::UnknownSaga(id)) => {
             dead_letter(delivery, &format!("reply for unknown saga {id}")).await;
+            return;
+        }
+        Err(e @ OrchestratorError::Quarantined(..)) => {
+            dead_letter(delivery, &format!("reply for a quarantined saga: {e}")).await;
             return;
         }
         Err(e) => e.to_string(),

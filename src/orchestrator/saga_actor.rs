@@ -89,7 +89,7 @@ impl SagaActor {
             }
             tracing::info!(saga = %self.saga.id, from = before.as_str(), to = self.saga.state.as_str(), "saga state changed");
         }
-        if self.saga.admission().is_some() {
+        if self.saga.admission().is_known() {
             for w in self.waiters.drain(..) {
                 let _ = w.send(self.saga.clone());
             }
@@ -141,7 +141,7 @@ impl SagaActor {
 
 /// An event for this saga. Answers once the resulting transition is
 /// committed (or with the refusal of a cancel/retry that does not fit).
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Result<(), Refusal>, OrchestratorError>")]
 pub struct SagaEvent(pub Event);
 
@@ -191,8 +191,9 @@ impl Handler<SagaEvent> for SagaActor {
             .map(move |committed, act, ctx| {
                 if let Err(e) = committed {
                     tracing::warn!(saga = %act.saga.id, error = %e, "transition not committed");
-                    if let Event::Timeout { .. } = event {
-                        // Nobody redelivers a timer: try it again shortly.
+                    if let Event::Timeout { .. } | Event::Abandon { .. } = event {
+                        // Nobody redelivers what the actor told itself: try
+                        // it again shortly.
                         ctx.run_later(Duration::from_secs(1), move |_a, ctx| {
                             ctx.notify(SagaEvent(event))
                         });
@@ -215,20 +216,33 @@ impl Handler<SagaEvent> for SagaActor {
 }
 
 /// Wait until the payment's outcome is known; answers with the saga then.
-#[derive(Message)]
+///
+/// If it is not known `within` this time, the actor abandons the order
+/// itself: it applies `Abandon` to its current state, which turns the order
+/// away only if the payment has not succeeded, and answers with the result.
+/// The decision is the actor's, never a caller's read followed by a send.
+#[derive(Message, Clone)]
 #[rtype(result = "Option<Saga>")]
-pub struct AwaitAdmission;
+pub struct AwaitAdmission {
+    pub within: Duration,
+}
 
 impl Handler<AwaitAdmission> for SagaActor {
     type Result = ResponseFuture<Option<Saga>>;
 
-    fn handle(&mut self, _: AwaitAdmission, _ctx: &mut Self::Context) -> Self::Result {
-        if self.saga.admission().is_some() {
+    fn handle(&mut self, msg: AwaitAdmission, ctx: &mut Self::Context) -> Self::Result {
+        if self.saga.admission().is_known() {
             let saga = self.saga.clone();
             return Box::pin(async move { Some(saga) });
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
+        ctx.run_later(msg.within, |act, ctx| {
+            if !act.saga.admission().is_known() {
+                let reason = "payment did not answer in time".to_owned();
+                ctx.notify(SagaEvent(Event::Abandon { reason }));
+            }
+        });
         Box::pin(async move { rx.await.ok() })
     }
 }

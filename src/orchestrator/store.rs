@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
 use crate::events::{self, DomainEvent, Entity};
-use crate::messages::{OrderDetails, Progress, WorkerCommand};
+use crate::messages::{OrderDetails, WorkerCommand};
 use crate::saga::definition::SagaDefinition;
-use crate::saga::machine::{Command, Event, HistoryEntry, Saga, SagaState, Transition};
+use crate::saga::machine::{Admission, Command, Event, HistoryEntry, Saga, SagaState, Transition};
 use crate::storage::{Db, Page, StorageError, StorageResult, optional, outbox};
 use crate::transport::{Outgoing, Route};
 
@@ -43,9 +43,10 @@ CREATE TABLE IF NOT EXISTS reviews (
     rating      INTEGER,
     created_at  INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS idempotency_keys (
+CREATE TABLE IF NOT EXISTS order_keys (
     key        TEXT PRIMARY KEY,
     saga_id    INTEGER NOT NULL,
+    request    TEXT    NOT NULL,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS saga_history (
@@ -81,6 +82,45 @@ fn to_json<T: Serialize>(v: &T) -> StorageResult<String> {
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> StorageResult<T> {
     serde_json::from_str(s)
         .map_err(|e| StorageError::Invalid(format!("cannot decode stored saga: {e}")))
+}
+
+/// A stored saga whose body cannot be decoded (written by an incompatible
+/// version, or damaged). It is quarantined: shown as `Failed` with the
+/// reason, never driven, and never in the way of start-up or the lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub id: SagaId,
+    pub order_status: Option<OrderStatus>,
+    pub reason: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A row of `sagas`, decoded or quarantined.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Saga(Box<Saga>),
+    Quarantined(Quarantined),
+}
+
+/// The columns `decode` reads, in this order.
+const ROW: &str = "id, body, order_status, created_at, updated_at";
+
+/// Decodes one row of [`ROW`]; a body that does not decode is quarantined.
+fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    let id: i64 = r.get(0)?;
+    let body: String = r.get(1)?;
+    Ok(match serde_json::from_str::<Saga>(&body) {
+        Ok(saga) => Stored::Saga(Box::new(saga)),
+        Err(e) => Stored::Quarantined(Quarantined {
+            id: OrderId::new(id)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            order_status: r.get::<_, String>(2)?.parse().ok(),
+            reason: format!("quarantined: the stored saga cannot be decoded ({e})"),
+            created_at: Millis(r.get(3)?),
+            updated_at: Millis(r.get(4)?),
+        }),
+    })
 }
 
 /// The outgoing message of a command for a worker.
@@ -124,10 +164,18 @@ impl SagaStore {
             .db
             .write(move |tx| {
                 let now = Millis::now();
-                if let Some(key) = &key
-                    && let Some(existing) = saga_of_key(tx, key)?
-                {
-                    return Ok(Created::Existing(existing));
+                let request = request_fingerprint(&draft);
+                if let Some(key) = &key {
+                    match key_use(tx, key, &request)? {
+                        KeyUse::Fresh => {}
+                        KeyUse::OtherRequest(id) => return Ok(Created::KeyReused(id)),
+                        KeyUse::Placed(id) => return Ok(Created::Existing(id)),
+                        KeyUse::TurnedAway => {
+                            // Its order was turned away with a 503 and nothing
+                            // was established: the retry places it anew.
+                            tx.execute("DELETE FROM order_keys WHERE key = ?1", [key.as_str()])?;
+                        }
+                    }
                 }
                 tx.execute(
                     "INSERT INTO sagas (state, order_status, customer_id, body, created_at, updated_at)
@@ -142,8 +190,8 @@ impl SagaStore {
                 persist(tx, &def, &saga, &transition, 0, now, true)?;
                 if let Some(key) = &key {
                     tx.execute(
-                        "INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES (?1, ?2, ?3)",
-                        params![key.as_str(), id.get(), now.0],
+                        "INSERT INTO order_keys (key, saga_id, request, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![key.as_str(), id.get(), request, now.0],
                     )?;
                 }
                 Ok(Created::New(Box::new(saga)))
@@ -153,19 +201,17 @@ impl SagaStore {
         Ok(result)
     }
 
-    /// The order an idempotency key created, if any.
-    pub async fn order_of_key(&self, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
-        let key = key.clone();
-        self.db
-            .read(move |c| {
-                let raw: Option<i64> = optional(c.query_row(
-                    "SELECT saga_id FROM idempotency_keys WHERE key = ?1",
-                    [key.as_str()],
-                    |r| r.get(0),
-                ))?;
-                Ok(raw.and_then(|id| OrderId::new(id).ok()))
-            })
-            .await
+    /// What `key` says about this request now (read-only). `create` decides
+    /// again in its own transaction; this only spares a replay the checks a
+    /// new order needs (a replay answers for its order even if the stock has
+    /// run out since).
+    pub async fn key_use(
+        &self,
+        key: &IdempotencyKey,
+        draft: &OrderDetails,
+    ) -> StorageResult<KeyUse> {
+        let (key, request) = (key.clone(), request_fingerprint(draft));
+        self.db.read(move |c| key_use(c, &key, &request)).await
     }
 
     /// Persists a transition: the saga, its new history lines and the
@@ -204,51 +250,92 @@ impl SagaStore {
         Ok(())
     }
 
-    pub async fn load(&self, id: SagaId) -> StorageResult<Option<Saga>> {
-        self.db.read(move |c| load(c, id)).await
+    pub async fn load(&self, id: SagaId) -> StorageResult<Option<Stored>> {
+        self.db.read(move |c| get_saga(c, id)).await
     }
 
     /// Every saga that still has work to do (for recovery), in one query.
-    pub async fn load_active(&self) -> StorageResult<Vec<Saga>> {
-        self.db
-            .read(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT body FROM sagas WHERE state IN ('Running', 'Compensating') ORDER BY id",
-                )?;
-                let bodies = stmt
-                    .query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                bodies.iter().map(|b| from_json(b)).collect()
-            })
-            .await
-    }
-
-    /// Queues a manual-progress command for a worker (through the outbox, so
-    /// it is published with confirms like every other message).
-    pub async fn send_progress(&self, order: OrderId, progress: Progress) -> StorageResult<String> {
-        let def = self.def.clone();
-        let id = self
+    /// Rows that cannot be decoded are marked `Failed` (quarantined) and
+    /// returned apart, so that one bad row never stops start-up.
+    pub async fn load_active(&self) -> StorageResult<(Vec<Saga>, Vec<Quarantined>)> {
+        let rows = self
             .db
-            .write(move |tx| {
-                let step = def
-                    .steps
-                    .iter()
-                    .find(|s| s.worker == progress.worker())
-                    .map(|s| s.name.clone())
-                    .ok_or_else(|| StorageError::Invalid("no step for this worker".into()))?;
-                let cmd = WorkerCommand::Progress {
-                    step,
-                    order_id: order,
-                    progress,
-                };
-                let msg = command_message(&def, &cmd, order)?;
-                outbox::enqueue(tx, &msg, Millis::now())?;
-                Ok(msg.message_id)
+            .read(|c| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {ROW} FROM sagas WHERE state IN ('Running', 'Compensating') ORDER BY id"
+                ))?;
+                Ok(stmt
+                    .query_map([], decode)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
-        self.db.notify_outbox();
-        Ok(id)
+        let (mut sagas, mut bad) = (Vec::new(), Vec::new());
+        for row in rows {
+            match row {
+                Stored::Saga(s) => sagas.push(*s),
+                Stored::Quarantined(q) => bad.push(q),
+            }
+        }
+        if !bad.is_empty() {
+            let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
+            self.db
+                .write(move |tx| {
+                    for id in ids {
+                        tx.execute("UPDATE sagas SET state = 'Failed' WHERE id = ?1", [id])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok((sagas, bad))
     }
+}
+
+/// What a client's key says about a new `POST /orders`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Never used: place the order and bind the key to it.
+    Fresh,
+    /// Used for a different request: refused (422).
+    OtherRequest(SagaId),
+    /// Its order exists (paid, declined, pending, ...): answer for it.
+    Placed(SagaId),
+    /// Its order was turned away as unavailable (503), so nothing was
+    /// established; the key may place the order again.
+    TurnedAway,
+}
+
+fn key_use(tx: &Connection, key: &IdempotencyKey, request: &str) -> StorageResult<KeyUse> {
+    let row: Option<(i64, String)> = optional(tx.query_row(
+        "SELECT saga_id, request FROM order_keys WHERE key = ?1",
+        [key.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ))?;
+    let Some((raw, stored)) = row else {
+        return Ok(KeyUse::Fresh);
+    };
+    let id = OrderId::new(raw).map_err(|e| StorageError::Invalid(e.to_string()))?;
+    if stored != request {
+        return Ok(KeyUse::OtherRequest(id));
+    }
+    // `Unavailable` is read from committed state but is final: an order once
+    // rejected stays rejected, so this is no stale decision.
+    Ok(match get_saga(tx, id)? {
+        Some(Stored::Saga(saga)) if matches!(saga.admission(), Admission::Unavailable(_)) => {
+            KeyUse::TurnedAway
+        }
+        _ => KeyUse::Placed(id),
+    })
+}
+
+/// What makes two `POST /orders` the same request for an idempotency key.
+pub fn request_fingerprint(order: &OrderDetails) -> String {
+    format!(
+        "customer={};food={};qty={}",
+        order.customer_id,
+        order.food_id,
+        order.qty.get()
+    )
 }
 
 /// A client's `Idempotency-Key`: 1 to 200 visible ASCII characters.
@@ -276,15 +363,8 @@ pub enum Created {
     New(Box<Saga>),
     /// The idempotency key had already created this one.
     Existing(SagaId),
-}
-
-fn saga_of_key(tx: &Connection, key: &IdempotencyKey) -> StorageResult<Option<SagaId>> {
-    let raw: Option<i64> = optional(tx.query_row(
-        "SELECT saga_id FROM idempotency_keys WHERE key = ?1",
-        [key.as_str()],
-        |r| r.get(0),
-    ))?;
-    Ok(raw.and_then(|id| OrderId::new(id).ok()))
+    /// The idempotency key belongs to another request (this order).
+    KeyReused(SagaId),
 }
 
 /// An order's current state as a domain event: `order.placed`,
@@ -312,7 +392,8 @@ pub fn order_json(saga: &Saga) -> serde_json::Value {
         "customerId": saga.order.customer_id,
         "foodCatalogId": saga.order.food_id,
         "qty": saga.order.qty,
-        "amount": saga.order.amount,
+        "amount": saga.order.amount.as_decimal(),
+        "amountCents": saga.order.amount,
         "status": saga.order_status,
         "sagaState": saga.state,
         "reason": saga.reason,
@@ -370,17 +451,16 @@ fn persist(
             };
             outbox::enqueue(tx, &command_message(def, &cmd, saga.id)?, now.plus(*delay))?;
         }
+        if let Command::Progress { step, progress } = c {
+            let cmd = WorkerCommand::Progress {
+                step: def.steps[*step].name.clone(),
+                order_id: saga.id,
+                progress: *progress,
+            };
+            outbox::enqueue(tx, &command_message(def, &cmd, saga.id)?, now)?;
+        }
     }
     Ok(())
-}
-
-fn load(c: &Connection, id: SagaId) -> StorageResult<Option<Saga>> {
-    let body: Option<String> = optional(c.query_row(
-        "SELECT body FROM sagas WHERE id = ?1",
-        [id.get()],
-        |r| r.get(0),
-    ))?;
-    body.map(|b| from_json(&b)).transpose()
 }
 
 /// Sagas, optionally of one state or one customer, ordered by id.
@@ -389,12 +469,12 @@ pub fn list_sagas(
     page: Page,
     state: Option<SagaState>,
     customer: Option<CustomerId>,
-) -> StorageResult<Vec<Saga>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT body FROM sagas WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR customer_id = ?2)
-         ORDER BY id LIMIT ?3 OFFSET ?4",
-    )?;
-    let bodies = stmt
+) -> StorageResult<Vec<Stored>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {ROW} FROM sagas WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR customer_id = ?2)
+         ORDER BY id LIMIT ?3 OFFSET ?4"
+    ))?;
+    Ok(stmt
         .query_map(
             params![
                 state.map(SagaState::as_str),
@@ -402,14 +482,17 @@ pub fn list_sagas(
                 page.limit,
                 page.offset
             ],
-            |r| r.get::<_, String>(0),
+            decode,
         )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    bodies.iter().map(|b| from_json(b)).collect()
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn get_saga(c: &Connection, id: SagaId) -> StorageResult<Option<Saga>> {
-    load(c, id)
+pub fn get_saga(c: &Connection, id: SagaId) -> StorageResult<Option<Stored>> {
+    Ok(optional(c.query_row(
+        &format!("SELECT {ROW} FROM sagas WHERE id = ?1"),
+        [id.get()],
+        decode,
+    ))?)
 }
 
 pub fn history(c: &Connection, id: SagaId) -> StorageResult<Vec<HistoryEntry>> {
@@ -554,9 +637,14 @@ pub fn order_snapshots(c: &Connection) -> StorageResult<Vec<DomainEvent>> {
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.iter()
-        .map(|(body, version)| Ok(order_event(&from_json::<Saga>(body)?, *version)))
-        .collect()
+    // Quarantined rows have no order to show; they stay visible in `/sagas`.
+    Ok(rows
+        .iter()
+        .filter_map(|(body, version)| {
+            let saga: Saga = from_json(body).ok()?;
+            Some(order_event(&saga, *version))
+        })
+        .collect())
 }
 
 /// Every order id.

@@ -136,7 +136,11 @@ struct Inner {
     recent: VecDeque<bool>,
     consecutive: u32,
     opened_at: Millis,
-    trial_in_flight: bool,
+    /// When the half-open trial was let through, while it is out. A lease:
+    /// a trial that never reports (its saga abandoned or cancelled before
+    /// the step answered) lapses after `cool_down`, so one lost trial can
+    /// never hold the breaker half-open for good.
+    trial_since: Option<Millis>,
     times_opened: u64,
 }
 
@@ -159,7 +163,7 @@ impl CircuitBreaker {
                 recent: VecDeque::new(),
                 consecutive: 0,
                 opened_at: Millis(0),
-                trial_in_flight: false,
+                trial_since: None,
                 times_opened: 0,
             }),
         }
@@ -181,15 +185,19 @@ impl CircuitBreaker {
                     return Err(reopen.until_from(now));
                 }
                 b.state = BreakerState::HalfOpen;
-                b.trial_in_flight = true;
+                b.trial_since = Some(now);
                 tracing::info!(step = %self.step, "circuit half-open: letting one trial through");
                 Ok(())
             }
-            BreakerState::HalfOpen if b.trial_in_flight => Err(self.policy.cool_down),
-            BreakerState::HalfOpen => {
-                b.trial_in_flight = true;
-                Ok(())
-            }
+            BreakerState::HalfOpen => match b.trial_since {
+                Some(since) if now < since.plus(self.policy.cool_down) => {
+                    Err(since.plus(self.policy.cool_down).until_from(now))
+                }
+                _ => {
+                    b.trial_since = Some(now);
+                    Ok(())
+                }
+            },
         }
     }
 
@@ -197,7 +205,7 @@ impl CircuitBreaker {
     pub fn release(&self) {
         let mut b = self.lock();
         if b.state == BreakerState::HalfOpen {
-            b.trial_in_flight = false;
+            b.trial_since = None;
         }
     }
 
@@ -213,7 +221,7 @@ impl CircuitBreaker {
             (BreakerState::HalfOpen, false) => {
                 b.state = BreakerState::Closed;
                 b.recent.clear();
-                b.trial_in_flight = false;
+                b.trial_since = None;
                 tracing::info!(step = %self.step, "circuit closed");
             }
             (BreakerState::HalfOpen, true) => self.open(&mut b, now),
@@ -233,7 +241,7 @@ impl CircuitBreaker {
     fn open(&self, b: &mut Inner, now: Millis) {
         b.state = BreakerState::Open;
         b.opened_at = now;
-        b.trial_in_flight = false;
+        b.trial_since = None;
         b.times_opened += 1;
         tracing::warn!(step = %self.step, "circuit open: turning new orders away");
     }
@@ -298,6 +306,29 @@ mod tests {
         b.record(true, later);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire(later.plus(Duration::from_secs(1))).is_err());
+    }
+
+    /// Issue 10 (suspected case): a trial whose saga never reports (never
+    /// delivered, abandoned, cancelled) must not hold the breaker half-open
+    /// for ever.
+    #[test]
+    fn a_lost_trial_lapses_after_the_cool_down() {
+        let b = CircuitBreaker::new("pay", policy());
+        let t = Millis(1_000_000);
+        for _ in 0..3 {
+            b.record(true, t);
+        }
+        let trial = t.plus(Duration::from_secs(5));
+        assert!(b.try_acquire(trial).is_ok(), "the trial goes through");
+        // ...and is never heard of again.
+        assert!(b.try_acquire(trial.plus(Duration::from_secs(4))).is_err());
+        assert!(
+            b.try_acquire(trial.plus(Duration::from_secs(5))).is_ok(),
+            "a new trial once the lost one lapsed"
+        );
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(false, trial.plus(Duration::from_secs(6)));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

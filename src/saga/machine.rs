@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Millis, OrderStatus, SagaId};
-use crate::messages::{Direction, OrderDetails, ReplyOutcome};
+use crate::messages::{Direction, OrderDetails, Progress, ReplyOutcome};
 use crate::saga::definition::SagaDefinition;
 
 /// The saga's overall state (exact strings of PRODUCT.md).
@@ -140,8 +140,13 @@ pub struct Saga {
     pub order_status: OrderStatus,
     pub order: OrderDetails,
     pub steps: Vec<Step>,
-    /// Why the saga compensates or is stuck.
+    /// What an operator reads: why the saga compensates, or, while it is
+    /// `Failed`, which compensation is stuck and why.
     pub reason: Option<String>,
+    /// Why the saga compensates (a cancel, a refused step); `reason` returns
+    /// to it once a stuck compensation gets going again.
+    #[serde(default)]
+    pub cause: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -166,6 +171,10 @@ pub enum Event {
     Abandon { reason: String },
     /// An operator resumes a `Failed` saga.
     Retry,
+    /// A person reports progress of a manual step (cooked, picked up,
+    /// delivered). Judged here, against the saga's current state, and sent
+    /// to the worker in the same commit: check and act are one step.
+    Progress { progress: Progress },
 }
 
 impl Event {
@@ -177,6 +186,7 @@ impl Event {
             Event::Cancel => "cancelled by the kitchen manager".into(),
             Event::Abandon { reason } => format!("abandoned: {reason}"),
             Event::Retry => "retry requested by an operator".into(),
+            Event::Progress { progress } => format!("{} reported", progress.as_str()),
         }
     }
 }
@@ -191,6 +201,8 @@ pub enum Command {
         attempt: u32,
         delay: Duration,
     },
+    /// Put a person's progress of step `step` in the outbox for its worker.
+    Progress { step: usize, progress: Progress },
     /// Deliver `Event::Timeout { step, attempt }` at `at`.
     ArmTimer {
         step: usize,
@@ -235,6 +247,8 @@ pub enum Refusal {
     NotCancellable(OrderStatus),
     #[error("saga is {0:?}; only a Failed saga can be retried")]
     NotFailed(SagaState),
+    #[error("{0}")]
+    NotInProgress(String),
 }
 
 impl Saga {
@@ -263,6 +277,7 @@ impl Saga {
                 })
                 .collect(),
             reason: None,
+            cause: None,
             created_at: now,
             updated_at: now,
         }
@@ -329,32 +344,57 @@ impl Saga {
             .collect()
     }
 
-    /// The outcome of the first step (payment), once known: what `POST /orders`
-    /// waits for. `Ok(())` = established, `Err(reason)` = not.
-    pub fn admission(&self) -> Option<Result<(), String>> {
-        let first = self.steps.first()?;
-        let refused = || {
-            Err(self
-                .reason
+    /// The outcome of the first step (payment): what `POST /orders` waits
+    /// for and answers.
+    pub fn admission(&self) -> Admission {
+        let Some(first) = self.steps.first() else {
+            return Admission::Pending;
+        };
+        let why = || {
+            self.reason
                 .clone()
                 .or_else(|| first.error.clone())
-                .unwrap_or_else(|| "order was not established".into()))
+                .unwrap_or_else(|| "order was not established".into())
         };
         match self.state {
             SagaState::Running | SagaState::Completed => match first.status {
-                StepStatus::Done => Some(Ok(())),
-                _ => None,
+                StepStatus::Done => Admission::Established,
+                _ => Admission::Pending,
             },
-            _ if self.order_status == OrderStatus::Cancelled => {
-                // A manager cancelled it after payment: it was established.
-                if first.effect == Effect::Applied {
-                    Some(Ok(()))
-                } else {
-                    Some(refused())
-                }
+            // A manager cancelled it after payment: it was established.
+            _ if self.order_status == OrderStatus::Cancelled && first.effect == Effect::Applied => {
+                Admission::Established
             }
-            _ => Some(refused()),
+            _ if self.order_status == OrderStatus::Cancelled => Admission::CancelledUnpaid(why()),
+            _ if first.status == StepStatus::Failed && first.effect == Effect::None => {
+                Admission::Declined(why())
+            }
+            _ => Admission::Unavailable(why()),
         }
+    }
+}
+
+/// What became of an order's admission (its payment), as `POST /orders`
+/// answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The payment's outcome is not known yet.
+    Pending,
+    /// Paid: the order exists (201), whatever happened to it later.
+    Established,
+    /// The payment was refused (402); nothing was established.
+    Declined(String),
+    /// Cancelled by the manager before it was paid (409).
+    CancelledUnpaid(String),
+    /// Turned away because payment was unavailable (503): nothing was
+    /// established, and a retry may place the order anew. Final: a rejected
+    /// order stays rejected.
+    Unavailable(String),
+}
+
+impl Admission {
+    pub fn is_known(&self) -> bool {
+        *self != Admission::Pending
     }
 }
 
@@ -401,19 +441,26 @@ impl Run<'_> {
                 self.begin_compensation(OrderStatus::Cancelled, "cancelled by the kitchen manager");
             }
             Event::Abandon { reason } => {
-                if self.saga.order_status.is_cancellable()
-                    && matches!(self.saga.state, SagaState::Running | SagaState::Completed)
-                {
+                // Only an order whose payment has not succeeded is abandoned:
+                // once paid, it is established whatever its caller thinks.
+                let paid = self
+                    .saga
+                    .steps
+                    .first()
+                    .is_some_and(|s| s.status == StepStatus::Done);
+                if self.saga.state == SagaState::Running && !paid {
                     self.begin_compensation(OrderStatus::Rejected, reason);
                 }
             }
+            Event::Progress { progress } => self.on_progress(*progress)?,
             Event::Retry => {
                 if self.saga.state != SagaState::Failed {
                     return Err(Refusal::NotFailed(self.saga.state));
                 }
+                self.saga.reason = self.saga.cause.clone();
                 self.set_state(SagaState::Compensating);
                 for i in 0..self.saga.steps.len() {
-                    if self.saga.steps[i].status == StepStatus::Compensating {
+                    if self.stuck(i) {
                         self.saga.steps[i].attempts = 0;
                         self.saga.steps[i].error = None;
                         self.send(i, Direction::Undo);
@@ -434,7 +481,7 @@ impl Run<'_> {
                     s.effect = Effect::Applied;
                     s.deadline = None;
                     self.note(Some(i), Some("accepted; waiting to be completed".into()));
-                    if self.saga.state == SagaState::Compensating {
+                    if self.compensating() {
                         self.drive_compensation();
                     }
                 }
@@ -449,7 +496,7 @@ impl Run<'_> {
                             }
                             self.advance();
                         }
-                        SagaState::Compensating => self.drive_compensation(),
+                        SagaState::Compensating | SagaState::Failed => self.drive_compensation(),
                         _ => {}
                     }
                 }
@@ -457,7 +504,7 @@ impl Run<'_> {
                     // A late success after we gave up: it is compensated anyway.
                     self.saga.steps[i].effect = Effect::Applied;
                     self.note(Some(i), Some("late success; will be compensated".into()));
-                    if self.saga.state == SagaState::Compensating {
+                    if self.compensating() {
                         self.drive_compensation();
                     }
                 }
@@ -478,23 +525,24 @@ impl Run<'_> {
                     // A late refusal after we gave up: there is nothing to undo.
                     self.saga.steps[i].effect = Effect::None;
                     self.note(Some(i), Some(format!("late refusal: {reason}")));
-                    if self.saga.state == SagaState::Compensating {
+                    if self.compensating() {
                         self.drive_compensation();
                     }
                 }
             }
             ReplyOutcome::Compensated => {
                 if step.status == StepStatus::Compensating {
+                    // Also a late answer to a compensation given up on: it
+                    // resumes whatever that one held back.
                     self.finish_step(i, StepStatus::Compensated, step.effect, None);
-                    if self.saga.state == SagaState::Compensating {
+                    if self.compensating() {
                         self.drive_compensation();
-                    } else if self.saga.state == SagaState::Failed && self.all_settled() {
-                        self.set_state(SagaState::Compensated);
                     }
                 }
             }
             ReplyOutcome::CompensationFailed { reason } => {
-                if step.status == StepStatus::Compensating && step.attempts == attempt {
+                let awaited = step.deadline.is_some();
+                if step.status == StepStatus::Compensating && step.attempts == attempt && awaited {
                     self.saga.steps[i].error = Some(reason.clone());
                     self.retry_or_give_up(i, reason);
                 }
@@ -573,13 +621,14 @@ impl Run<'_> {
             "compensation of {} failed after {attempts} attempt(s): {why}",
             self.saga.steps[i].name
         );
+        // The step stays `Compensating`, stuck (no attempt awaited) until a
+        // late answer or an operator's retry; the others go on as far as
+        // they may, and the saga is `Failed` once nothing else can move.
         let s = &mut self.saga.steps[i];
         s.error = Some(reason.clone());
         s.deadline = None;
-        self.saga.reason = Some(reason);
-        if self.saga.state != SagaState::Failed {
-            self.set_state(SagaState::Failed);
-        }
+        self.note(Some(i), Some(reason));
+        self.drive_compensation();
     }
 
     /// Runs the next forward step, or completes the saga.
@@ -606,44 +655,136 @@ impl Run<'_> {
 
     fn begin_compensation(&mut self, ending: OrderStatus, reason: &str) {
         self.saga.order_status = ending;
+        self.saga.cause = Some(reason.to_owned());
         self.saga.reason = Some(reason.to_owned());
         self.set_state(SagaState::Compensating);
         self.drive_compensation();
     }
 
     /// Starts every compensation that may start now, in reverse step order,
-    /// and ends the saga once everything is settled.
+    /// then settles the saga's state. A step whose compensation blocks holds
+    /// back the earlier ones while it is in flight or stuck; one that does
+    /// not block (the coupon) never does.
     fn drive_compensation(&mut self) {
         for i in (0..self.saga.steps.len()).rev() {
             let blocks = self.def.steps[i].compensation_blocks;
+            if self.in_flight(i) || self.stuck(i) {
+                if blocks {
+                    break;
+                }
+                continue;
+            }
             let s = &self.saga.steps[i];
-            match (s.status, s.effect) {
-                // In flight (an outcome or a compensation is awaited).
-                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _)
-                    if blocks =>
-                {
-                    return;
-                }
-                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _) => {}
+            if matches!(
+                (s.status, s.effect),
                 (StepStatus::Running, _)
-                | (StepStatus::Done, _)
-                | (StepStatus::Failed, Effect::Unknown) => {
-                    let s = &mut self.saga.steps[i];
-                    s.status = StepStatus::Compensating;
-                    s.attempts = 0;
-                    s.finished_at = None;
-                    self.send(i, Direction::Undo);
-                    self.note(Some(i), None);
-                    if blocks {
-                        return;
-                    }
+                    | (StepStatus::Done, _)
+                    | (StepStatus::Failed, Effect::Unknown)
+            ) {
+                let s = &mut self.saga.steps[i];
+                s.status = StepStatus::Compensating;
+                s.attempts = 0;
+                s.finished_at = None;
+                self.send(i, Direction::Undo);
+                self.note(Some(i), None);
+                if blocks {
+                    break;
                 }
-                _ => {}
             }
         }
-        if self.all_settled() {
-            self.set_state(SagaState::Compensated);
+        self.settle();
+    }
+
+    /// The saga's state once compensations are driven: `Compensated` when
+    /// everything is settled, `Compensating` while an answer is awaited,
+    /// `Failed` (with the stuck step's reason) when nothing can move without
+    /// a late answer or an operator.
+    fn settle(&mut self) {
+        let target = if self.all_settled() {
+            SagaState::Compensated
+        } else if (0..self.saga.steps.len()).any(|i| self.in_flight(i)) {
+            SagaState::Compensating
+        } else {
+            SagaState::Failed
+        };
+        if target == self.saga.state {
+            return;
         }
+        self.saga.reason = match target {
+            SagaState::Failed => (0..self.saga.steps.len())
+                .rev()
+                .find(|i| self.stuck(*i))
+                .and_then(|i| self.saga.steps[i].error.clone())
+                .or_else(|| self.saga.cause.clone()),
+            _ => self.saga.cause.clone(),
+        };
+        self.set_state(target);
+    }
+
+    fn compensating(&self) -> bool {
+        matches!(self.saga.state, SagaState::Compensating | SagaState::Failed)
+    }
+
+    /// An answer is awaited for step `i` (its outcome, or its compensation).
+    fn in_flight(&self, i: usize) -> bool {
+        let s = &self.saga.steps[i];
+        matches!((s.status, s.effect), (StepStatus::Running, Effect::Unknown))
+            || (s.status == StepStatus::Compensating && s.deadline.is_some())
+    }
+
+    /// Step `i`'s compensation was given up on: no attempt is awaited.
+    fn stuck(&self, i: usize) -> bool {
+        let s = &self.saga.steps[i];
+        s.status == StepStatus::Compensating && s.deadline.is_none()
+    }
+
+    /// A person's progress of a manual step: accepted only while the step
+    /// waits for it (cooked, picked up) or, for a delivery, once the saga is
+    /// `Completed` and the order still open. `Delivered` closes the order at
+    /// once, so a cancel judged after it is refused, and one judged before
+    /// it refuses it.
+    fn on_progress(&mut self, progress: Progress) -> Result<(), Refusal> {
+        let Some(i) = self
+            .def
+            .steps
+            .iter()
+            .position(|s| s.worker == progress.worker())
+        else {
+            return Err(Refusal::NotInProgress(format!(
+                "this saga has no {} step",
+                progress.worker()
+            )));
+        };
+        let (state, order) = (self.saga.state, self.saga.order_status);
+        let step = &self.saga.steps[i];
+        let waits = match progress {
+            Progress::Cooked | Progress::PickedUp => {
+                state == SagaState::Running
+                    && step.status == StepStatus::Running
+                    && step.effect == Effect::Applied
+            }
+            // Only once every forward step is done: a delivered order can no
+            // longer be compensated, so nothing may be left that could fail.
+            Progress::Delivered => state == SagaState::Completed && order.is_cancellable(),
+        };
+        if !waits {
+            return Err(Refusal::NotInProgress(format!(
+                "order {} is {order} ({}), its {} step is {:?}: it cannot take `{}` now",
+                self.saga.id,
+                state.as_str(),
+                step.name,
+                step.status,
+                progress.as_str()
+            )));
+        }
+        if progress == Progress::Delivered {
+            self.saga.order_status = OrderStatus::Delivered;
+        }
+        self.out
+            .commands
+            .push(Command::Progress { step: i, progress });
+        self.note(Some(i), Some(format!("{} reported", progress.as_str())));
+        Ok(())
     }
 
     /// True when no step is in flight and none waits for compensation.

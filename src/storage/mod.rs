@@ -231,6 +231,18 @@ fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>) {
                 let sp = tx.savepoint()?;
                 let (ok, finish) = job(&sp);
                 finishers.push(finish);
+                // Some errors (SQLITE_FULL, IOERR, NOMEM, ...) make SQLite roll
+                // back the whole transaction, not just the statement. Going on
+                // would start a new transaction with the next savepoint and
+                // commit it on release, so a later write would be stored while
+                // this batch is answered as failed. Stop here instead: every
+                // write of the batch so far is undone, and all are answered so.
+                if sp.is_autocommit() {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("the transaction was rolled back by SQLite".into()),
+                    ));
+                }
                 if ok {
                     sp.commit()?;
                 } else {
@@ -315,6 +327,57 @@ mod tests {
             .expect("count");
         assert_eq!(count, 1);
         assert!(db.is_healthy().await);
+    }
+
+    /// Issue 10 (suspected case): a write whose error rolls back the whole
+    /// transaction (as SQLITE_FULL or an I/O error may) must not let a later
+    /// write of the batch commit on its own while the batch is answered as
+    /// failed. The rollback is made deterministic here by the write itself.
+    #[tokio::test]
+    async fn a_transaction_wide_rollback_answers_exactly_what_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(
+            &dir.path().join("r.db"),
+            "CREATE TABLE IF NOT EXISTS t (v INTEGER NOT NULL);",
+        )
+        .expect("opens");
+        for round in 0..20i64 {
+            let writes = (0..30i64).map(|i| {
+                let db = db.clone();
+                let v = round * 100 + i;
+                async move {
+                    let r = db
+                        .write(move |c| {
+                            c.execute("INSERT INTO t VALUES (?1)", [v])?;
+                            if i == 10 {
+                                c.execute_batch("ROLLBACK")?;
+                                return Err(StorageError::Invalid("disk full".into()));
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    (v, r.is_ok())
+                }
+            });
+            let answers = futures_util::future::join_all(writes).await;
+            for (v, ok) in answers {
+                let stored = db
+                    .read(move |c| {
+                        Ok(
+                            c.query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| {
+                                r.get::<_, i64>(0)
+                            })?,
+                        )
+                    })
+                    .await
+                    .expect("count");
+                assert_eq!(
+                    stored == 1,
+                    ok,
+                    "write {v}: answered ok={ok}, stored={stored}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -20,8 +20,7 @@ CREATE TABLE IF NOT EXISTS food_views (
 
 pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let d = &e.data;
-    let price =
-        Money::parse_decimal(d["price"].as_f64().unwrap_or(0.0)).unwrap_or(Money::from_cents(0));
+    let price = Money::from_cents(d["priceCents"].as_i64().unwrap_or(0));
     tx.execute(
         "INSERT INTO food_views (id, name, price_cents, stock, version) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
@@ -46,7 +45,8 @@ pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
         Ok(json!({
             "id": r.get::<_, i64>(0)?,
             "name": r.get::<_, String>(1)?,
-            "price": Money::from_cents(r.get(2)?),
+            "price": Money::from_cents(r.get(2)?).as_decimal(),
+            "priceCents": r.get::<_, i64>(2)?,
             "stock": r.get::<_, i64>(3)?,
         }))
     })?

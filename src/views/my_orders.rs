@@ -59,8 +59,7 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let status = d["status"].as_str();
     match e.entity {
         Entity::Order => {
-            let amount = Money::parse_decimal(d["amount"].as_f64().unwrap_or(0.0))
-                .unwrap_or(Money::from_cents(0));
+            let amount = Money::from_cents(d["amountCents"].as_i64().unwrap_or(0));
             tx.execute(
                 "UPDATE my_orders SET customer_id = ?2, food_id = ?3, qty = ?4, amount_cents = ?5,
                      status = ?6, saga_state = ?7, order_version = ?8, updated_at = ?9
@@ -140,7 +139,8 @@ pub fn list(
                 "foodCatalogId": r.get::<_, Option<i64>>(2)?,
                 "foodName": r.get::<_, Option<String>>(3)?,
                 "qty": r.get::<_, Option<i64>>(4)?,
-                "amount": amount.map(Money::from_cents),
+                "amount": amount.map(|c| Money::from_cents(c).as_decimal()),
+                "amountCents": amount,
                 "status": r.get::<_, Option<String>>(6)?,
                 "sagaState": r.get::<_, Option<String>>(7)?,
                 "payStatus": r.get::<_, Option<String>>(8)?,

@@ -47,7 +47,11 @@ pub struct FoodRecord {
     pub id: FoodId,
     pub name: String,
     pub stock: i64,
+    /// The decimal the seed shows (`4.0`).
+    #[serde(serialize_with = "Money::serialize_decimal")]
     pub price: Money,
+    /// The same price in whole cents: what events and clients compute with.
+    pub price_cents: Money,
 }
 
 /// A kitchen ticket as the API shows it.
@@ -234,6 +238,7 @@ pub fn create_food(
         name: name.to_owned(),
         stock,
         price,
+        price_cents: price,
     })
 }
 
@@ -282,6 +287,7 @@ fn food(r: &Row<'_>) -> rusqlite::Result<FoodRecord> {
         name: r.get(1)?,
         stock: r.get(2)?,
         price: Money::from_cents(r.get(3)?),
+        price_cents: Money::from_cents(r.get(3)?),
     })
 }
 

@@ -36,7 +36,11 @@ pub struct PayRecord {
     pub id: OrderId,
     pub order_id: OrderId,
     pub customer_id: i64,
+    /// The decimal the seed shows (`40.0`).
+    #[serde(serialize_with = "Money::serialize_decimal")]
     pub amount: Money,
+    /// The same amount in whole cents.
+    pub amount_cents: Money,
     pub status: PayStatus,
     pub reason: Option<String>,
     pub created_at: String,
@@ -153,6 +157,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<PayRecord> {
         order_id: id,
         customer_id: r.get(1)?,
         amount: Money::from_cents(r.get(2)?),
+        amount_cents: Money::from_cents(r.get(2)?),
         status: status.parse().unwrap_or(PayStatus::Declined),
         reason: r.get(4)?,
         created_at: Millis(r.get(5)?).to_rfc3339(),

@@ -241,8 +241,8 @@ async fn after_delivery(app: &TestApp) {
         .await;
     assert_eq!(
         s,
-        StatusCode::ACCEPTED,
-        "delivered before picked up is accepted and ignored"
+        StatusCode::CONFLICT,
+        "delivered before picked up is refused by the saga"
     );
     let (s, _) = app
         .post_as_manager(&format!("/deliveries/{id}/pickedUp"), json!({}))

@@ -98,7 +98,7 @@ fn catalog_event(id: i64, version: i64, stock: i64) -> Outgoing {
     let event = json!({
         "schema": 1, "type": "catalog.stockChanged", "entity": "catalog", "entityId": id,
         "version": version, "at": 0,
-        "data": {"id": id, "name": "toast", "stock": stock, "price": 2.5}
+        "data": {"id": id, "name": "toast", "stock": stock, "price": 2.5, "priceCents": 250}
     });
     Outgoing {
         message_id: format!("catalog.stockChanged.{id}.v{version}"),
