@@ -770,3 +770,19 @@ fn abandon_never_touches_a_paid_order() {
     assert_eq!(fresh.saga.order_status, OrderStatus::Rejected);
     assert!(matches!(fresh.saga.admission(), Admission::Unavailable(_)));
 }
+
+/// A paid order that a later step refuses (out of stock at the kitchen) was
+/// established: a replay of its key answers 201 for it, not a 503 that
+/// would place it again.
+#[test]
+fn a_paid_order_stays_established_when_a_later_step_refuses() {
+    let mut w = World::new(Behaviour {
+        declines: [false, true, false, false],
+        ..no_failures()
+    });
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    w.check_end();
+    assert_eq!(w.saga.order_status, OrderStatus::Rejected);
+    assert_eq!(w.saga.admission(), Admission::Established);
+}

@@ -51,12 +51,51 @@ pub enum OrchestratorError {
     KeyReused(SagaId),
 }
 
+/// A live saga actor and the count of callers about to send to it.
+#[derive(Clone)]
+struct Live {
+    addr: Addr<SagaActor>,
+    interest: Interest,
+}
+
+/// How many callers hold an actor's address to send to it. The actor does
+/// not passivate while any does, so a request is not turned back by a
+/// mailbox closing under it (and if one slips through, `ask` retries).
+#[derive(Clone, Default)]
+pub struct Interest(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Interest {
+    pub fn is_idle(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    fn hold(&self) -> InterestGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InterestGuard(self.clone())
+    }
+}
+
+/// One caller's interest in an actor, given up when dropped.
+pub struct InterestGuard(Interest);
+
+impl Drop for InterestGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A located actor: its address, held against passivation until dropped.
+pub struct Located {
+    pub addr: Addr<SagaActor>,
+    _interest: InterestGuard,
+}
+
 /// The registry of saga actors.
 pub struct Orchestrator {
     def: Arc<SagaDefinition>,
     store: SagaStore,
     /// Live saga actors by saga id; others are loaded on their next event.
-    sagas: HashMap<SagaId, Addr<SagaActor>>,
+    sagas: HashMap<SagaId, Live>,
     breakers: Breakers,
     /// Its own address, handed to the saga actors it starts.
     registry: Option<Addr<Orchestrator>>,
@@ -85,11 +124,12 @@ impl Orchestrator {
     /// one started from `saga`. Every actor is started here, inside the
     /// registry's own handler, so two can never exist for one saga: a
     /// second caller finds the first in `sagas`.
-    fn actor_for(&mut self, saga: Saga) -> Addr<SagaActor> {
-        if let Some(addr) = self.sagas.get(&saga.id).filter(|a| a.connected()) {
-            return addr.clone();
+    fn actor_for(&mut self, saga: Saga) -> Live {
+        if let Some(live) = self.sagas.get(&saga.id).filter(|l| l.addr.connected()) {
+            return live.clone();
         }
         let id = saga.id;
+        let interest = Interest::default();
         let addr = SagaActor::new(
             saga,
             self.def.clone(),
@@ -100,10 +140,12 @@ impl Orchestrator {
                 .clone()
                 .unwrap_or_else(|| unreachable!("the registry is started")),
             self.passivate_after,
+            interest.clone(),
         )
         .start();
-        self.sagas.insert(id, addr.clone());
-        addr
+        let live = Live { addr, interest };
+        self.sagas.insert(id, live.clone());
+        live
     }
 }
 
@@ -124,7 +166,7 @@ impl Handler<Passivated> for Orchestrator {
     type Result = ();
 
     fn handle(&mut self, Passivated(id, addr): Passivated, _ctx: &mut Self::Context) {
-        if self.sagas.get(&id) == Some(&addr) {
+        if self.sagas.get(&id).is_some_and(|l| l.addr == addr) {
             self.sagas.remove(&id);
         }
     }
@@ -171,16 +213,19 @@ impl Handler<PlaceOrder> for Orchestrator {
 
 /// Find (or load) a saga's actor.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<SagaActor>, OrchestratorError>")]
+#[rtype(result = "Result<Located, OrchestratorError>")]
 pub struct Locate(pub SagaId);
 
 impl Handler<Locate> for Orchestrator {
-    type Result = AtomicResponse<Self, Result<Addr<SagaActor>, OrchestratorError>>;
+    type Result = AtomicResponse<Self, Result<Located, OrchestratorError>>;
 
     fn handle(&mut self, Locate(id): Locate, _ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.sagas.get(&id).filter(|a| a.connected()) {
-            let addr = addr.clone();
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(addr))));
+        let located = |live: &Live| Located {
+            addr: live.addr.clone(),
+            _interest: live.interest.hold(),
+        };
+        if let Some(live) = self.sagas.get(&id).filter(|l| l.addr.connected()) {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(located(live)))));
         }
         // Atomic: a second event for the same saga waits for this load
         // instead of starting a second actor.
@@ -189,7 +234,7 @@ impl Handler<Locate> for Orchestrator {
             async move { store.load(id).await }
                 .into_actor(self)
                 .map(move |loaded, act, _ctx| match loaded? {
-                    Some(Stored::Saga(saga)) => Ok(act.actor_for(*saga)),
+                    Some(Stored::Saga(saga)) => Ok(located(&act.actor_for(*saga))),
                     Some(Stored::Quarantined(q)) => {
                         Err(OrchestratorError::Quarantined(id, q.reason))
                     }
@@ -225,13 +270,17 @@ where
     M::Result: Send,
     SagaActor: Handler<M>,
 {
-    let mut tries = 0;
+    let mut tries = 0u64;
     loop {
         tries += 1;
-        let addr = orchestrator.send(Locate(saga)).await??;
-        match addr.send(msg.clone()).await {
+        let located = orchestrator.send(Locate(saga)).await??;
+        match located.addr.send(msg.clone()).await {
             Ok(result) => return Ok(result),
-            Err(MailboxError::Closed) if tries < 5 => continue,
+            Err(MailboxError::Closed) if tries < 50 => {
+                // The actor stopped before handling the message: it is
+                // being replaced; give the registry a moment to see it.
+                tokio::time::sleep(std::time::Duration::from_millis(tries.min(10))).await;
+            }
             Err(e) => return Err(e.into()),
         }
     }

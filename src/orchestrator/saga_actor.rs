@@ -32,6 +32,8 @@ pub struct SagaActor {
     activity: u64,
     /// How long it stays in memory with nothing to wait for.
     passivate_after: Duration,
+    /// Callers about to send to it: it does not passivate while any is.
+    interest: super::Interest,
 }
 
 impl SagaActor {
@@ -42,6 +44,7 @@ impl SagaActor {
         breakers: Breakers,
         registry: Addr<super::Orchestrator>,
         passivate_after: Duration,
+        interest: super::Interest,
     ) -> Self {
         SagaActor {
             saga,
@@ -52,6 +55,7 @@ impl SagaActor {
             registry,
             activity: 0,
             passivate_after,
+            interest,
         }
     }
 
@@ -131,9 +135,15 @@ impl SagaActor {
         self.activity += 1;
         let seen = self.activity;
         ctx.run_later(self.passivate_after, move |act, ctx| {
-            let idle = act.activity == seen;
-            if idle && act.waiters.is_empty() && act.saga.pending_timers().is_empty() {
+            let quiet = act.activity == seen;
+            if !quiet || !act.waiters.is_empty() || !act.saga.pending_timers().is_empty() {
+                return;
+            }
+            if act.interest.is_idle() {
                 ctx.stop();
+            } else {
+                // A caller is about to send: look again later.
+                act.schedule_passivation(ctx);
             }
         });
     }

@@ -147,6 +147,10 @@ pub struct Saga {
     /// to it once a stuck compensation gets going again.
     #[serde(default)]
     pub cause: Option<String>,
+    /// The first step (payment) completed while the saga ran forward: the
+    /// order was established, whatever happens to it later.
+    #[serde(default)]
+    pub admitted: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -278,6 +282,7 @@ impl Saga {
                 .collect(),
             reason: None,
             cause: None,
+            admitted: false,
             created_at: now,
             updated_at: now,
         }
@@ -356,15 +361,11 @@ impl Saga {
                 .or_else(|| first.error.clone())
                 .unwrap_or_else(|| "order was not established".into())
         };
+        if self.admitted {
+            return Admission::Established;
+        }
         match self.state {
-            SagaState::Running | SagaState::Completed => match first.status {
-                StepStatus::Done => Admission::Established,
-                _ => Admission::Pending,
-            },
-            // A manager cancelled it after payment: it was established.
-            _ if self.order_status == OrderStatus::Cancelled && first.effect == Effect::Applied => {
-                Admission::Established
-            }
+            SagaState::Running | SagaState::Completed => Admission::Pending,
             _ if self.order_status == OrderStatus::Cancelled => Admission::CancelledUnpaid(why()),
             _ if first.status == StepStatus::Failed && first.effect == Effect::None => {
                 Admission::Declined(why())
@@ -491,6 +492,9 @@ impl Run<'_> {
                     self.finish_step(i, StepStatus::Done, Effect::Applied, None);
                     match self.saga.state {
                         SagaState::Running => {
+                            if i == 0 {
+                                self.saga.admitted = true;
+                            }
                             if let Some(status) = self.def.steps[i].marks_order {
                                 self.saga.order_status = status;
                             }

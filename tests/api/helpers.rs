@@ -36,6 +36,15 @@ pub struct Options {
     pub passivate_after: Option<&'static str>,
     /// Declare quorum queues (RabbitMQ only).
     pub quorum_queues: bool,
+    /// How long `POST /orders` waits for the payment (`HEARTY_ORDER_TIMEOUT`).
+    pub order_timeout: Option<&'static str>,
+    /// Run on this data directory (kept by the caller) instead of a fresh
+    /// one: to restart the service on what an earlier one left.
+    pub data_dir: Option<PathBuf>,
+    /// Run on this namespace instead of a fresh one (with `data_dir`).
+    pub namespace: Option<String>,
+    /// Edit the saga file: replace the first text with the second.
+    pub saga_edit: Option<(&'static str, &'static str)>,
 }
 
 pub fn amqp_url() -> String {
@@ -82,14 +91,21 @@ fn unique_namespace() -> String {
     format!("hearty-test-{n:016x}")
 }
 
-/// The shipped saga with compensation retries of milliseconds (3 attempts).
-fn fast_saga(dir: &std::path::Path) -> PathBuf {
-    let text = include_str!("../../sagas/order_fulfilment.toml")
-        .replace(
+/// The shipped saga, with compensation retries of milliseconds (3
+/// attempts) if `fast`, and with `edit` applied.
+fn test_saga(dir: &std::path::Path, fast: bool, edit: Option<(&str, &str)>) -> PathBuf {
+    let mut text = include_str!("../../sagas/order_fulfilment.toml").to_owned();
+    if fast {
+        text = text.replace(
             r#"compensation_retry = { max_attempts = 8, initial_delay = "200ms", factor = 2.0, max_delay = "10s" }"#,
             r#"compensation_retry = { max_attempts = 3, initial_delay = "50ms", factor = 2.0, max_delay = "200ms" }"#,
         );
-    let path = dir.join("fast_saga.toml");
+    }
+    if let Some((from, to)) = edit {
+        assert!(text.contains(from), "the saga file has no `{from}`");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("test_saga.toml");
     std::fs::write(&path, text).expect("write the test saga");
     path
 }
@@ -98,10 +114,13 @@ fn fast_saga(dir: &std::path::Path) -> PathBuf {
 /// so loudly) when RabbitMQ is wanted but unreachable outside CI.
 pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let namespace = unique_namespace();
+    let namespace = opts.namespace.clone().unwrap_or_else(unique_namespace);
     let mut config = Config::defaults();
     config.http_addr = "127.0.0.1:0".into();
-    config.data_dir = dir.path().join("data");
+    config.data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| dir.path().join("data"));
     config.namespace = namespace.clone();
     config.manager_token = Some(Secret::new(TOKEN));
     config.amqp_url = None;
@@ -123,11 +142,14 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
     config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
     config.quorum_queues = opts.quorum_queues;
+    if let Some(t) = opts.order_timeout {
+        config.order_timeout = hearty::saga::definition::parse_duration(t).expect("duration");
+    }
     if let Some(p) = opts.passivate_after {
         config.passivate_after = hearty::saga::definition::parse_duration(p).expect("duration");
     }
-    config.saga_file = if opts.fast_retries {
-        fast_saga(dir.path())
+    config.saga_file = if opts.fast_retries || opts.saga_edit.is_some() {
+        test_saga(dir.path(), opts.fast_retries, opts.saga_edit)
     } else {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -162,7 +184,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
             .build()
             .expect("client"),
         namespace,
-        data_dir: dir.path().join("data"),
+        data_dir: opts.data_dir.unwrap_or_else(|| dir.path().join("data")),
         running: Some(running),
         _guard: guard,
         _dir: dir,
@@ -247,6 +269,35 @@ impl TestApp {
                 .send()
                 .await
                 .expect("POST"),
+        )
+        .await
+    }
+
+    /// `POST /orders` the seed's way, with an `Idempotency-Key`.
+    pub async fn order_with_key(
+        &self,
+        key: &str,
+        customer: i64,
+        food: i64,
+        qty: i64,
+    ) -> (StatusCode, Value) {
+        decode(
+            self.client
+                .post(format!("{}/orders", self.base))
+                .header("Idempotency-Key", key)
+                .json(&json!({"qty": qty.to_string(), "foodcaltalogid": food.to_string(), "customerid": customer.to_string()}))
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await
+    }
+
+    /// A food with this price (text, as httpie sends it).
+    pub async fn food_priced(&self, stock: i64, price: &str) -> (StatusCode, Value) {
+        self.post_as_manager(
+            "/foodCatalogs",
+            json!({"name": "caviar", "stock": stock.to_string(), "price": price}),
         )
         .await
     }
