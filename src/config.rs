@@ -301,8 +301,47 @@ pub struct Config {
 }
 
 fn parse_failure_spec(s: &str) -> Result<String, String> {
-    crate::workers::parse_failures(s).map(|_| s.to_owned())
+    parse_failures(s).map(|_| s.to_owned())
 }
+
+/// How often an injected failure happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCount {
+    Times(u32),
+    Always,
+}
+
+impl std::fmt::Display for FailureCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCount::Times(n) => write!(f, "of {n}"),
+            FailureCount::Always => f.write_str("of always"),
+        }
+    }
+}
+
+/// Parses `pay=3,coupon=always` into per-worker failure counts.
+pub fn parse_failures(spec: &str) -> Result<Vec<(WorkerKind, FailureCount)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (worker, count) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` must look like pay=3 or pay=always"))?;
+            let worker: WorkerKind = worker.trim().parse().map_err(|e| format!("{e}"))?;
+            let count = match count.trim() {
+                "always" => FailureCount::Always,
+                n => FailureCount::Times(
+                    n.parse()
+                        .map_err(|_| format!("`{n}` is not a count or `always`"))?,
+                ),
+            };
+            Ok((worker, count))
+        })
+        .collect()
+}
+
 
 fn parse_namespace(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()

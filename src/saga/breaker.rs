@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::domain::Millis;
+use crate::saga::definition::BreakerPolicy;
 
 /// The breakers of a saga definition, by step index.
 #[derive(Debug, Clone, Default)]
@@ -91,16 +92,6 @@ pub fn observe(
         }
         _ => None,
     }
-}
-
-/// The breaker settings of one step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerPolicy {
-    pub consecutive_failures: u32,
-    pub failure_ratio: f64,
-    pub window: u32,
-    pub min_calls: u32,
-    pub cool_down: Duration,
 }
 
 /// The breaker's state (exported as 0, 1, 2).

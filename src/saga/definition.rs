@@ -10,7 +10,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::domain::{OrderStatus, WorkerKind};
-use crate::saga::breaker::BreakerPolicy;
+
+/// The breaker settings of one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub window: u32,
+    pub min_calls: u32,
+    pub cool_down: Duration,
+}
 
 /// A validated saga definition.
 #[derive(Debug, Clone, PartialEq)]

@@ -23,7 +23,7 @@ use rusqlite::Connection;
 
 use crate::events::{DomainEvent, Entity};
 
-use crate::config::{Config, Latency, Mode};
+use crate::config::{Config, FailureCount, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
 use crate::metrics::{METRICS, inc};
@@ -297,44 +297,6 @@ fn injected_failure(
     Ok(fail.then(|| ReplyOutcome::CompensationFailed {
         reason: format!("injected failure {} ({limit})", before + 1),
     }))
-}
-
-/// How often an injected failure happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureCount {
-    Times(u32),
-    Always,
-}
-
-impl std::fmt::Display for FailureCount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FailureCount::Times(n) => write!(f, "of {n}"),
-            FailureCount::Always => f.write_str("of always"),
-        }
-    }
-}
-
-/// Parses `pay=3,coupon=always` into per-worker failure counts.
-pub fn parse_failures(spec: &str) -> Result<Vec<(WorkerKind, FailureCount)>, String> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            let (worker, count) = item
-                .split_once('=')
-                .ok_or_else(|| format!("`{item}` must look like pay=3 or pay=always"))?;
-            let worker: WorkerKind = worker.trim().parse().map_err(|e| format!("{e}"))?;
-            let count = match count.trim() {
-                "always" => FailureCount::Always,
-                n => FailureCount::Times(
-                    n.parse()
-                        .map_err(|_| format!("`{n}` is not a count or `always`"))?,
-                ),
-            };
-            Ok((worker, count))
-        })
-        .collect()
 }
 
 /// The outgoing form of a reply.

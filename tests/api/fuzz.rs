@@ -233,6 +233,17 @@ async fn fuzz_once(broker: Broker, seed: u64) {
         delivery_latency: latency(&mut rng),
         coupon_latency: latency(&mut rng),
         passivate_after: Some(leak(format!("{passivate}ms"))),
+        // Compensations that fail a few times (then succeed, within the
+        // test saga's three attempts) or every time (a stuck saga that only
+        // an operator's retry, which the clients also send, could resume).
+        fail_compensations: [
+            None,
+            None,
+            Some("pay=1"),
+            Some("kitchen=2"),
+            Some("delivery=1,coupon=1"),
+        ][rng.random_range(0..5usize)],
+        fast_retries: true,
         ..Options::default()
     };
     eprintln!("fuzz: seed {seed} on {broker:?} (HEARTY_FUZZ_SEED={seed} replays it): {opts:?}");
