@@ -133,8 +133,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     // Worker databases: the local workers write them; the API reads them.
     let mut worker_dbs = std::collections::HashMap::new();
-    let failures =
-        crate::config::parse_failures(&config.fail_compensations).map_err(|e| anyhow::anyhow!(e))?;
+    let failures = crate::config::parse_failures(&config.fail_compensations)
+        .map_err(|e| anyhow::anyhow!(e))?;
     for kind in WorkerKind::ALL {
         let local = roles.has(Role::Worker(kind));
         if !(local || runs_api) {

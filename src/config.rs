@@ -342,7 +342,6 @@ pub fn parse_failures(spec: &str) -> Result<Vec<(WorkerKind, FailureCount)>, Str
         .collect()
 }
 
-
 fn parse_namespace(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 100
