@@ -32,7 +32,7 @@ pub async fn redirect() -> HttpResponse {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/docs").route(web::get().to(redirect)))
+    cfg.service(super::resource("/docs", "GET").route(web::get().to(redirect)))
         .service(swagger());
 }
 

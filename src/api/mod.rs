@@ -159,17 +159,32 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+/// A 405 answer that says, as RFC 9110 requires, which methods the
+/// resource allows.
+fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+        format!(
+            "{} is not allowed on {}; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    );
+    let mut res = actix_web::ResponseError::error_response(&error);
+    res.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    res
 }
 
-/// A resource whose unknown methods answer 405 JSON.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource allowing the methods in `allow` (as its routes do); any other
+/// method answers 405 JSON with `Allow`.
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        method_not_allowed(&req, allow)
+    }))
 }
 
 /// Every route of the business API.
@@ -187,66 +202,66 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 fn business() -> impl HttpServiceFactory {
     (
-        resource("/customers")
+        resource("/customers", "POST, GET")
             .route(web::post().to(resources::create_customer))
             .route(web::get().to(resources::list_customers)),
-        resource("/customers/{id}").route(web::get().to(resources::get_customer)),
-        resource("/foodCatalogs")
+        resource("/customers/{id}", "GET").route(web::get().to(resources::get_customer)),
+        resource("/foodCatalogs", "POST, GET")
             .route(web::post().to(resources::create_food))
             .route(web::get().to(resources::list_foods)),
-        resource("/foodCatalogs/{id}").route(web::get().to(resources::get_food)),
+        resource("/foodCatalogs/{id}", "GET").route(web::get().to(resources::get_food)),
         // The seed checks stock with `http DELETE /foodCatalogViews`: read
         // models are never deleted over HTTP, so DELETE reads it too.
-        resource("/foodCatalogViews")
+        resource("/foodCatalogViews", "GET, DELETE")
             .route(web::get().to(resources::food_views))
             .route(web::delete().to(resources::food_views)),
-        resource("/orders")
+        resource("/orders", "POST, GET")
             .route(web::post().to(orders::place))
             .route(web::get().to(orders::list)),
-        resource("/orders/{id}").route(web::get().to(orders::get)),
-        resource("/myOrders").route(web::get().to(orders::my_orders)),
+        resource("/orders/{id}", "GET").route(web::get().to(orders::get)),
+        resource("/myOrders", "GET").route(web::get().to(orders::my_orders)),
     )
 }
 
 fn records() -> impl HttpServiceFactory {
     (
-        resource("/pays").route(web::get().to(resources::list_pays)),
-        resource("/pays/{id}").route(web::get().to(resources::get_pay)),
-        resource("/kitchens").route(web::get().to(resources::list_kitchens)),
+        resource("/pays", "GET").route(web::get().to(resources::list_pays)),
+        resource("/pays/{id}", "GET").route(web::get().to(resources::get_pay)),
+        resource("/kitchens", "GET").route(web::get().to(resources::list_kitchens)),
         // The seed's gateway list spells it `/kithens`.
-        resource("/kithens").route(web::get().to(resources::list_kitchens)),
-        resource("/kitchens/{id}")
+        resource("/kithens", "GET").route(web::get().to(resources::list_kitchens)),
+        resource("/kitchens/{id}", "GET, DELETE")
             .route(web::get().to(resources::get_kitchen))
             .route(web::delete().to(orders::cancel)),
-        resource("/kitchens/{id}/cooked").route(web::post().to(orders::cooked)),
+        resource("/kitchens/{id}/cooked", "POST").route(web::post().to(orders::cooked)),
     )
 }
 
 fn more_records() -> impl HttpServiceFactory {
     (
-        resource("/deliveries").route(web::get().to(resources::list_deliveries)),
-        resource("/deliveries/{id}").route(web::get().to(resources::get_delivery)),
-        resource("/deliveries/{id}/pickedUp").route(web::post().to(orders::picked_up)),
-        resource("/deliveries/{id}/delivered").route(web::post().to(orders::delivered)),
-        resource("/coupons").route(web::get().to(resources::list_coupons)),
-        resource("/coupons/{id}").route(web::get().to(resources::get_coupon)),
-        resource("/sagas").route(web::get().to(sagas::list)),
-        resource("/sagas/{id}").route(web::get().to(sagas::get)),
-        resource("/sagas/{id}/retry").route(web::post().to(sagas::retry)),
+        resource("/deliveries", "GET").route(web::get().to(resources::list_deliveries)),
+        resource("/deliveries/{id}", "GET").route(web::get().to(resources::get_delivery)),
+        resource("/deliveries/{id}/pickedUp", "POST").route(web::post().to(orders::picked_up)),
+        resource("/deliveries/{id}/delivered", "POST").route(web::post().to(orders::delivered)),
+        resource("/coupons", "GET").route(web::get().to(resources::list_coupons)),
+        resource("/coupons/{id}", "GET").route(web::get().to(resources::get_coupon)),
+        resource("/sagas", "GET").route(web::get().to(sagas::list)),
+        resource("/sagas/{id}", "GET").route(web::get().to(sagas::get)),
+        resource("/sagas/{id}/retry", "POST").route(web::post().to(sagas::retry)),
     )
 }
 
 fn reviews_and_ui() -> impl HttpServiceFactory {
     (
-        resource("/reviews")
+        resource("/reviews", "POST, GET")
             .route(web::post().to(resources::create_review))
             .route(web::get().to(resources::list_reviews)),
-        resource("/reviewViews").route(web::get().to(resources::review_views)),
+        resource("/reviewViews", "GET").route(web::get().to(resources::review_views)),
         // The seed spells it `/reviewView`.
-        resource("/reviewView").route(web::get().to(resources::review_views)),
-        resource("/ui").route(web::get().to(ui::page)),
-        resource("/ui/").route(web::get().to(ui::page)),
-        resource("/ui/config.json").route(web::get().to(ui::config)),
+        resource("/reviewView", "GET").route(web::get().to(resources::review_views)),
+        resource("/ui", "GET").route(web::get().to(ui::page)),
+        resource("/ui/", "GET").route(web::get().to(ui::page)),
+        resource("/ui/config.json", "GET").route(web::get().to(ui::config)),
     )
 }
 

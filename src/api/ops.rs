@@ -21,9 +21,9 @@ pub struct Probes {
 
 pub fn routes() -> impl HttpServiceFactory {
     (
-        web::resource("/health/live").route(web::get().to(live)),
-        web::resource("/health/ready").route(web::get().to(ready)),
-        web::resource("/metrics").route(web::get().to(metrics)),
+        super::resource("/health/live", "GET").route(web::get().to(live)),
+        super::resource("/health/ready", "GET").route(web::get().to(ready)),
+        super::resource("/metrics", "GET").route(web::get().to(metrics)),
     )
 }
 

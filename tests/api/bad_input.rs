@@ -294,6 +294,22 @@ async fn bad_requests_get_clear_json_errors() {
             c.what
         );
     }
+    // A 405 says which methods are allowed (RFC 9110).
+    for (method, path, allow) in [
+        (Method::PUT, "/orders", "POST, GET"),
+        (Method::POST, "/kitchens/1", "GET, DELETE"),
+        (Method::DELETE, "/health/ready", "GET"),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 405, "{method} {path}");
+        let header = res.headers().get("allow").and_then(|v| v.to_str().ok());
+        assert_eq!(header, Some(allow), "{method} {path}");
+    }
     // Nothing was established by any of it.
     let (_, orders) = app.get("/orders").await;
     assert_eq!(orders, serde_json::json!([]));
