@@ -8,7 +8,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
-use crate::events::{self, DomainEvent, Entity};
+use crate::events::{self, DomainEvent, OrderData, Payload, ReviewData};
 use crate::messages::{OrderDetails, WorkerCommand};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Admission, Command, Event, HistoryEntry, Saga, SagaState, Transition};
@@ -375,13 +375,17 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
         OrderStatus::Ordered => "placed".to_owned(),
         other => other.as_str().to_ascii_lowercase(),
     };
-    DomainEvent::new(
-        Entity::Order,
-        &what,
-        saga.id.get(),
-        version,
-        order_json(saga),
-    )
+    let data = OrderData {
+        order_id: saga.id,
+        customer_id: saga.order.customer_id,
+        food_catalog_id: saga.order.food_id,
+        qty: saga.order.qty,
+        amount_cents: saga.order.amount,
+        status: saga.order_status,
+        saga_state: saga.state,
+        reason: saga.reason.clone(),
+    };
+    DomainEvent::new(&what, saga.id.get(), version, Payload::Order(data))
 }
 
 /// An order as the API shows it and its events carry it.
@@ -578,8 +582,15 @@ fn review(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReviewRecord> {
 }
 
 fn review_event(rec: &ReviewRecord) -> DomainEvent {
-    let data = serde_json::to_value(rec).unwrap_or_default();
-    DomainEvent::new(Entity::Review, "created", rec.id, 1, data)
+    let data = ReviewData {
+        id: rec.id,
+        username: rec.username.clone(),
+        productname: rec.productname.clone(),
+        content: rec.content.clone(),
+        rating: rec.rating,
+        created_at: rec.created_at.clone(),
+    };
+    DomainEvent::new("created", rec.id, 1, Payload::Review(data))
 }
 
 /// Stores a review and emits `review.created`, in one transaction.

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::domain::Money;
-use crate::events::DomainEvent;
+use crate::events::{DomainEvent, Payload};
 use crate::storage::Page;
 
 pub const SCHEMA: &str = "
@@ -19,18 +19,19 @@ CREATE TABLE IF NOT EXISTS food_views (
 ";
 
 pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
-    let d = &e.data;
-    let price = Money::from_cents(d["priceCents"].as_i64().unwrap_or(0));
+    let Payload::Catalog(food) = &e.payload else {
+        return Ok(());
+    };
     tx.execute(
         "INSERT INTO food_views (id, name, price_cents, stock, version) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
              stock = excluded.stock, version = excluded.version
          WHERE excluded.version > food_views.version",
         params![
-            e.entity_id,
-            d["name"].as_str().unwrap_or(""),
-            price.cents(),
-            d["stock"].as_i64().unwrap_or(0),
+            food.id.get(),
+            food.name,
+            food.price_cents.cents(),
+            food.stock,
             e.version
         ],
     )?;

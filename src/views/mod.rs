@@ -84,17 +84,16 @@ async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<Failu
     if delivery.redelivered {
         inc(&METRICS.redeliveries_total);
     }
-    let event: DomainEvent = match serde_json::from_slice(&delivery.body) {
+    let event = match DomainEvent::decode(&delivery.body) {
         Ok(e) => e,
-        Err(e) => {
-            dead_letter(delivery, &format!("undecodable event: {e}")).await;
+        Err(reason) => {
+            // A malformed or unknown event is never defaulted into a read
+            // model: it goes to the dead-letter queue with the reason.
+            dead_letter(delivery, &reason).await;
             return;
         }
     };
-    let id = format!(
-        "{}.{}.v{}",
-        event.event_type, event.entity_id, event.version
-    );
+    let id = event.id();
     let applied = db
         .write(move |tx| apply(kind, tx, &event).map_err(StorageError::from))
         .await;

@@ -7,7 +7,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use crate::domain::{CustomerId, Millis, Money};
-use crate::events::{DomainEvent, Entity};
+use crate::events::{DomainEvent, Payload};
 use crate::storage::Page;
 
 pub const SCHEMA: &str = "
@@ -41,70 +41,65 @@ CREATE TABLE IF NOT EXISTS foods (
 ";
 
 pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
-    let d = &e.data;
     let now = Millis::now().0;
-    if e.entity == Entity::Catalog {
+    if let Payload::Catalog(food) = &e.payload {
         tx.execute(
             "INSERT INTO foods (id, name, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version
              WHERE excluded.version > foods.version",
-            params![e.entity_id, d["name"].as_str().unwrap_or(""), e.version],
+            params![food.id.get(), food.name, e.version],
         )?;
+        return Ok(());
+    }
+    if let Payload::Review(_) = e.payload {
         return Ok(());
     }
     tx.execute(
         "INSERT OR IGNORE INTO my_orders (order_id, updated_at) VALUES (?1, ?2)",
         params![e.entity_id, now],
     )?;
-    let status = d["status"].as_str();
-    match e.entity {
-        Entity::Order => {
-            let amount = Money::from_cents(d["amountCents"].as_i64().unwrap_or(0));
+    match &e.payload {
+        Payload::Order(o) => {
             tx.execute(
                 "UPDATE my_orders SET customer_id = ?2, food_id = ?3, qty = ?4, amount_cents = ?5,
                      status = ?6, saga_state = ?7, order_version = ?8, updated_at = ?9
                  WHERE order_id = ?1 AND order_version < ?8",
                 params![
                     e.entity_id,
-                    d["customerId"].as_i64(),
-                    d["foodCatalogId"].as_i64(),
-                    d["qty"].as_i64(),
-                    amount.cents(),
-                    status,
-                    d["sagaState"].as_str(),
+                    o.customer_id.get(),
+                    o.food_catalog_id.get(),
+                    o.qty.get(),
+                    o.amount_cents.cents(),
+                    o.status.as_str(),
+                    o.saga_state.as_str(),
                     e.version,
                     now
                 ],
             )?;
         }
-        Entity::Pay => part(tx, e, "pay", status)?,
-        Entity::Kitchen => part(tx, e, "kitchen", status)?,
-        Entity::Delivery => {
+        Payload::Pay(p) => part(tx, e, "pay", p.status.as_str())?,
+        Payload::Kitchen(k) => part(tx, e, "kitchen", k.status.as_str())?,
+        Payload::Delivery(d) => {
             tx.execute(
                 "UPDATE my_orders SET delivery_status = ?2, delivery_picked_up = ?3, delivery_version = ?4, updated_at = ?5
                  WHERE order_id = ?1 AND delivery_version < ?4",
-                params![e.entity_id, status, d["pickedUp"].as_bool(), e.version, now],
+                params![e.entity_id, d.status.as_str(), d.picked_up, e.version, now],
             )?;
         }
-        Entity::Coupon => {
+        Payload::Coupon(c) => {
             tx.execute(
                 "UPDATE my_orders SET coupon_status = ?2, coupon_code = ?3, coupon_version = ?4, updated_at = ?5
                  WHERE order_id = ?1 AND coupon_version < ?4",
-                params![e.entity_id, status, d["code"].as_str(), e.version, now],
+                params![e.entity_id, c.status.as_str(), c.code, e.version, now],
             )?;
         }
-        Entity::Catalog | Entity::Review => {}
+        Payload::Catalog(_) | Payload::Review(_) => {}
     }
     Ok(())
 }
 
 /// Updates one part's status when the event is newer than what is there.
-fn part(
-    tx: &Connection,
-    e: &DomainEvent,
-    name: &str,
-    status: Option<&str>,
-) -> rusqlite::Result<()> {
+fn part(tx: &Connection, e: &DomainEvent, name: &str, status: &str) -> rusqlite::Result<()> {
     tx.execute(
         &format!(
             "UPDATE my_orders SET {name}_status = ?2, {name}_version = ?3, updated_at = ?4

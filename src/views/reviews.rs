@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
-use crate::events::DomainEvent;
+use crate::events::{DomainEvent, Payload, ReviewData};
 use crate::storage::Page;
 
 /// How many recent reviews a product's view keeps.
@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS applied_reviews (
 ";
 
 pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
+    let Payload::Review(review) = &e.payload else {
+        return Ok(());
+    };
     // Reviews are created once: the review id alone makes this idempotent.
     let fresh = tx.execute(
         "INSERT OR IGNORE INTO applied_reviews (review_id) VALUES (?1)",
@@ -33,19 +36,18 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     if !fresh {
         return Ok(());
     }
-    let d = &e.data;
-    let product = d["productname"].as_str().unwrap_or("");
-    let rating = d["rating"].as_i64();
+    let product = review.productname.as_str();
+    let rating = review.rating;
     let latest: Option<String> = crate::storage::optional(tx.query_row(
         "SELECT latest FROM review_views WHERE productname = ?1",
         [product],
         |r| r.get(0),
     ))?;
-    let mut list: Vec<Value> = latest
+    let mut list: Vec<ReviewData> = latest
         .and_then(|l| serde_json::from_str(&l).ok())
         .unwrap_or_default();
-    list.insert(0, d.clone());
-    list.sort_by_key(|r| std::cmp::Reverse(r["id"].as_i64().unwrap_or(0)));
+    list.insert(0, review.clone());
+    list.sort_by_key(|r| std::cmp::Reverse(r.id));
     list.truncate(LATEST);
     let latest = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
     tx.execute(

@@ -8,8 +8,8 @@ use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
-use crate::domain::{CouponStatus, Millis, OrderId, WorkerKind};
-use crate::events::{DomainEvent, Entity};
+use crate::domain::{CouponStatus, CustomerId, Millis, OrderId, WorkerKind};
+use crate::events::{CouponData, DomainEvent, Payload};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS coupons (
 pub struct CouponRecord {
     pub id: OrderId,
     pub order_id: OrderId,
-    pub customer_id: i64,
+    pub customer_id: CustomerId,
     pub code: String,
     pub status: CouponStatus,
     pub created_at: String,
@@ -124,9 +124,20 @@ fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
 
 /// The coupon of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    super::record_event(c, "coupons", id.get(), Entity::Coupon, get(c, id)?, |r| {
+    super::record_event(c, "coupons", id.get(), get(c, id)?, |r| {
         r.status.as_str().to_ascii_lowercase()
     })
+}
+
+impl super::Snapshot for CouponRecord {
+    fn payload(&self) -> Payload {
+        Payload::Coupon(CouponData {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            status: self.status,
+            code: self.code.clone(),
+        })
+    }
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<CouponRecord> {
@@ -135,7 +146,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<CouponRecord> {
     Ok(CouponRecord {
         id,
         order_id: id,
-        customer_id: r.get(1)?,
+        customer_id: super::parsed(CustomerId::new(r.get(1)?))?,
         code: r.get(2)?,
         status: status.parse().unwrap_or(CouponStatus::Cancelled),
         created_at: Millis(r.get(4)?).to_rfc3339(),

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
-use crate::domain::{DeliveryStatus, Millis, OrderId, WorkerKind};
-use crate::events::{DomainEvent, Entity};
+use crate::domain::{CustomerId, DeliveryStatus, Millis, OrderId, WorkerKind};
+use crate::events::{DeliveryData, DomainEvent, Payload};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 pub struct DeliveryRecord {
     pub id: OrderId,
     pub order_id: OrderId,
-    pub customer_id: i64,
+    pub customer_id: CustomerId,
     pub status: DeliveryStatus,
     pub picked_up: bool,
     pub picked_up_at: Option<String>,
@@ -173,17 +173,23 @@ fn publish(tx: &Connection, id: OrderId, what: &str) -> rusqlite::Result<()> {
 
 /// The delivery of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    super::record_event(
-        c,
-        "deliveries",
-        id.get(),
-        Entity::Delivery,
-        get(c, id)?,
-        |r| match (r.status, r.picked_up) {
+    super::record_event(c, "deliveries", id.get(), get(c, id)?, |r| {
+        match (r.status, r.picked_up) {
             (DeliveryStatus::Dispatched, true) => "pickedUp".to_owned(),
             (s, _) => s.as_str().to_ascii_lowercase(),
-        },
-    )
+        }
+    })
+}
+
+impl super::Snapshot for DeliveryRecord {
+    fn payload(&self) -> Payload {
+        Payload::Delivery(DeliveryData {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            status: self.status,
+            picked_up: self.picked_up,
+        })
+    }
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
@@ -194,7 +200,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
     Ok(DeliveryRecord {
         id,
         order_id: id,
-        customer_id: r.get(1)?,
+        customer_id: super::parsed(CustomerId::new(r.get(1)?))?,
         status: status.parse().unwrap_or(DeliveryStatus::Cancelled),
         picked_up: picked.is_some(),
         picked_up_at: picked.map(|m| Millis(m).to_rfc3339()),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Applied, WorkerLogic, order_id_of};
 use crate::config::Mode;
 use crate::domain::{FoodId, KitchenStatus, Millis, Money, OrderId, Qty, WorkerKind};
-use crate::events::{DomainEvent, Entity};
+use crate::events::{DomainEvent, FoodData, Payload, TicketData};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -60,8 +60,8 @@ pub struct FoodRecord {
 pub struct TicketRecord {
     pub id: OrderId,
     pub order_id: OrderId,
-    pub food_catalog_id: i64,
-    pub qty: i64,
+    pub food_catalog_id: FoodId,
+    pub qty: Qty,
     pub status: KitchenStatus,
     pub reason: Option<String>,
     pub created_at: String,
@@ -258,26 +258,39 @@ fn publish_food(tx: &Connection, id: FoodId, what: &str) -> rusqlite::Result<()>
 
 /// An order's kitchen ticket as a domain event (also used to rebuild views).
 pub fn ticket_snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    super::record_event(
-        c,
-        "kitchens",
-        id.get(),
-        Entity::Kitchen,
-        get_ticket(c, id)?,
-        |r| r.status.as_str().to_ascii_lowercase(),
-    )
+    super::record_event(c, "kitchens", id.get(), get_ticket(c, id)?, |r| {
+        r.status.as_str().to_ascii_lowercase()
+    })
 }
 
 /// A catalog item as a domain event (`catalog.updated`; also used to rebuild views).
 pub fn food_snapshot(c: &Connection, id: FoodId) -> rusqlite::Result<Option<DomainEvent>> {
-    super::record_event(
-        c,
-        "food_catalog",
-        id.get(),
-        Entity::Catalog,
-        get_food(c, id)?,
-        |_| "updated".to_owned(),
-    )
+    super::record_event(c, "food_catalog", id.get(), get_food(c, id)?, |_| {
+        "updated".to_owned()
+    })
+}
+
+impl super::Snapshot for TicketRecord {
+    fn payload(&self) -> Payload {
+        Payload::Kitchen(TicketData {
+            order_id: self.order_id,
+            food_catalog_id: self.food_catalog_id,
+            qty: self.qty,
+            status: self.status,
+            reason: self.reason.clone(),
+        })
+    }
+}
+
+impl super::Snapshot for FoodRecord {
+    fn payload(&self) -> Payload {
+        Payload::Catalog(FoodData {
+            id: self.id,
+            name: self.name.clone(),
+            stock: self.stock,
+            price_cents: self.price_cents,
+        })
+    }
 }
 
 fn food(r: &Row<'_>) -> rusqlite::Result<FoodRecord> {
@@ -313,8 +326,8 @@ fn ticket(r: &Row<'_>) -> rusqlite::Result<TicketRecord> {
     Ok(TicketRecord {
         id,
         order_id: id,
-        food_catalog_id: r.get(1)?,
-        qty: r.get(2)?,
+        food_catalog_id: super::parsed(FoodId::new(r.get(1)?))?,
+        qty: super::parsed(Qty::new(r.get(2)?))?,
         status: status.parse().unwrap_or(KitchenStatus::Rejected),
         reason: r.get(4)?,
         created_at: Millis(r.get(5)?).to_rfc3339(),

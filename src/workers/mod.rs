@@ -21,7 +21,7 @@ use actix::prelude::*;
 use futures_util::{FutureExt, StreamExt};
 use rusqlite::Connection;
 
-use crate::events::{DomainEvent, Entity};
+use crate::events::DomainEvent;
 
 use crate::config::{Config, FailureCount, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
@@ -406,11 +406,10 @@ async fn note_dead_letter(
 
 /// A worker's record as a domain event `<entity>.<what>`, with the version
 /// kept in the record's row of `table` (also used to rebuild read models).
-pub(crate) fn record_event<R: serde::Serialize>(
+pub(crate) fn record_event<R: Snapshot>(
     c: &Connection,
     table: &str,
     id: i64,
-    entity: Entity,
     record: Option<R>,
     what: impl FnOnce(&R) -> String,
 ) -> rusqlite::Result<Option<DomainEvent>> {
@@ -423,8 +422,12 @@ pub(crate) fn record_event<R: serde::Serialize>(
         return Ok(None);
     };
     let what = what(&rec);
-    let data = serde_json::to_value(&rec).unwrap_or_default();
-    Ok(Some(DomainEvent::new(entity, &what, id, version, data)))
+    Ok(Some(DomainEvent::new(&what, id, version, rec.payload())))
+}
+
+/// A worker's record as the payload of its domain event.
+pub(crate) trait Snapshot {
+    fn payload(&self) -> crate::events::Payload;
 }
 
 /// Writes an event, if there is one, to the outbox of the transaction.
@@ -437,5 +440,11 @@ pub(crate) fn emit(tx: &Connection, event: Option<DomainEvent>) -> rusqlite::Res
 
 /// Reads a record's order id column, shared by the worker tables.
 pub(crate) fn order_id_of(raw: i64) -> rusqlite::Result<OrderId> {
-    OrderId::new(raw).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    parsed(OrderId::new(raw))
+}
+
+/// A stored value parsed into its domain type; one that does not parse is a
+/// damaged row, reported as a read error.
+pub(crate) fn parsed<T>(v: Result<T, crate::domain::DomainError>) -> rusqlite::Result<T> {
+    v.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }

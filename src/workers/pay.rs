@@ -6,8 +6,8 @@ use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 use super::{Applied, WorkerLogic, order_id_of};
-use crate::domain::{Millis, Money, OrderId, PayStatus, WorkerKind};
-use crate::events::{DomainEvent, Entity};
+use crate::domain::{CustomerId, Millis, Money, OrderId, PayStatus, WorkerKind};
+use crate::events::{DomainEvent, PayData, Payload};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS pays (
 pub struct PayRecord {
     pub id: OrderId,
     pub order_id: OrderId,
-    pub customer_id: i64,
+    pub customer_id: CustomerId,
     /// The decimal the seed shows (`40.0`).
     #[serde(serialize_with = "Money::serialize_decimal")]
     pub amount: Money,
@@ -144,9 +144,21 @@ fn publish(tx: &Connection, id: OrderId) -> rusqlite::Result<()> {
 
 /// The payment of an order as a domain event (also used to rebuild views).
 pub fn snapshot(c: &Connection, id: OrderId) -> rusqlite::Result<Option<DomainEvent>> {
-    super::record_event(c, "pays", id.get(), Entity::Pay, get(c, id)?, |r| {
+    super::record_event(c, "pays", id.get(), get(c, id)?, |r| {
         r.status.as_str().to_ascii_lowercase()
     })
+}
+
+impl super::Snapshot for PayRecord {
+    fn payload(&self) -> Payload {
+        Payload::Pay(PayData {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            amount_cents: self.amount_cents,
+            status: self.status,
+            reason: self.reason.clone(),
+        })
+    }
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<PayRecord> {
@@ -155,7 +167,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<PayRecord> {
     Ok(PayRecord {
         id,
         order_id: id,
-        customer_id: r.get(1)?,
+        customer_id: super::parsed(CustomerId::new(r.get(1)?))?,
         amount: Money::from_cents(r.get(2)?),
         amount_cents: Money::from_cents(r.get(2)?),
         status: status.parse().unwrap_or(PayStatus::Declined),

@@ -398,6 +398,16 @@ impl TestApp {
         }
     }
 
+    /// Waits until the saga itself knows that a manual step waits for a
+    /// person (the worker's record shows it a moment earlier): only then
+    /// does the saga take `cooked` / `pickedUp`.
+    pub async fn wait_for_person(&self, id: i64) -> Value {
+        self.wait_saga(id, "waiting for a person", |v| {
+            v["waitingOn"]["waitingForAPerson"] == true
+        })
+        .await
+    }
+
     pub async fn wait_state(&self, id: i64, state: &str) -> Value {
         self.wait_saga(id, state, |v| v["state"] == state).await
     }

@@ -351,11 +351,13 @@ async fn cancel_racing_delivered(app: &TestApp) {
         let id = order["id"].as_i64().expect("id");
         answers.established.push(id);
         app.wait_record("kitchens", id, "Accepted").await;
+        app.wait_for_person(id).await;
         let (s, b) = app
             .post_as_manager(&format!("/kitchens/{id}/cooked"), json!({}))
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{b}");
         app.wait_record("deliveries", id, "Dispatched").await;
+        app.wait_for_person(id).await;
         let (s, b) = app
             .post_as_manager(&format!("/deliveries/{id}/pickedUp"), json!({}))
             .await;

@@ -96,9 +96,9 @@ on_both_transports!(seed_cqrs, Options::default(), seed_cqrs_checks);
 
 fn catalog_event(id: i64, version: i64, stock: i64) -> Outgoing {
     let event = json!({
-        "schema": 1, "type": "catalog.stockChanged", "entity": "catalog", "entityId": id,
+        "schema": 2, "type": "catalog.stockChanged", "entity": "catalog", "entityId": id,
         "version": version, "at": 0,
-        "data": {"id": id, "name": "toast", "stock": stock, "price": 2.5, "priceCents": 250}
+        "data": {"id": id, "name": "toast", "stock": stock, "priceCents": 250}
     });
     Outgoing {
         message_id: format!("catalog.stockChanged.{id}.v{version}"),
@@ -215,4 +215,60 @@ on_both_transports!(
     rebuild,
     Options::default(),
     read_models_rebuild_from_scratch
+);
+
+/// A malformed event (a renamed field, as a producer on another contract
+/// would send) is dead-lettered, never projected with a default.
+async fn malformed_events_are_dead_lettered(app: &TestApp) {
+    use futures_util::StreamExt;
+    let mut bad = catalog_event(91, 1, 5);
+    let mut body: serde_json::Value = serde_json::from_slice(&bad.body).expect("json");
+    body["data"]["price"] = body["data"]["priceCents"].take();
+    body["data"]
+        .as_object_mut()
+        .expect("data")
+        .remove("priceCents");
+    bad.body = serde_json::to_vec(&body).expect("json");
+    bad.message_id = "catalog.stockChanged.91.v1.malformed".into();
+    let results = app
+        .transport()
+        .publish(vec![bad, catalog_event(92, 1, 1)])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    app.wait_view("/foodCatalogViews", 92, "projected", |f| f["stock"] == 1)
+        .await;
+    let (_, views) = app.get("/foodCatalogViews").await;
+    assert!(
+        views
+            .as_array()
+            .is_some_and(|a| a.iter().all(|v| v["id"] != 91)),
+        "the malformed event was projected: {views}"
+    );
+    let mut dead = app
+        .transport()
+        .consume(hearty::transport::QueueName::DeadLetter)
+        .await
+        .expect("consume the dead-letter queue");
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(d) = dead.next().await {
+            let ours = d.message_id.as_deref() == Some("catalog.stockChanged.91.v1.malformed");
+            let _ = d.ack().await;
+            if ours {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "the malformed event is in the dead-letter queue"
+    );
+}
+
+on_both_transports!(
+    malformed_event,
+    Options::default(),
+    malformed_events_are_dead_lettered
 );
