@@ -45,6 +45,14 @@ macro_rules! id_type {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                integer_schema(1)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl FromStr for $name {
             type Err = DomainError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -78,6 +86,17 @@ id_type!(
     ReviewId,
     "review id"
 );
+
+/// The OpenAPI schema of an integer of at least `min`.
+fn integer_schema(min: i64) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .minimum(Some(min))
+        .into()
+}
 
 /// The saga of an order has the order's id.
 pub type SagaId = OrderId;
@@ -203,13 +222,38 @@ fn parse_cents(s: &str) -> Result<i64, DomainError> {
         None => (s, ""),
     };
     let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || whole.len() > 15 || frac.len() > 2 || !digits(whole) || !digits(frac) {
+    let leading_zero = whole.len() > 1 && whole.starts_with('0');
+    if whole.is_empty()
+        || whole.len() > 15
+        || leading_zero
+        || frac.len() > 2
+        || !digits(whole)
+        || !digits(frac)
+    {
         return Err(bad());
     }
     let whole: i64 = whole.parse().map_err(|_| bad())?;
     let frac: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
     Ok(whole * 100 + frac)
 }
+
+/// Whole cents: an integer of at least 0.
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        integer_schema(0)
+    }
+}
+
+impl utoipa::ToSchema for Money {}
+
+/// A quantity: an integer of at least 1.
+impl utoipa::PartialSchema for Qty {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        integer_schema(1)
+    }
+}
+
+impl utoipa::ToSchema for Qty {}
 
 /// Whole cents on every wire: an integer, never a float.
 impl Serialize for Money {
@@ -241,7 +285,7 @@ impl fmt::Display for Money {
 macro_rules! status_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum $name { $($variant),+ }
 
         impl $name {

@@ -1,22 +1,83 @@
-//! The OpenAPI document of the HTTP API (`/openapi.json`) and Swagger UI
-//! (`/docs/`), both embedded: nothing is fetched at build or run time.
+//! The OpenAPI document of the HTTP API (`/openapi.json`), derived from the
+//! handlers' `#[utoipa::path]` attributes and the contract types, and Swagger
+//! UI (`/docs/`), both embedded: nothing is fetched at build or run time.
 
 use std::sync::OnceLock;
 
 use actix_web::{HttpResponse, web};
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-const DOCUMENT: &str = include_str!("openapi.json");
+use super::contract::lenient::{IdField, QtyField};
+use super::contract::responses::ErrorBody;
+use super::{ops, orders, resources, sagas};
 
-/// The parsed document (checked by a unit test, so parsing cannot fail).
-pub fn document() -> OpenApi {
-    static DOC: OnceLock<OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| {
-        // The embedded file is valid: `the_document_parses` checks it.
-        serde_json::from_str(DOCUMENT).unwrap_or_else(|e| panic!("embedded openapi.json: {e}"))
-    })
-    .clone()
+/// The manager's bearer token (`HEARTY_MANAGER_TOKEN`).
+struct ManagerAuth;
+
+impl Modify for ManagerAuth {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "manager",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hearty",
+        description = "Breakfast orders run as sagas (pay → kitchen → delivery → coupon) by one orchestrator actor per order. Numbers in request bodies may be sent as strings of digits, as httpie does. Errors are `{error, detail}`; 400 means the request does not fit this document, 422 that it fits but names something that does not exist (or a total too large), 409 that the order's state refuses it.",
+        license(name = "MIT")
+    ),
+    paths(
+        resources::create_customer,
+        resources::list_customers,
+        resources::get_customer,
+        resources::create_food,
+        resources::list_foods,
+        resources::get_food,
+        resources::food_views,
+        resources::seed_delete_food_views,
+        orders::place,
+        orders::list,
+        orders::get,
+        orders::my_orders,
+        orders::cancel,
+        orders::cooked,
+        orders::picked_up,
+        orders::delivered,
+        resources::list_pays,
+        resources::get_pay,
+        resources::list_kitchens,
+        resources::get_kitchen,
+        resources::list_deliveries,
+        resources::get_delivery,
+        resources::list_coupons,
+        resources::get_coupon,
+        resources::create_review,
+        resources::list_reviews,
+        resources::review_views,
+        sagas::list,
+        sagas::get,
+        sagas::retry,
+        ops::live,
+        ops::ready,
+        ops::metrics,
+    ),
+    components(schemas(ErrorBody, IdField, QtyField)),
+    modifiers(&ManagerAuth)
+)]
+struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> Document {
+    static DOC: OnceLock<Document> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi).clone()
 }
 
 /// Swagger UI at `/docs/`, serving the document at `/openapi.json`.
@@ -41,8 +102,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_document_parses_and_names_every_path() {
-        let doc: OpenApi = serde_json::from_str(DOCUMENT).expect("valid OpenAPI");
+    fn the_document_names_every_path_and_resolves_every_reference() {
+        let doc = document();
         for path in [
             "/orders",
             "/kitchens/{id}",
@@ -52,6 +113,16 @@ mod tests {
             "/health/ready",
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path}");
+        }
+        let text = serde_json::to_string(&doc).expect("serializes");
+        let schemas = doc
+            .components
+            .as_ref()
+            .map(|c| &c.schemas)
+            .expect("components");
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap_or("");
+            assert!(schemas.contains_key(name), "unresolved reference to {name}");
         }
     }
 }

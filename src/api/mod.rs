@@ -2,7 +2,7 @@
 //! error is a JSON `{error, detail}` with a 4xx status for the caller's
 //! mistakes.
 
-pub mod body;
+pub mod contract;
 mod docs;
 pub mod error;
 mod ops;
@@ -133,6 +133,9 @@ pub fn json_config() -> web::JsonConfig {
                     "unsupported_media_type",
                     "send a JSON body",
                 ),
+                E::Deserialize(e) if e.is_data() => {
+                    ApiError::bad_request(format!("the body does not fit the schema: {e}"))
+                }
                 other => ApiError::bad_request(format!("malformed JSON: {other}")),
             };
             api.into()
@@ -214,7 +217,7 @@ fn business() -> impl HttpServiceFactory {
         // models are never deleted over HTTP, so DELETE reads it too.
         resource("/foodCatalogViews", "GET, DELETE")
             .route(web::get().to(resources::food_views))
-            .route(web::delete().to(resources::food_views)),
+            .route(web::delete().to(resources::seed_delete_food_views)),
         resource("/orders", "POST, GET")
             .route(web::post().to(orders::place))
             .route(web::get().to(orders::list)),

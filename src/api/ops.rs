@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use super::contract::responses::{BrokerHealth, Live, Ready, StorageHealth};
 use actix_web::dev::HttpServiceFactory;
 use actix_web::{HttpResponse, web};
-use serde_json::json;
 
 use crate::metrics::METRICS;
 use crate::saga::breaker::Breakers;
@@ -27,29 +27,61 @@ pub fn routes() -> impl HttpServiceFactory {
     )
 }
 
-async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "live" }))
+/// The process is alive.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "live",
+    tag = "operations",
+    responses((status = 200, description = "alive", body = Live))
+)]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(Live {
+        status: "live".into(),
+    })
 }
 
-async fn ready(probes: web::Data<Probes>) -> HttpResponse {
+/// Ready when every database answers and the broker is usable.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Ready),
+        (status = 503, description = "not ready (same body; Retry-After)", body = Ready),
+    )
+)]
+pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     let mut storage_ok = true;
     let mut storage = Vec::new();
     for db in &probes.dbs {
         let ok = db.is_healthy().await;
         storage_ok &= ok;
-        storage.push(json!({ "file": db.path().display().to_string(), "ok": ok }));
+        storage.push(StorageHealth {
+            file: db.path().display().to_string(),
+            ok,
+        });
     }
     let broker_ok = probes.transport.is_ready();
-    let body = json!({
-        "status": if storage_ok && broker_ok { "ready" } else { "unavailable" },
-        "storage": storage,
-        "broker": { "kind": probes.transport.kind(), "ok": broker_ok },
-        "circuitBreakers": probes
+    let body = Ready {
+        status: if storage_ok && broker_ok {
+            "ready"
+        } else {
+            "unavailable"
+        }
+        .into(),
+        storage,
+        broker: BrokerHealth {
+            kind: probes.transport.kind().into(),
+            ok: broker_ok,
+        },
+        circuit_breakers: probes
             .breakers
             .iter()
-            .map(|b| (b.step.clone(), json!(b.state().as_str())))
-            .collect::<serde_json::Map<_, _>>(),
-    });
+            .map(|b| (b.step.clone(), b.state().as_str().to_owned()))
+            .collect(),
+    };
     if storage_ok && broker_ok {
         HttpResponse::Ok().json(body)
     } else {
@@ -59,7 +91,15 @@ async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     }
 }
 
-async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
+/// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
     let mut backlog = String::from(
         "# HELP hearty_outbox_backlog Messages committed and not yet confirmed by the broker.\n# TYPE hearty_outbox_backlog gauge\n",
     );

@@ -3,49 +3,35 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::body::{Body, Query, required};
+use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page};
+use super::contract::responses::{CancelAccepted, ErrorBody, Order, ProgressAccepted};
 use super::error::ApiError;
 use super::{ApiState, ok_json};
-use crate::domain::{CustomerId, FoodId, OrderId, Qty};
+use crate::domain::{CustomerId, FoodId, Money, OrderId, OrderStatus, Qty};
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::{IdempotencyKey, KeyUse, Stored};
 use crate::orchestrator::{AwaitAdmission, OrchestratorError, PlaceOrder, ask, dispatch, store};
-use crate::saga::machine::{Admission, Event, Refusal, Saga};
+use crate::saga::machine::{Admission, Event, Refusal, SagaState};
+use crate::views::my_orders::MyOrder;
 use crate::workers::kitchen;
 
 type State = web::Data<ApiState>;
-type Q = web::Query<std::collections::HashMap<String, String>>;
 
 /// How long a client should wait before trying again after a 503.
 const RETRY_AFTER_SECS: u64 = 5;
 
-/// The order view: the order and its saga's state.
-pub fn order_view(saga: &Saga) -> Value {
-    store::order_json(saga)
-}
-
 /// The order view of a stored row; a quarantined one shows what is known.
-fn stored_order_view(row: &Stored) -> Value {
+fn order_view(row: &Stored) -> Order {
     match row {
-        Stored::Saga(saga) => order_view(saga),
-        Stored::Quarantined(q) => json!({
-            "id": q.id,
-            "orderId": q.id,
-            "status": q.order_status,
-            "sagaState": "Failed",
-            "quarantined": true,
-            "reason": q.reason,
-            "createdAt": q.created_at.to_rfc3339(),
-            "updatedAt": q.updated_at.to_rfc3339(),
-        }),
+        Stored::Saga(saga) => Order::from(saga.as_ref()),
+        Stored::Quarantined(q) => Order::from(q),
     }
 }
 
-fn order_id(raw: &str) -> Result<OrderId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("no order `{raw}`")))
+fn order_id(raw: i64) -> Result<OrderId, ApiError> {
+    OrderId::new(raw).map_err(|_| ApiError::not_found(format!("no order `{raw}`")))
 }
 
 fn unprocessable(error: &'static str, detail: String) -> ApiError {
@@ -67,39 +53,56 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
     }
 }
 
+/// Places an order and waits for its payment.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    operation_id = "placeOrder",
+    tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1 to 200 visible ASCII characters: the same key and body answer for the same order")),
+    request_body = NewOrder,
+    responses(
+        (status = 201, description = "paid: the order is established", body = Order,
+            links(
+                ("GetOrder" = (operation_id = "getOrder", parameters(("id" = "$response.body#/id")))),
+                ("GetSaga" = (operation_id = "getSaga", parameters(("id" = "$response.body#/id")))),
+                ("GetPayment" = (operation_id = "getPay", parameters(("id" = "$response.body#/id")))),
+                ("GetTicket" = (operation_id = "getKitchen", parameters(("id" = "$response.body#/id")))),
+                ("CancelOrder" = (operation_id = "cancelOrder", parameters(("id" = "$response.body#/id")))),
+                ("MarkCooked" = (operation_id = "markCooked", parameters(("id" = "$response.body#/id")))),
+                ("MarkPickedUp" = (operation_id = "markPickedUp", parameters(("id" = "$response.body#/id")))),
+                ("MarkDelivered" = (operation_id = "markDelivered", parameters(("id" = "$response.body#/id")))),
+                ("GetDelivery" = (operation_id = "getDelivery", parameters(("id" = "$response.body#/id")))),
+                ("GetCoupon" = (operation_id = "getCoupon", parameters(("id" = "$response.body#/id"))))
+            )),
+        (status = 400, description = "the body does not fit the schema", body = ErrorBody),
+        (status = 402, description = "payment declined; nothing established", body = ErrorBody),
+        (status = 409, description = "out of stock, or cancelled before it was paid", body = ErrorBody),
+        (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "unknown customer or food, total too large, or the key was used for another request", body = ErrorBody),
+        (status = 503, description = "payment or broker unavailable; nothing established; Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn place(
     state: State,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<NewOrder>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let b = Body::new(body.into_inner())?;
-    let customer = required(
-        b.int(&["customerId", "customerid", "customer_id", "customerID"])?,
-        "customerId",
-    )?;
-    let food = required(
-        b.int(&[
-            "foodCatalogId",
-            "foodcaltalogid",
-            "foodcatalogid",
-            "foodCatalogid",
-            "food_catalog_id",
-        ])?,
-        "foodCatalogId",
-    )?;
-    let qty = Qty::new(required(b.int(&["qty"])?, "qty")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let customer =
-        CustomerId::new(customer).map_err(|e| unprocessable("unknown_customer", e.to_string()))?;
-    let food = FoodId::new(food).map_err(|e| unprocessable("unknown_food", e.to_string()))?;
+    let body = body.into_inner();
+    let customer = CustomerId::new(body.customer_id.0)
+        .map_err(|e| unprocessable("unknown_customer", e.to_string()))?;
+    let food = FoodId::new(body.food_catalog_id.0)
+        .map_err(|e| unprocessable("unknown_food", e.to_string()))?;
+    let qty = Qty::new(body.qty.0).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut draft = OrderDetails {
         // Replaced by the id the orchestrator allocates.
         order_id: OrderId::new(i64::MAX).map_err(|e| ApiError::bad_request(e.to_string()))?,
         customer_id: customer,
         food_id: food,
         qty,
-        amount: crate::domain::Money::from_cents(0),
+        amount: Money::from_cents(0),
     };
     if let Some(k) = &key {
         match state.sagas.key_use(k, &draft).await? {
@@ -213,7 +216,7 @@ async fn respond(state: &ApiState, id: OrderId) -> Result<HttpResponse, ApiError
         }
     };
     match saga.admission() {
-        Admission::Established => Ok(HttpResponse::Created().json(order_view(&saga))),
+        Admission::Established => Ok(HttpResponse::Created().json(Order::from(&saga))),
         Admission::CancelledUnpaid(reason) => Err(ApiError::conflict(
             "order_cancelled",
             format!("the order was cancelled before it was paid: {reason}"),
@@ -238,43 +241,76 @@ async fn respond(state: &ApiState, id: OrderId) -> Result<HttpResponse, ApiError
     }
 }
 
-pub async fn list(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let q = Query(q.into_inner());
-    let page = q.page()?;
-    let customer = q
-        .int("customerId")?
-        .map(|c| CustomerId::new(c).map_err(|e| ApiError::bad_request(e.to_string())))
-        .transpose()?;
+/// Orders, by id.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    operation_id = "listOrders",
+    tag = "orders",
+    params(CustomerQuery),
+    responses(
+        (status = 200, description = "orders ordered by id", body = [Order]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+    let customer =
+        id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
     let sagas = state
         .sagas
         .db()
         .read(move |c| store::list_sagas(c, page, None, customer))
         .await?;
-    Ok(ok_json(
-        &sagas.iter().map(stored_order_view).collect::<Vec<_>>(),
-    ))
+    Ok(ok_json(&sagas.iter().map(order_view).collect::<Vec<_>>()))
 }
 
-pub async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = order_id(&path)?;
+/// One order.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "getOrder",
+    tag = "orders",
+    params(IdPath),
+    responses(
+        (status = 200, description = "the order", body = Order),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+    let id = order_id(path.id)?;
     state
         .sagas
         .db()
         .read(move |c| store::get_saga(c, id))
         .await?
-        .map(|s| ok_json(&stored_order_view(&s)))
+        .map(|s| ok_json(&order_view(&s)))
         .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
 }
 
 /// "My orders", from its read model: per order, the status of the order and
 /// of each worker's record.
-pub async fn my_orders(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let q = Query(q.into_inner());
-    let page = q.page()?;
-    let customer = q
-        .int("customerId")?
-        .map(|c| CustomerId::new(c).map_err(|e| ApiError::bad_request(e.to_string())))
-        .transpose()?;
+#[utoipa::path(
+    get,
+    path = "/myOrders",
+    operation_id = "listMyOrders",
+    tag = "read models",
+    params(CustomerQuery),
+    responses(
+        (status = 200, description = "per order, every part's status", body = [MyOrder]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn my_orders(
+    state: State,
+    q: web::Query<CustomerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+    let customer =
+        id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
     let list = state
         .views
         .my_orders
@@ -284,20 +320,37 @@ pub async fn my_orders(state: State, q: Q) -> Result<HttpResponse, ApiError> {
 }
 
 /// `DELETE /kitchens/{id}`: the manager cancels order `id`.
+#[utoipa::path(
+    delete,
+    path = "/kitchens/{id}",
+    operation_id = "cancelOrder",
+    tag = "orders",
+    params(IdPath),
+    security(("manager" = [])),
+    responses(
+        (status = 202, description = "cancelled: the saga compensates", body = CancelAccepted,
+            links(("GetSaga" = (operation_id = "getSaga", parameters(("id" = "$request.path.id")))))),
+        (status = 401, description = "no manager token", body = ErrorBody),
+        (status = 403, description = "wrong manager token", body = ErrorBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "delivered, cancelled, rejected or quarantined", body = ErrorBody),
+        (status = 503, description = "orchestrator or storage unavailable", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     state: State,
     req: HttpRequest,
-    path: web::Path<String>,
+    path: web::Path<IdPath>,
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
-    let id = order_id(&path)?;
+    let id = order_id(path.id)?;
     match dispatch(&state.orchestrator, id, Event::Cancel).await? {
-        Ok(()) => Ok(HttpResponse::Accepted().json(json!({
-            "sagaId": id,
-            "orderId": id,
-            "status": "Cancelled",
-            "state": "Compensating",
-        }))),
+        Ok(()) => Ok(HttpResponse::Accepted().json(CancelAccepted {
+            saga_id: id,
+            order_id: id,
+            status: OrderStatus::Cancelled,
+            state: SagaState::Compensating,
+        })),
         Err(Refusal::NotCancellable(status)) => Err(ApiError::conflict(
             "not_cancellable",
             format!("order {id} is {status} and can no longer be cancelled"),
@@ -312,41 +365,69 @@ pub async fn cancel(
 async fn progress(
     state: State,
     req: HttpRequest,
-    raw: &str,
+    raw: i64,
     progress: Progress,
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(raw)?;
     match dispatch(&state.orchestrator, id, Event::Progress { progress }).await? {
-        Ok(()) => Ok(HttpResponse::Accepted().json(json!({
-            "orderId": id,
-            "progress": progress.as_str(),
-        }))),
+        Ok(()) => Ok(HttpResponse::Accepted().json(ProgressAccepted {
+            order_id: id,
+            progress: progress.as_str().to_owned(),
+        })),
         Err(refusal) => Err(ApiError::conflict("not_in_progress", refusal.to_string())
             .with_extra(json!({ "orderId": id }))),
     }
 }
 
-pub async fn cooked(
-    state: State,
-    req: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    progress(state, req, &path, Progress::Cooked).await
+/// Declares a manual-progress endpoint.
+macro_rules! progress_endpoint {
+    ($fn:ident, $path:literal, $op:literal, $progress:expr, $what:literal) => {
+        #[doc = $what]
+        #[utoipa::path(
+            post,
+            path = $path,
+            operation_id = $op,
+            tag = "orders",
+            params(IdPath),
+            security(("manager" = [])),
+            responses(
+                (status = 202, description = "taken by the order's saga", body = ProgressAccepted),
+                (status = 401, description = "no manager token", body = ErrorBody),
+                (status = 403, description = "wrong manager token", body = ErrorBody),
+                (status = 404, description = "no such order", body = ErrorBody),
+                (status = 409, description = "the step does not wait for it now", body = ErrorBody),
+                (status = 503, description = "orchestrator or storage unavailable", body = ErrorBody),
+            )
+        )]
+        pub async fn $fn(
+            state: State,
+            req: HttpRequest,
+            path: web::Path<IdPath>,
+        ) -> Result<HttpResponse, ApiError> {
+            progress(state, req, path.id, $progress).await
+        }
+    };
 }
 
-pub async fn picked_up(
-    state: State,
-    req: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    progress(state, req, &path, Progress::PickedUp).await
-}
-
-pub async fn delivered(
-    state: State,
-    req: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    progress(state, req, &path, Progress::Delivered).await
-}
+progress_endpoint!(
+    cooked,
+    "/kitchens/{id}/cooked",
+    "markCooked",
+    Progress::Cooked,
+    "The kitchen cooked order `id` (manual mode)."
+);
+progress_endpoint!(
+    picked_up,
+    "/deliveries/{id}/pickedUp",
+    "markPickedUp",
+    Progress::PickedUp,
+    "The delivery team picked order `id` up (manual mode)."
+);
+progress_endpoint!(
+    delivered,
+    "/deliveries/{id}/delivered",
+    "markDelivered",
+    Progress::Delivered,
+    "The delivery team handed order `id` over; closes it for cancellation."
+);

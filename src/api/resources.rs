@@ -1,46 +1,85 @@
-//! Customers, the food catalog, and the workers' records.
+//! Customers, the food catalog, reviews, the read models of the catalog and
+//! the reviews, and the workers' records.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::body::{Body, Query, required};
+use super::contract::requests::{
+    IdPath, NewCustomer, NewFood, NewReview, PageQuery, RecordQuery, id_filter, page,
+};
+use super::contract::responses::ErrorBody;
 use super::error::ApiError;
 use super::{ApiState, ok_json};
-use crate::domain::{CustomerId, FoodId, Money, OrderId};
-use crate::orchestrator::store;
+use crate::domain::{CustomerId, FoodId, OrderId};
+use crate::orchestrator::store::{self, CustomerRecord, ReviewRecord};
+use crate::views::catalog::FoodView;
+use crate::views::reviews::ReviewView;
+use crate::workers::coupon::CouponRecord;
+use crate::workers::delivery::DeliveryRecord;
+use crate::workers::kitchen::{FoodRecord, TicketRecord};
+use crate::workers::pay::PayRecord;
 use crate::workers::{coupon, delivery, kitchen, pay};
 
 type State = web::Data<ApiState>;
-type Q = web::Query<std::collections::HashMap<String, String>>;
 
-fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("no {what} `{raw}`")))
+/// An id of a path as a domain id; one that cannot be (0) names nothing.
+fn path_id<T>(
+    raw: i64,
+    what: &str,
+    make: impl Fn(i64) -> Result<T, crate::domain::DomainError>,
+) -> Result<T, ApiError> {
+    make(raw).map_err(|_| ApiError::not_found(format!("no {what} `{raw}`")))
 }
 
+/// Registers a customer.
+#[utoipa::path(
+    post,
+    path = "/customers",
+    operation_id = "createCustomer",
+    tag = "customers",
+    request_body = NewCustomer,
+    responses(
+        (status = 201, description = "created", body = CustomerRecord,
+            links(("GetCustomer" = (operation_id = "getCustomer", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "the body does not fit the schema", body = ErrorBody),
+        (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create_customer(
     state: State,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<NewCustomer>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = Body::new(body.into_inner())?;
-    let name = required(b.text(&["name"], 200)?, "name")?;
-    let phone = b.text(&["phone"], 50)?.unwrap_or_default();
-    let address = b.text(&["address"], 500)?.unwrap_or_default();
-    let age = b.int(&["age"])?;
-    if let Some(a) = age
-        && !(0..=150).contains(&a)
-    {
-        return Err(ApiError::bad_request("`age` must be between 0 and 150"));
-    }
+    let c = body.into_inner();
+    c.check().map_err(ApiError::bad_request)?;
+    let age = c.age.map(|a| a.0);
+    let (phone, address) = (c.phone.unwrap_or_default(), c.address.unwrap_or_default());
     let created = state
         .sagas
         .db()
-        .write(move |tx| store::create_customer(tx, &name, &phone, &address, age))
+        .write(move |tx| store::create_customer(tx, &c.name, &phone, &address, age))
         .await?;
     Ok(HttpResponse::Created().json(created))
 }
 
-pub async fn list_customers(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let page = Query(q.into_inner()).page()?;
+/// Customers, by id.
+#[utoipa::path(
+    get,
+    path = "/customers",
+    operation_id = "listCustomers",
+    tag = "customers",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "customers ordered by id", body = [CustomerRecord]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_customers(
+    state: State,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .sagas
         .db()
@@ -49,8 +88,21 @@ pub async fn list_customers(state: State, q: Q) -> Result<HttpResponse, ApiError
     Ok(ok_json(&list))
 }
 
-pub async fn get_customer(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id: CustomerId = parse_id(&path, "customer")?;
+/// One customer.
+#[utoipa::path(
+    get,
+    path = "/customers/{id}",
+    operation_id = "getCustomer",
+    tag = "customers",
+    params(IdPath),
+    responses(
+        (status = 200, description = "the customer", body = CustomerRecord),
+        (status = 404, description = "no such customer", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_customer(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(path.id, "customer", CustomerId::new)?;
     state
         .sagas
         .db()
@@ -60,32 +112,56 @@ pub async fn get_customer(state: State, path: web::Path<String>) -> Result<HttpR
         .ok_or_else(|| ApiError::not_found(format!("no customer {id}")))
 }
 
+/// Adds an item to the kitchen's catalog (manager).
+#[utoipa::path(
+    post,
+    path = "/foodCatalogs",
+    operation_id = "createFood",
+    tag = "catalog",
+    request_body = NewFood,
+    security(("manager" = [])),
+    responses(
+        (status = 201, description = "created", body = FoodRecord,
+            links(("GetFood" = (operation_id = "getFood", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "the body does not fit the schema", body = ErrorBody),
+        (status = 401, description = "no manager token", body = ErrorBody),
+        (status = 403, description = "wrong manager token", body = ErrorBody),
+        (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create_food(
     state: State,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<NewFood>,
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
-    let b = Body::new(body.into_inner())?;
-    let name = required(b.text(&["name"], 200)?, "name")?;
-    let stock = required(b.int(&["stock"])?, "stock")?;
-    if !(0..=1_000_000_000).contains(&stock) {
-        return Err(ApiError::bad_request(
-            "`stock` must be between 0 and 1000000000",
-        ));
-    }
-    let price = required(b.decimal_text(&["price"])?, "price")?;
-    let price =
-        Money::parse_price(&price).map_err(|e| ApiError::bad_request(format!("`price`: {e}")))?;
+    let f = body.into_inner();
+    f.check().map_err(ApiError::bad_request)?;
+    let (stock, price) = (f.stock.0, f.price.0);
     let created = state
         .kitchen
-        .write(move |tx| Ok(kitchen::create_food(tx, &name, stock, price)?))
+        .write(move |tx| Ok(kitchen::create_food(tx, &f.name, stock, price)?))
         .await?;
     Ok(HttpResponse::Created().json(created))
 }
 
-pub async fn list_foods(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let page = Query(q.into_inner()).page()?;
+/// The kitchen's catalog, with its current stock.
+#[utoipa::path(
+    get,
+    path = "/foodCatalogs",
+    operation_id = "listFoods",
+    tag = "catalog",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "items ordered by id", body = [FoodRecord]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .kitchen
         .read(move |c| Ok(kitchen::list_foods(c, page)?))
@@ -93,8 +169,21 @@ pub async fn list_foods(state: State, q: Q) -> Result<HttpResponse, ApiError> {
     Ok(ok_json(&list))
 }
 
-pub async fn get_food(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id: FoodId = parse_id(&path, "food catalog item")?;
+/// One catalog item.
+#[utoipa::path(
+    get,
+    path = "/foodCatalogs/{id}",
+    operation_id = "getFood",
+    tag = "catalog",
+    params(IdPath),
+    responses(
+        (status = 200, description = "the item", body = FoodRecord),
+        (status = 404, description = "no such item", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_food(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(path.id, "food catalog item", FoodId::new)?;
     state
         .kitchen
         .read(move |c| Ok(kitchen::get_food(c, id)?))
@@ -103,9 +192,47 @@ pub async fn get_food(state: State, path: web::Path<String>) -> Result<HttpRespo
         .ok_or_else(|| ApiError::not_found(format!("no food catalog item {id}")))
 }
 
-/// The catalog read model: `id, name, price, stock`.
-pub async fn food_views(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let page = Query(q.into_inner()).page()?;
+/// The catalog read model: `id, name, price, stock`. The seed's `DELETE`
+/// reads it too: read models are never deleted over HTTP.
+#[utoipa::path(
+    get,
+    path = "/foodCatalogViews",
+    operation_id = "listFoodViews",
+    tag = "read models",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "items ordered by id", body = [FoodView]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn food_views(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    read_food_views(state, q).await
+}
+
+/// The seed checks the stock with `http DELETE /foodCatalogViews`: read
+/// models are never deleted over HTTP, so this reads the view like `GET`.
+#[utoipa::path(
+    delete,
+    path = "/foodCatalogViews",
+    operation_id = "seedDeleteFoodViews",
+    tag = "read models",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "the view, unchanged", body = [FoodView]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn seed_delete_food_views(
+    state: State,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    read_food_views(state, q).await
+}
+
+async fn read_food_views(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .views
         .catalog
@@ -114,31 +241,55 @@ pub async fn food_views(state: State, q: Q) -> Result<HttpResponse, ApiError> {
     Ok(ok_json(&list))
 }
 
+/// Posts a review.
+#[utoipa::path(
+    post,
+    path = "/reviews",
+    operation_id = "createReview",
+    tag = "reviews",
+    request_body = NewReview,
+    responses(
+        (status = 201, description = "created", body = ReviewRecord),
+        (status = 400, description = "the body does not fit the schema", body = ErrorBody),
+        (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create_review(
     state: State,
-    body: web::Json<serde_json::Value>,
+    body: web::Json<NewReview>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = Body::new(body.into_inner())?;
-    let username = required(b.text(&["username", "userName"], 100)?, "username")?;
-    let productname = required(b.text(&["productname", "productName"], 200)?, "productname")?;
-    let content = required(b.text(&["content"], 5000)?, "content")?;
-    let rating = b.int(&["rating"])?;
-    if let Some(r) = rating
-        && !(1..=5).contains(&r)
-    {
-        return Err(ApiError::bad_request("`rating` must be between 1 and 5"));
-    }
+    let r = body.into_inner();
+    r.check().map_err(ApiError::bad_request)?;
+    let rating = r.rating.map(|x| x.0);
     let created = state
         .sagas
         .db()
-        .write(move |tx| store::create_review(tx, &username, &productname, &content, rating))
+        .write(move |tx| store::create_review(tx, &r.username, &r.productname, &r.content, rating))
         .await?;
     state.sagas.db().notify_outbox();
     Ok(HttpResponse::Created().json(created))
 }
 
-pub async fn list_reviews(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let page = Query(q.into_inner()).page()?;
+/// Reviews, by id.
+#[utoipa::path(
+    get,
+    path = "/reviews",
+    operation_id = "listReviews",
+    tag = "reviews",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "reviews ordered by id", body = [ReviewRecord]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_reviews(
+    state: State,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .sagas
         .db()
@@ -147,9 +298,25 @@ pub async fn list_reviews(state: State, q: Q) -> Result<HttpResponse, ApiError> 
     Ok(ok_json(&list))
 }
 
-/// The review read model: per product, count, average rating, latest reviews.
-pub async fn review_views(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-    let page = Query(q.into_inner()).page()?;
+/// The review read model: per product, count, average rating, latest
+/// reviews (also at the seed's `/reviewView`).
+#[utoipa::path(
+    get,
+    path = "/reviewViews",
+    operation_id = "listReviewViews",
+    tag = "read models",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "products ordered by id", body = [ReviewView]),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody),
+    )
+)]
+pub async fn review_views(
+    state: State,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .views
         .reviews
@@ -158,23 +325,31 @@ pub async fn review_views(state: State, q: Q) -> Result<HttpResponse, ApiError> 
     Ok(ok_json(&list))
 }
 
-/// Paging and the `orderId` filter of a worker list.
-fn worker_query(q: Q) -> Result<(crate::storage::Page, Option<OrderId>), ApiError> {
-    let q = Query(q.into_inner());
-    let order = match q.int("orderId")? {
-        None => None,
-        Some(raw) => {
-            Some(OrderId::new(raw).map_err(|e| ApiError::bad_request(format!("`orderId`: {e}")))?)
-        }
-    };
-    Ok((q.page()?, order))
-}
-
-/// Declares the list and get handlers of one worker's records.
+/// Declares the list and get endpoints of one worker's records.
 macro_rules! worker_records {
-    ($list:ident, $get:ident, $db:ident, $module:ident :: $list_fn:ident, $module2:ident :: $get_fn:ident, $what:literal) => {
-        pub async fn $list(state: State, q: Q) -> Result<HttpResponse, ApiError> {
-            let (page, order) = worker_query(q)?;
+    ($list:ident, $get:ident, $db:ident, $record:ty, $module:ident :: $list_fn:ident,
+     $get_fn:ident, $path:literal, $path_id:literal, $list_op:literal, $get_op:literal,
+     $tag:literal, $what:literal) => {
+        #[doc = concat!("The ", $what, " records, by id (an order's id).")]
+        #[utoipa::path(
+                    get,
+                    path = $path,
+                    operation_id = $list_op,
+                    tag = $tag,
+                    params(RecordQuery),
+                    responses(
+                        (status = 200, description = "records ordered by id", body = [$record]),
+                        (status = 400, description = "bad query", body = ErrorBody),
+                        (status = 503, description = "storage unavailable", body = ErrorBody),
+                    )
+                )]
+        pub async fn $list(
+            state: State,
+            q: web::Query<RecordQuery>,
+        ) -> Result<HttpResponse, ApiError> {
+            let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+            let order =
+                id_filter("orderId", q.order_id, OrderId::new).map_err(ApiError::bad_request)?;
             let list = state
                 .$db
                 .read(move |c| Ok($module::$list_fn(c, page, order)?))
@@ -182,11 +357,24 @@ macro_rules! worker_records {
             Ok(ok_json(&list))
         }
 
-        pub async fn $get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-            let id: OrderId = parse_id(&path, $what)?;
+        #[doc = concat!("The ", $what, " of order `id`.")]
+        #[utoipa::path(
+                    get,
+                    path = $path_id,
+                    operation_id = $get_op,
+                    tag = $tag,
+                    params(IdPath),
+                    responses(
+                        (status = 200, description = "the record", body = $record),
+                        (status = 404, description = "none for this order", body = ErrorBody),
+                        (status = 503, description = "storage unavailable", body = ErrorBody),
+                    )
+                )]
+        pub async fn $get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+            let id = path_id(path.id, $what, OrderId::new)?;
             state
                 .$db
-                .read(move |c| Ok($module2::$get_fn(c, id)?))
+                .read(move |c| Ok($module::$get_fn(c, id)?))
                 .await?
                 .map(|r| ok_json(&r))
                 .ok_or_else(|| ApiError::not_found(format!(concat!("no ", $what, " {}"), id)))
@@ -194,28 +382,59 @@ macro_rules! worker_records {
     };
 }
 
-worker_records!(list_pays, get_pay, pay, pay::list, pay::get, "payment");
+worker_records!(
+    list_pays,
+    get_pay,
+    pay,
+    PayRecord,
+    pay::list,
+    get,
+    "/pays",
+    "/pays/{id}",
+    "listPays",
+    "getPay",
+    "payments",
+    "payment"
+);
 worker_records!(
     list_kitchens,
     get_kitchen,
     kitchen,
+    TicketRecord,
     kitchen::list_tickets,
-    kitchen::get_ticket,
+    get_ticket,
+    "/kitchens",
+    "/kitchens/{id}",
+    "listKitchens",
+    "getKitchen",
+    "kitchen",
     "kitchen ticket"
 );
 worker_records!(
     list_deliveries,
     get_delivery,
     delivery,
+    DeliveryRecord,
     delivery::list,
-    delivery::get,
+    get,
+    "/deliveries",
+    "/deliveries/{id}",
+    "listDeliveries",
+    "getDelivery",
+    "deliveries",
     "delivery"
 );
 worker_records!(
     list_coupons,
     get_coupon,
     coupon,
+    CouponRecord,
     coupon::list,
-    coupon::get,
+    get,
+    "/coupons",
+    "/coupons/{id}",
+    "listCoupons",
+    "getCoupon",
+    "coupons",
     "coupon"
 );

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS saga_history (
 ";
 
 /// A customer as stored and shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerRecord {
     pub id: CustomerId,
@@ -559,7 +559,7 @@ pub fn get_customer(c: &Connection, id: CustomerId) -> StorageResult<Option<Cust
 }
 
 /// A product review as stored and shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReviewRecord {
     pub id: i64,

@@ -27,7 +27,7 @@ use crate::messages::{Direction, OrderDetails, Progress, ReplyOutcome};
 use crate::saga::definition::SagaDefinition;
 
 /// The saga's overall state (exact strings of PRODUCT.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SagaState {
     Running,
     Completed,
@@ -88,7 +88,7 @@ impl std::str::FromStr for SagaState {
 }
 
 /// A step's status (exact strings of PRODUCT.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StepStatus {
     Pending,
     Running,

@@ -2,7 +2,6 @@
 //! `catalog.*` events.
 
 use rusqlite::{Connection, params};
-use serde_json::{Value, json};
 
 use crate::domain::Money;
 use crate::events::{DomainEvent, Payload};
@@ -38,18 +37,32 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
+/// One item as the catalog view shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FoodView {
+    pub id: i64,
+    pub name: String,
+    /// The price as the seed shows it (`4.0`).
+    pub price: f64,
+    /// The price in whole cents.
+    pub price_cents: i64,
+    pub stock: i64,
+}
+
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<FoodView>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, name, price_cents, stock FROM food_views ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
     stmt.query_map(params![page.limit, page.offset], |r| {
-        Ok(json!({
-            "id": r.get::<_, i64>(0)?,
-            "name": r.get::<_, String>(1)?,
-            "price": Money::from_cents(r.get(2)?).as_decimal(),
-            "priceCents": r.get::<_, i64>(2)?,
-            "stock": r.get::<_, i64>(3)?,
-        }))
+        let cents: i64 = r.get(2)?;
+        Ok(FoodView {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            price: Money::from_cents(cents).as_decimal(),
+            price_cents: cents,
+            stock: r.get(3)?,
+        })
     })?
     .collect()
 }

@@ -4,7 +4,6 @@
 //! (and `catalog.*` for the food's name). Each part keeps its own version.
 
 use rusqlite::{Connection, params};
-use serde_json::{Value, json};
 
 use crate::domain::{CustomerId, Millis, Money};
 use crate::events::{DomainEvent, Payload};
@@ -110,11 +109,36 @@ fn part(tx: &Connection, e: &DomainEvent, name: &str, status: &str) -> rusqlite:
     Ok(())
 }
 
+/// One order as "my orders" shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MyOrder {
+    pub id: i64,
+    pub order_id: i64,
+    pub customer_id: Option<i64>,
+    pub food_catalog_id: Option<i64>,
+    pub food_name: Option<String>,
+    pub qty: Option<i64>,
+    /// The total as the seed shows it (`40.0`).
+    pub amount: Option<f64>,
+    /// The total in whole cents.
+    pub amount_cents: Option<i64>,
+    pub status: Option<String>,
+    pub saga_state: Option<String>,
+    pub pay_status: Option<String>,
+    pub kitchen_status: Option<String>,
+    pub delivery_status: Option<String>,
+    pub picked_up: Option<bool>,
+    pub coupon_status: Option<String>,
+    pub coupon_code: Option<String>,
+    pub updated_at: String,
+}
+
 pub fn list(
     c: &Connection,
     page: Page,
     customer: Option<CustomerId>,
-) -> rusqlite::Result<Vec<Value>> {
+) -> rusqlite::Result<Vec<MyOrder>> {
     let mut stmt = c.prepare_cached(
         "SELECT o.order_id, o.customer_id, o.food_id, f.name, o.qty, o.amount_cents, o.status, o.saga_state,
                 o.pay_status, o.kitchen_status, o.delivery_status, o.delivery_picked_up, o.coupon_status,
@@ -127,25 +151,25 @@ pub fn list(
         params![customer.map(CustomerId::get), page.limit, page.offset],
         |r| {
             let amount: Option<i64> = r.get(5)?;
-            Ok(json!({
-                "id": r.get::<_, i64>(0)?,
-                "orderId": r.get::<_, i64>(0)?,
-                "customerId": r.get::<_, Option<i64>>(1)?,
-                "foodCatalogId": r.get::<_, Option<i64>>(2)?,
-                "foodName": r.get::<_, Option<String>>(3)?,
-                "qty": r.get::<_, Option<i64>>(4)?,
-                "amount": amount.map(|c| Money::from_cents(c).as_decimal()),
-                "amountCents": amount,
-                "status": r.get::<_, Option<String>>(6)?,
-                "sagaState": r.get::<_, Option<String>>(7)?,
-                "payStatus": r.get::<_, Option<String>>(8)?,
-                "kitchenStatus": r.get::<_, Option<String>>(9)?,
-                "deliveryStatus": r.get::<_, Option<String>>(10)?,
-                "pickedUp": r.get::<_, Option<bool>>(11)?,
-                "couponStatus": r.get::<_, Option<String>>(12)?,
-                "couponCode": r.get::<_, Option<String>>(13)?,
-                "updatedAt": Millis(r.get(14)?).to_rfc3339(),
-            }))
+            Ok(MyOrder {
+                id: r.get(0)?,
+                order_id: r.get(0)?,
+                customer_id: r.get(1)?,
+                food_catalog_id: r.get(2)?,
+                food_name: r.get(3)?,
+                qty: r.get(4)?,
+                amount: amount.map(|c| Money::from_cents(c).as_decimal()),
+                amount_cents: amount,
+                status: r.get(6)?,
+                saga_state: r.get(7)?,
+                pay_status: r.get(8)?,
+                kitchen_status: r.get(9)?,
+                delivery_status: r.get(10)?,
+                picked_up: r.get(11)?,
+                coupon_status: r.get(12)?,
+                coupon_code: r.get(13)?,
+                updated_at: Millis(r.get(14)?).to_rfc3339(),
+            })
         },
     )?
     .collect()

@@ -2,7 +2,6 @@
 //! and the latest reviews — from `review.*` events.
 
 use rusqlite::{Connection, params};
-use serde_json::{Value, json};
 
 use crate::events::{DomainEvent, Payload, ReviewData};
 use crate::storage::Page;
@@ -71,7 +70,20 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
+/// One product as the review view shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewView {
+    pub id: i64,
+    pub productname: String,
+    pub count: i64,
+    pub average_rating: Option<f64>,
+    /// The newest reviews first.
+    #[schema(value_type = Vec<crate::orchestrator::store::ReviewRecord>)]
+    pub latest_reviews: Vec<ReviewData>,
+}
+
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<ReviewView>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, productname, count, rating_sum, rating_count, latest FROM review_views
          ORDER BY id LIMIT ?1 OFFSET ?2",
@@ -79,13 +91,13 @@ pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<Value>> {
     stmt.query_map(params![page.limit, page.offset], |r| {
         let (sum, n): (i64, i64) = (r.get(3)?, r.get(4)?);
         let latest: String = r.get(5)?;
-        Ok(json!({
-            "id": r.get::<_, i64>(0)?,
-            "productname": r.get::<_, String>(1)?,
-            "count": r.get::<_, i64>(2)?,
-            "averageRating": (n > 0).then(|| sum as f64 / n as f64),
-            "latestReviews": serde_json::from_str::<Value>(&latest).unwrap_or(Value::Array(vec![])),
-        }))
+        Ok(ReviewView {
+            id: r.get(0)?,
+            productname: r.get(1)?,
+            count: r.get(2)?,
+            average_rating: (n > 0).then(|| sum as f64 / n as f64),
+            latest_reviews: serde_json::from_str(&latest).unwrap_or_default(),
+        })
     })?
     .collect()
 }

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS coupons (
 ";
 
 /// A coupon as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CouponRecord {
     pub id: OrderId,

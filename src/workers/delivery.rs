@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ";
 
 /// A delivery as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryRecord {
     pub id: OrderId,

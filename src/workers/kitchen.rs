@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS kitchens (
 ";
 
 /// A catalog item as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FoodRecord {
     pub id: FoodId,
@@ -49,13 +49,14 @@ pub struct FoodRecord {
     pub stock: i64,
     /// The decimal the seed shows (`4.0`).
     #[serde(serialize_with = "Money::serialize_decimal")]
+    #[schema(value_type = f64)]
     pub price: Money,
     /// The same price in whole cents: what events and clients compute with.
     pub price_cents: Money,
 }
 
 /// A kitchen ticket as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketRecord {
     pub id: OrderId,

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS pays (
 ";
 
 /// A payment as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PayRecord {
     pub id: OrderId,
@@ -38,6 +38,7 @@ pub struct PayRecord {
     pub customer_id: CustomerId,
     /// The decimal the seed shows (`40.0`).
     #[serde(serialize_with = "Money::serialize_decimal")]
+    #[schema(value_type = f64)]
     pub amount: Money,
     /// The same amount in whole cents.
     pub amount_cents: Money,

@@ -106,12 +106,35 @@ async fn bad_requests_get_clear_json_errors() {
             Some(r#"{"qty":1,"foodCatalogId":42,"customerId":1}"#),
             422,
         ),
+        // Ids are positive in the schema: 0 does not fit it (400), while a
+        // positive id that names nobody is a 422.
         case(
             "customer id zero",
             Method::POST,
             "/orders",
             Some(r#"{"qty":1,"foodCatalogId":1,"customerId":0}"#),
-            422,
+            400,
+        ),
+        case(
+            "both spellings of a field",
+            Method::POST,
+            "/orders",
+            Some(r#"{"qty":1,"foodCatalogId":1,"customerId":1,"customerid":1}"#),
+            400,
+        ),
+        case(
+            "an unknown field",
+            Method::POST,
+            "/customers",
+            Some(r#"{"name":"a","nickname":"b"}"#),
+            400,
+        ),
+        case(
+            "a name that is a number",
+            Method::POST,
+            "/customers",
+            Some(r#"{"name":129}"#),
+            400,
         ),
         case(
             "wrong type for customer",

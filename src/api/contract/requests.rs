@@ -1,0 +1,213 @@
+//! Request bodies and query strings, as the API takes them. Each is parsed
+//! whole by serde (unknown fields are refused) and judged once: a body that
+//! does not fit its schema is a 400; a body that fits but names something
+//! that does not exist (an unknown customer) is a 422 from the handler.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+
+use super::lenient::{
+    AgeField, IdField, PriceField, QtyField, RatingField, StockField, schema_from_json,
+};
+
+/// `POST /customers`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    #[schema(max_length = 50)]
+    pub phone: Option<String>,
+    #[schema(max_length = 500)]
+    pub address: Option<String>,
+    pub age: Option<AgeField>,
+}
+
+/// `POST /foodCatalogs` (manager).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFood {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    pub stock: StockField,
+    pub price: PriceField,
+}
+
+/// `POST /orders`: `{customerId, foodCatalogId, qty}`, or the seed's own
+/// spelling `{customerid, foodcaltalogid, qty}` (one spelling per field).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    #[serde(rename = "customerId", alias = "customerid")]
+    pub customer_id: IdField,
+    #[serde(rename = "foodCatalogId", alias = "foodcaltalogid")]
+    pub food_catalog_id: IdField,
+    pub qty: QtyField,
+}
+
+impl PartialSchema for NewOrder {
+    fn schema() -> RefOr<Schema> {
+        let shape = |customer: &str, food: &str| {
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": [customer, food, "qty"],
+                "properties": {
+                    customer: { "$ref": "#/components/schemas/IdField" },
+                    food: { "$ref": "#/components/schemas/IdField" },
+                    "qty": { "$ref": "#/components/schemas/QtyField" }
+                }
+            })
+        };
+        schema_from_json(serde_json::json!({
+            "oneOf": [shape("customerId", "foodCatalogId"), shape("customerid", "foodcaltalogid")]
+        }))
+    }
+}
+
+impl ToSchema for NewOrder {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("NewOrder")
+    }
+}
+
+/// `POST /reviews`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReview {
+    #[schema(min_length = 1, max_length = 100)]
+    pub username: String,
+    #[schema(min_length = 1, max_length = 200)]
+    pub productname: String,
+    #[schema(min_length = 1, max_length = 5000)]
+    pub content: String,
+    pub rating: Option<RatingField>,
+}
+
+/// A string field's length in characters must lie in `min..=max` (what
+/// the schema's `minLength`/`maxLength` say).
+pub fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n < min {
+        return Err(format!("`{field}` must not be empty"));
+    }
+    if n > max {
+        return Err(format!("`{field}` is longer than {max} characters"));
+    }
+    Ok(())
+}
+
+impl NewCustomer {
+    pub fn check(&self) -> Result<(), String> {
+        check_len("name", &self.name, 1, 200)?;
+        check_len("phone", self.phone.as_deref().unwrap_or(""), 0, 50)?;
+        check_len("address", self.address.as_deref().unwrap_or(""), 0, 500)
+    }
+}
+
+impl NewFood {
+    pub fn check(&self) -> Result<(), String> {
+        check_len("name", &self.name, 1, 200)
+    }
+}
+
+impl NewReview {
+    pub fn check(&self) -> Result<(), String> {
+        check_len("username", &self.username, 1, 100)?;
+        check_len("productname", &self.productname, 1, 200)?;
+        check_len("content", &self.content, 1, 5000)
+    }
+}
+
+/// The largest `offset` a list takes.
+pub const MAX_OFFSET: i64 = 1_000_000_000;
+
+/// `limit` and `offset` of every list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// How many (default 100).
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0, maximum = 1000000000)]
+    pub offset: Option<i64>,
+}
+
+/// A worker's list: paging and the order it belongs to.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RecordQuery {
+    #[serde(rename = "orderId")]
+    #[param(minimum = 1, maximum = 999999999999999999_i64)]
+    pub order_id: Option<i64>,
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000)]
+    pub offset: Option<i64>,
+}
+
+/// Orders and my orders: paging and the customer.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CustomerQuery {
+    #[serde(rename = "customerId")]
+    #[param(minimum = 1, maximum = 999999999999999999_i64)]
+    pub customer_id: Option<i64>,
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000)]
+    pub offset: Option<i64>,
+}
+
+/// Sagas: paging and the state.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SagaQuery {
+    #[param(value_type = Option<crate::saga::machine::SagaState>)]
+    pub state: Option<String>,
+    #[param(minimum = 1, maximum = 100000)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000)]
+    pub offset: Option<i64>,
+}
+
+/// `{id}` of a path: a positive id.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdPath {
+    #[param(minimum = 1, maximum = 999999999999999999_i64)]
+    pub id: i64,
+}
+
+/// `limit` (default 100, 1..=100000) and `offset` (default 0,
+/// 0..=[`MAX_OFFSET`]), as the schema states them.
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<crate::storage::Page, String> {
+    let limit = limit.unwrap_or(100);
+    let offset = offset.unwrap_or(0);
+    if !(1..=100_000).contains(&limit) {
+        return Err("`limit` must be between 1 and 100000".into());
+    }
+    if !(0..=MAX_OFFSET).contains(&offset) {
+        return Err(format!("`offset` must be between 0 and {MAX_OFFSET}"));
+    }
+    Ok(crate::storage::Page { limit, offset })
+}
+
+/// A positive id filter, as the schema states it.
+pub fn id_filter<T>(
+    name: &str,
+    raw: Option<i64>,
+    make: impl Fn(i64) -> Result<T, crate::domain::DomainError>,
+) -> Result<Option<T>, String> {
+    raw.map(|v| {
+        if v > super::lenient::IdField::MAX {
+            return Err(format!("`{name}` has more than 18 digits"));
+        }
+        make(v).map_err(|e| format!("`{name}`: {e}"))
+    })
+    .transpose()
+}

@@ -1,0 +1,418 @@
+//! Response bodies, as the API shows them. The domain (a `Saga`, a worker's
+//! record) is turned into these at the edge; their `ToSchema` is what
+//! `/openapi.json` says, so document and behaviour cannot drift.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
+use crate::orchestrator::store::{PendingMessage, Quarantined};
+use crate::saga::definition::SagaDefinition;
+use crate::saga::machine::{Effect, HistoryEntry, Saga, SagaState, Step, StepStatus};
+
+/// The one error shape: a stable code and a sentence.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// A stable, machine-readable code (`bad_request`, `not_found`,
+    /// `out_of_stock`, `payment_declined`, `idempotency_key_reused`, ...).
+    pub error: String,
+    /// A sentence for people.
+    pub detail: String,
+    /// The order concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<OrderId>,
+    /// The order's status, when it explains the refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
+}
+
+fn time(m: Option<Millis>) -> Option<String> {
+    m.map(Millis::to_rfc3339)
+}
+
+/// An order and its saga's state. A quarantined row (see ARCHITECTURE.md)
+/// shows only what is known of it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub id: OrderId,
+    pub order_id: OrderId,
+    pub customer_id: Option<CustomerId>,
+    pub food_catalog_id: Option<FoodId>,
+    pub qty: Option<Qty>,
+    /// The total as the seed shows it (`40.0`).
+    pub amount: Option<f64>,
+    /// The total in whole cents.
+    pub amount_cents: Option<Money>,
+    pub status: Option<OrderStatus>,
+    pub saga_state: SagaState,
+    pub reason: Option<String>,
+    /// True when the stored saga could not be decoded.
+    pub quarantined: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Saga> for Order {
+    fn from(saga: &Saga) -> Self {
+        Order {
+            id: saga.id,
+            order_id: saga.id,
+            customer_id: Some(saga.order.customer_id),
+            food_catalog_id: Some(saga.order.food_id),
+            qty: Some(saga.order.qty),
+            amount: Some(saga.order.amount.as_decimal()),
+            amount_cents: Some(saga.order.amount),
+            status: Some(saga.order_status),
+            saga_state: saga.state,
+            reason: saga.reason.clone(),
+            quarantined: false,
+            created_at: saga.created_at.to_rfc3339(),
+            updated_at: saga.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+impl From<&Quarantined> for Order {
+    fn from(q: &Quarantined) -> Self {
+        Order {
+            id: q.id,
+            order_id: q.id,
+            customer_id: None,
+            food_catalog_id: None,
+            qty: None,
+            amount: None,
+            amount_cents: None,
+            status: q.order_status,
+            saga_state: SagaState::Failed,
+            reason: Some(q.reason.clone()),
+            quarantined: true,
+            created_at: q.created_at.to_rfc3339(),
+            updated_at: q.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+/// A saga definition's name and version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefinitionRef {
+    pub name: String,
+    pub version: u32,
+}
+
+/// One step of a saga.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub name: String,
+    pub worker: Option<String>,
+    pub action: Option<String>,
+    pub compensation: Option<String>,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    /// When the next attempt goes out, while a retry waits out its backoff.
+    pub next_attempt_at: Option<String>,
+    /// When the current attempt times out, while one is awaited.
+    pub times_out_at: Option<String>,
+}
+
+/// One line of a saga's history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryLine {
+    pub at: String,
+    pub event: String,
+    pub from: Option<SagaState>,
+    pub to: SagaState,
+    pub step: Option<String>,
+    pub step_status: Option<StepStatus>,
+    pub detail: Option<String>,
+}
+
+impl From<&HistoryEntry> for HistoryLine {
+    fn from(e: &HistoryEntry) -> Self {
+        HistoryLine {
+            at: e.at.to_rfc3339(),
+            event: e.event.clone(),
+            from: e.from,
+            to: e.to,
+            step: e.step.clone(),
+            step_status: e.step_status,
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// "Why is it stuck?": the step the saga waits on.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingOn {
+    pub step: String,
+    /// `forward` or `compensation`.
+    pub direction: String,
+    pub since: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub times_out_at: Option<String>,
+    pub waiting_for_a_person: bool,
+    pub last_error: Option<String>,
+}
+
+/// A message of the saga on its way.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlightMessage {
+    pub message_id: String,
+    /// `awaiting reply` or `in the outbox`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_after: Option<String>,
+}
+
+/// A saga as inspection shows it. `history`, `waitingOn` and `inFlight`
+/// come with `GET /sagas/{id}` only.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaView {
+    pub id: OrderId,
+    pub order_id: OrderId,
+    pub definition: Option<DefinitionRef>,
+    pub state: SagaState,
+    pub order_status: Option<OrderStatus>,
+    pub current_step: Option<String>,
+    pub reason: Option<String>,
+    pub steps: Vec<StepView>,
+    /// True when the stored saga could not be decoded.
+    pub quarantined: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryLine>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_on: Option<Option<WaitingOn>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<Vec<InFlightMessage>>,
+}
+
+impl SagaView {
+    /// The list form of a saga.
+    pub fn of(def: &SagaDefinition, saga: &Saga) -> Self {
+        let now = Millis::now();
+        let steps = saga
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let d = def.steps.get(i);
+                StepView {
+                    name: s.name.clone(),
+                    worker: d.map(|d| d.worker.as_str().to_owned()),
+                    action: d.map(|d| d.action.clone()),
+                    compensation: d.map(|d| d.compensation.clone()),
+                    status: s.status,
+                    attempts: s.attempts,
+                    started_at: time(s.started_at),
+                    finished_at: time(s.finished_at),
+                    error: s.error.clone(),
+                    next_attempt_at: time(s.attempt_at.filter(|a| *a > now)),
+                    times_out_at: time(s.deadline),
+                }
+            })
+            .collect();
+        SagaView {
+            id: saga.id,
+            order_id: saga.id,
+            definition: Some(DefinitionRef {
+                name: saga.definition.clone(),
+                version: saga.version,
+            }),
+            state: saga.state,
+            order_status: Some(saga.order_status),
+            current_step: saga.current_step().map(|s| s.name.clone()),
+            reason: saga.reason.clone(),
+            steps,
+            quarantined: false,
+            created_at: saga.created_at.to_rfc3339(),
+            updated_at: saga.updated_at.to_rfc3339(),
+            history: None,
+            waiting_on: None,
+            in_flight: None,
+        }
+    }
+
+    /// The inspection form: history, what it waits on, what is on its way.
+    pub fn detailed(
+        def: &SagaDefinition,
+        saga: &Saga,
+        history: &[HistoryEntry],
+        in_flight: Vec<InFlightMessage>,
+    ) -> Self {
+        SagaView {
+            history: Some(history.iter().map(HistoryLine::from).collect()),
+            waiting_on: Some(waiting_on(saga)),
+            in_flight: Some(in_flight),
+            ..SagaView::of(def, saga)
+        }
+    }
+
+    pub fn quarantined(q: &Quarantined) -> Self {
+        SagaView {
+            id: q.id,
+            order_id: q.id,
+            definition: None,
+            state: SagaState::Failed,
+            order_status: q.order_status,
+            current_step: None,
+            reason: Some(q.reason.clone()),
+            steps: Vec::new(),
+            quarantined: true,
+            created_at: q.created_at.to_rfc3339(),
+            updated_at: q.updated_at.to_rfc3339(),
+            history: None,
+            waiting_on: None,
+            in_flight: None,
+        }
+    }
+}
+
+/// The step a saga waits on, if any.
+fn waiting_on(saga: &Saga) -> Option<WaitingOn> {
+    let s: &Step = saga
+        .steps
+        .iter()
+        .rev()
+        .find(|s| matches!(s.status, StepStatus::Running | StepStatus::Compensating))?;
+    let now = Millis::now();
+    Some(WaitingOn {
+        step: s.name.clone(),
+        direction: if s.status == StepStatus::Compensating {
+            "compensation"
+        } else {
+            "forward"
+        }
+        .to_owned(),
+        since: time(s.attempt_at.or(s.started_at)),
+        attempts: s.attempts,
+        next_attempt_at: time(s.attempt_at.filter(|a| *a > now)),
+        times_out_at: time(s.deadline),
+        waiting_for_a_person: s.status == StepStatus::Running && s.effect == Effect::Applied,
+        last_error: s.error.clone(),
+    })
+}
+
+/// The messages of a saga on their way: commands awaiting an answer (with
+/// the queue to look at in the management UI) and outbox rows not yet
+/// published.
+pub fn in_flight(
+    def: &SagaDefinition,
+    saga: &Saga,
+    pending: &[PendingMessage],
+    namespace: &str,
+    management_url: &str,
+) -> Vec<InFlightMessage> {
+    let mut out = Vec::new();
+    for (i, s) in saga.steps.iter().enumerate() {
+        let direction = match (s.status, s.effect) {
+            (StepStatus::Running, Effect::Unknown) => "do",
+            (StepStatus::Compensating, _) => "undo",
+            _ => continue,
+        };
+        let Some(d) = def.steps.get(i) else {
+            continue;
+        };
+        let queue = format!("{namespace}.{}.commands", d.worker);
+        out.push(InFlightMessage {
+            message_id: format!("order-{}.{}.{direction}", saga.id, s.name),
+            state: "awaiting reply".into(),
+            management_url: Some(format!(
+                "{}/#/queues/%2F/{queue}",
+                management_url.trim_end_matches('/')
+            )),
+            queue: Some(queue),
+            message_type: None,
+            publish_after: None,
+        });
+    }
+    for m in pending {
+        out.push(InFlightMessage {
+            message_id: m.message_id.clone(),
+            state: "in the outbox".into(),
+            queue: None,
+            management_url: None,
+            message_type: Some(m.message_type.clone()),
+            publish_after: Some(m.available_at.to_rfc3339()),
+        });
+    }
+    out
+}
+
+/// `DELETE /kitchens/{id}` accepted: the saga compensates.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelAccepted {
+    pub saga_id: OrderId,
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub state: SagaState,
+}
+
+/// Manual progress accepted by the order's saga.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressAccepted {
+    pub order_id: OrderId,
+    /// `cooked`, `pickedUp` or `delivered`.
+    pub progress: String,
+}
+
+/// `POST /sagas/{id}/retry` accepted.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryAccepted {
+    pub saga_id: OrderId,
+    pub state: SagaState,
+}
+
+/// `GET /health/live`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    /// `live`.
+    pub status: String,
+}
+
+/// One database's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageHealth {
+    pub file: String,
+    pub ok: bool,
+}
+
+/// The broker's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BrokerHealth {
+    /// `in-process` or `rabbitmq`.
+    pub kind: String,
+    pub ok: bool,
+}
+
+/// `GET /health/ready`: 200 when ready, 503 (same body) when not.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    pub storage: Vec<StorageHealth>,
+    pub broker: BrokerHealth,
+    /// Each step breaker's state (`Closed`, `Open`, `HalfOpen`).
+    pub circuit_breakers: std::collections::BTreeMap<String, String>,
+}

@@ -1,0 +1,122 @@
+//! The contract test: Schemathesis, with every check and every phase
+//! (examples, coverage, fuzzing, and stateful runs that follow the document's
+//! links from one operation to the next), against a zero-setup `hearty
+//! serve`, with a fixed seed and a time budget. Any failure fails the test.
+//!
+//! It needs the `schemathesis` command: `HEARTY_SCHEMATHESIS` names it, else
+//! it is looked up on `PATH` (`.ci/run` installs it in a virtualenv). Outside
+//! CI it is skipped, loudly, when the command is missing; in CI that is a
+//! failure. Settings the command cannot take are in `schemathesis.toml`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Seconds of fuzzing and stateful testing (the whole run stays under three
+/// minutes).
+const BUDGET_SECS: &str = "150";
+const SEED: &str = "20261127";
+const TOKEN: &str = "contract-test-token";
+
+/// Kills the server (by its PID) even when the test panics.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn schemathesis() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HEARTY_SCHEMATHESIS") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("schemathesis"))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn schemathesis_finds_no_contract_failure() {
+    let Some(st) = schemathesis() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "schemathesis is not installed (set HEARTY_SCHEMATHESIS); CI must run the contract test"
+        );
+        eprintln!(
+            "\n!!! SKIPPED: schemathesis is not installed; see README.md, \"Contract tests\".\n"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HEARTY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_DATA_DIR", dir.path().join("data"))
+        .env("HEARTY_MANAGER_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hearty");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Hearty listening on http://")
+                .map(str::to_owned)
+        })
+        .expect("the service says where it listens");
+    let base = format!("http://{addr}");
+    // Ready before the run starts.
+    for _ in 0..100 {
+        let up = std::net::TcpStream::connect(&addr).is_ok();
+        if up {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(&st)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            &format!("{base}/openapi.json"),
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--seed",
+            SEED,
+            "--max-time",
+            BUDGET_SECS,
+            "--no-color",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+        ])
+        .output()
+        .expect("run schemathesis");
+    drop(server);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    eprintln!("{}", tail.join("\n"));
+    assert!(
+        out.status.success(),
+        "schemathesis found contract failures (seed {SEED}):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("passed") && !text.contains("failures"),
+        "schemathesis ran no test:\n{text}"
+    );
+}
