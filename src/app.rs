@@ -205,6 +205,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("opening the orchestrator database")?;
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());
+        sagas
+            .migrate()
+            .await
+            .context("upgrading the orchestrator database")?;
         let orchestrator = Orchestrator::new(
             def.clone(),
             sagas.clone(),

@@ -6,7 +6,8 @@
 //! first N hits (`pay-handler=panic@1`).
 //!
 //! Failpoints in the code: `<worker>-handler` (a worker's handler, before
-//! its transaction), `orchestrator-after-commit` (a saga transition is
+//! its transaction), `<worker>-progress` (a person's progress, after the
+//! worker's latency, just before its transaction), `orchestrator-after-commit` (a saga transition is
 //! committed, its commands not yet published), `outbox-after-confirm` (the
 //! broker confirmed, the outbox rows are not yet deleted),
 //! `reply-before-ack` (a reply is applied and committed, not yet acked).

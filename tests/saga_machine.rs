@@ -229,6 +229,8 @@ impl World {
                 Command::Progress { step, progress } => {
                     self.pending.push(Msg::Progress { step, progress })
                 }
+                // Only `pending_timers` arms it, for sagas placed with a deadline.
+                Command::ArmAdmission { .. } => {}
             }
         }
         // A reply applied twice changes nothing the second time.
@@ -785,4 +787,123 @@ fn a_paid_order_stays_established_when_a_later_step_refuses() {
     w.check_end();
     assert_eq!(w.saga.order_status, OrderStatus::Rejected);
     assert_eq!(w.saga.admission(), Admission::Established);
+}
+
+/// Review finding: a person's report lost on its way (the in-process
+/// transport dies with its process) is sent again when the step's timeout
+/// passes, until the worker confirms it.
+#[test]
+fn a_lost_progress_report_is_sent_again() {
+    let mut w = World::new(Behaviour {
+        manual: [false, true, false, false],
+        ..no_failures()
+    });
+    w.apply(Event::Start).expect("start");
+    // Run until the kitchen waits for a person (drop the person's own try).
+    while w.saga.steps[1].effect != Effect::Applied {
+        let i = w
+            .pending
+            .iter()
+            .position(|m| !matches!(m, Msg::Timer { .. } | Msg::Person { .. }))
+            .expect("progress");
+        w.deliver(i, false);
+    }
+    w.pending
+        .retain(|m| !matches!(m, Msg::Person { .. } | Msg::Timer { .. }));
+    w.apply(Event::Progress {
+        progress: Progress::Cooked,
+    })
+    .expect("the kitchen waits for it");
+    assert_eq!(w.saga.steps[1].reported, Some(Progress::Cooked));
+    // The report is lost.
+    w.pending.retain(|m| !matches!(m, Msg::Progress { .. }));
+    assert!(!w.saga.pending_timers().is_empty(), "a restart re-arms it");
+    let timer = w
+        .pending
+        .iter()
+        .position(|m| matches!(m, Msg::Timer { step: 1, .. }))
+        .expect("a timer for the report");
+    w.deliver(timer, false);
+    assert!(
+        w.pending.iter().any(|m| matches!(
+            m,
+            Msg::Progress {
+                step: 1,
+                progress: Progress::Cooked
+            }
+        )),
+        "sent again"
+    );
+    w.drain();
+    w.check_end();
+    assert_eq!(w.saga.steps[1].reported, None);
+}
+
+/// Review finding: the deadline of `POST /orders` is the saga's, stored, so
+/// a restart cannot forget to abandon an order nobody was answered for.
+#[test]
+fn the_admission_deadline_survives_a_restart() {
+    let mut w = World::new(no_failures());
+    w.saga.admit_by = Some(w.now.plus(std::time::Duration::from_millis(500)));
+    w.apply(Event::Start).expect("start");
+    // "Restart": only what is stored is left; the deadline's timer comes back.
+    let stored: Saga =
+        serde_json::from_str(&serde_json::to_string(&w.saga).expect("json")).expect("decodes");
+    assert!(
+        stored
+            .pending_timers()
+            .iter()
+            .any(|c| matches!(c, Command::ArmAdmission { .. })),
+        "{:?}",
+        stored.pending_timers()
+    );
+    // The timer fires before the payment answered: the order is abandoned.
+    w.apply(Event::Abandon {
+        reason: "payment did not answer in time".into(),
+    })
+    .expect("never refused");
+    assert_eq!(w.saga.order_status, OrderStatus::Rejected);
+    assert!(
+        !w.saga
+            .pending_timers()
+            .iter()
+            .any(|c| matches!(c, Command::ArmAdmission { .. })),
+        "no admission timer once decided"
+    );
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Compensated);
+    let pay = &w.workers[0];
+    assert!(
+        !pay.applied || pay.undone == 1,
+        "a late approval is refunded"
+    );
+    assert!(w.do_sent[0] && !w.do_sent[1], "nothing after the payment");
+}
+
+/// Review finding: the reason of a `Failed` saga names the stuck step that
+/// holds the others back, not merely the last one.
+#[test]
+fn a_failed_saga_names_the_blocking_stuck_step() {
+    let text = one_compensation_attempt("coupon").replace(
+        "name = \"kitchen\"\n",
+        "name = \"kitchen\"\ncompensation_retry = { max_attempts = 1, initial_delay = \"10ms\", factor = 2.0, max_delay = \"1s\" }\n",
+    );
+    let mut w = World::with_definition(
+        &text,
+        Behaviour {
+            compensation_failures: [0, 100, 0, 100],
+            ..no_failures()
+        },
+    );
+    w.apply(Event::Start).expect("start");
+    w.drain();
+    w.cancel();
+    w.drain();
+    assert_eq!(w.saga.state, SagaState::Failed);
+    let reason = w.saga.reason.clone().unwrap_or_default();
+    assert!(reason.contains("kitchen"), "{reason}");
+    assert_eq!(
+        w.workers[0].undone, 0,
+        "the refund waits behind the kitchen"
+    );
 }

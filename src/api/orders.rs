@@ -166,12 +166,22 @@ pub async fn place(
     }
     let placed = state
         .orchestrator
-        .send(PlaceOrder { order: draft, key })
+        .send(PlaceOrder {
+            order: draft,
+            key,
+            admit_within: state.order_timeout,
+        })
         .await
         .map_err(OrchestratorError::from)
         .and_then(|r| r);
     let id = match placed {
-        Ok(id) => id,
+        Ok((id, true)) => id,
+        Ok((id, false)) => {
+            // A concurrent request with the same key placed it: this one
+            // started nothing, so its trial permit goes back.
+            breaker.inspect(|b| b.release());
+            id
+        }
         Err(e) => {
             // No saga started: the breaker's trial permit, if this was
             // one, goes back.
@@ -197,13 +207,11 @@ fn key_reused(id: OrderId) -> ApiError {
 /// saga's actor abandons the order itself if the payment does not answer
 /// within `order_timeout`, so a 503 means nothing was established.
 async fn respond(state: &ApiState, id: OrderId) -> Result<HttpResponse, ApiError> {
-    let wait = AwaitAdmission {
-        within: state.order_timeout,
-    };
-    // The actor answers within `order_timeout` plus a commit; the margin
-    // only guards against an actor that cannot commit at all.
+    // The saga answers by its `admit_by` (`order_timeout` after it was
+    // placed) plus a commit; the margin only guards against an actor that
+    // cannot commit at all.
     let bound = state.order_timeout + std::time::Duration::from_secs(10);
-    let outcome = tokio::time::timeout(bound, ask(&state.orchestrator, id, wait)).await;
+    let outcome = tokio::time::timeout(bound, ask(&state.orchestrator, id, AwaitAdmission)).await;
     let saga = match outcome {
         Ok(Ok(Some(saga))) => saga,
         Ok(Err(e @ OrchestratorError::Quarantined(..))) => return Err(e.into()),

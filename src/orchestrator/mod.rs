@@ -173,23 +173,25 @@ impl Handler<Passivated> for Orchestrator {
 }
 
 /// Start a new order's saga. Answers with its id once the saga and its
-/// first command are committed and its actor runs; with a key already used
-/// for the same request, with that key's order.
+/// first command are committed and its actor runs (and `true`); with a key
+/// already used for the same request, with that key's order (and `false`).
 #[derive(Message)]
-#[rtype(result = "Result<SagaId, OrchestratorError>")]
+#[rtype(result = "Result<(SagaId, bool), OrchestratorError>")]
 pub struct PlaceOrder {
     pub order: OrderDetails,
     /// A client's key: the same key returns the same order.
     pub key: Option<IdempotencyKey>,
+    /// How long the payment may take before the saga abandons the order.
+    pub admit_within: std::time::Duration,
 }
 
 impl Handler<PlaceOrder> for Orchestrator {
-    type Result = ResponseActFuture<Self, Result<SagaId, OrchestratorError>>;
+    type Result = ResponseActFuture<Self, Result<(SagaId, bool), OrchestratorError>>;
 
     fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
-            async move { store.create(msg.order, msg.key).await }
+            async move { store.create(msg.order, msg.key, msg.admit_within).await }
                 .into_actor(self)
                 .map(|created, act, _ctx| match created? {
                     Created::New(saga) => {
@@ -202,9 +204,9 @@ impl Handler<PlaceOrder> for Orchestrator {
                         // may have started its actor already: `actor_for`
                         // keeps that one. The actor arms the first timer.
                         act.actor_for(*saga);
-                        Ok(id)
+                        Ok((id, true))
                     }
-                    Created::Existing(id) => Ok(id),
+                    Created::Existing(id) => Ok((id, false)),
                     Created::KeyReused(id) => Err(OrchestratorError::KeyReused(id)),
                 }),
         )

@@ -62,12 +62,17 @@ impl SagaActor {
     fn arm(&self, commands: &[Command], ctx: &mut Context<Self>) {
         let now = Millis::now();
         for c in commands {
-            if let Command::ArmTimer { step, attempt, at } = *c {
-                let event = Event::Timeout { step, attempt };
-                // A little slack so the deadline has surely passed.
-                let after = at.until_from(now) + Duration::from_millis(5);
-                ctx.run_later(after, move |_act, ctx| ctx.notify(SagaEvent(event)));
-            }
+            let (event, at) = match *c {
+                Command::ArmTimer { step, attempt, at } => (Event::Timeout { step, attempt }, at),
+                Command::ArmAdmission { at } => {
+                    let reason = "payment did not answer in time".to_owned();
+                    (Event::Abandon { reason }, at)
+                }
+                _ => continue,
+            };
+            // A little slack so the deadline has surely passed.
+            let after = at.until_from(now) + Duration::from_millis(5);
+            ctx.run_later(after, move |_act, ctx| ctx.notify(SagaEvent(event)));
         }
     }
 
@@ -227,32 +232,24 @@ impl Handler<SagaEvent> for SagaActor {
 
 /// Wait until the payment's outcome is known; answers with the saga then.
 ///
-/// If it is not known `within` this time, the actor abandons the order
-/// itself: it applies `Abandon` to its current state, which turns the order
-/// away only if the payment has not succeeded, and answers with the result.
-/// The decision is the actor's, never a caller's read followed by a send.
+/// The saga abandons the order itself when its `admit_by` passes (a timer
+/// re-armed after a restart): it applies `Abandon` to its current state,
+/// which turns the order away only if the payment has not succeeded. The
+/// decision is the actor's, never a caller's read followed by a send.
 #[derive(Message, Clone)]
 #[rtype(result = "Option<Saga>")]
-pub struct AwaitAdmission {
-    pub within: Duration,
-}
+pub struct AwaitAdmission;
 
 impl Handler<AwaitAdmission> for SagaActor {
     type Result = ResponseFuture<Option<Saga>>;
 
-    fn handle(&mut self, msg: AwaitAdmission, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: AwaitAdmission, _ctx: &mut Self::Context) -> Self::Result {
         if self.saga.admission().is_known() {
             let saga = self.saga.clone();
             return Box::pin(async move { Some(saga) });
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push(tx);
-        ctx.run_later(msg.within, |act, ctx| {
-            if !act.saga.admission().is_known() {
-                let reason = "payment did not answer in time".to_owned();
-                ctx.notify(SagaEvent(Event::Abandon { reason }));
-            }
-        });
         Box::pin(async move { rx.await.ok() })
     }
 }

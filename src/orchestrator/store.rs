@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS sagas (
     customer_id  INTEGER NOT NULL,
     body         TEXT    NOT NULL,
     created_at   INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL
+    updated_at   INTEGER NOT NULL,
+    -- The earliest timer the saga waits on (NULL: none): recovery loads
+    -- every saga with one, whatever its state.
+    wakes_at     INTEGER
 );
 CREATE INDEX IF NOT EXISTS sagas_state ON sagas (state, id);
 CREATE INDEX IF NOT EXISTS sagas_customer ON sagas (customer_id, id);
@@ -46,7 +49,9 @@ CREATE TABLE IF NOT EXISTS reviews (
 CREATE TABLE IF NOT EXISTS order_keys (
     key        TEXT PRIMARY KEY,
     saga_id    INTEGER NOT NULL,
-    request    TEXT    NOT NULL,
+    -- The request's fingerprint; NULL for a key kept from before version 2,
+    -- which matches any request as keys then did.
+    request    TEXT,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS saga_history (
@@ -154,10 +159,13 @@ impl SagaStore {
     }
 
     /// Creates an order's saga and applies its `Start`, in one transaction.
+    /// `admit_within`: how long the payment may take before the order is
+    /// abandoned (kept in the saga, so it survives a restart).
     pub async fn create(
         &self,
         draft: OrderDetails,
         key: Option<IdempotencyKey>,
+        admit_within: std::time::Duration,
     ) -> StorageResult<Created> {
         let def = self.def.clone();
         let result = self
@@ -184,6 +192,7 @@ impl SagaStore {
                 )?;
                 let id = OrderId::new(tx.last_insert_rowid()).map_err(|e| StorageError::Invalid(e.to_string()))?;
                 let mut saga = Saga::new(&def, OrderDetails { order_id: id, ..draft }, now);
+                saga.admit_by = Some(now.plus(admit_within));
                 let transition = saga
                     .apply(&def, &Event::Start, now)
                     .map_err(|e| StorageError::Invalid(e.to_string()))?;
@@ -262,7 +271,8 @@ impl SagaStore {
             .db
             .read(|c| {
                 let mut stmt = c.prepare(&format!(
-                    "SELECT {ROW} FROM sagas WHERE state IN ('Running', 'Compensating') ORDER BY id"
+                    "SELECT {ROW} FROM sagas
+                     WHERE state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL ORDER BY id"
                 ))?;
                 Ok(stmt
                     .query_map([], decode)?
@@ -291,6 +301,135 @@ impl SagaStore {
     }
 }
 
+/// The earliest timer a saga waits on, if any.
+fn wakes_at(saga: &Saga) -> Option<Millis> {
+    saga.pending_timers()
+        .iter()
+        .filter_map(|c| match c {
+            Command::ArmTimer { at, .. } | Command::ArmAdmission { at } => Some(*at),
+            _ => None,
+        })
+        .min()
+}
+
+/// The version of `orchestrator.db`'s layout (`PRAGMA user_version`).
+const LAYOUT_VERSION: i64 = 2;
+
+impl SagaStore {
+    /// Brings a database written by an earlier version up to this one, in
+    /// one transaction (nothing to do for a new or current one):
+    ///
+    /// 1 → 2: amounts in whole cents (a saga's and an unsent command's
+    /// `order.amount` was a decimal), idempotency keys with their request
+    /// (kept keys match any request, as they did), and `wakes_at`.
+    pub async fn migrate(&self) -> StorageResult<()> {
+        self.db
+            .write(|tx| {
+                let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                if version >= LAYOUT_VERSION {
+                    return Ok(());
+                }
+                let has_wakes_at: bool = tx.query_row(
+                    "SELECT count(*) FROM pragma_table_info('sagas') WHERE name = 'wakes_at'",
+                    [],
+                    |r| r.get::<_, i64>(0).map(|n| n > 0),
+                )?;
+                if !has_wakes_at {
+                    tx.execute_batch("ALTER TABLE sagas ADD COLUMN wakes_at INTEGER;")?;
+                }
+                let legacy_keys: bool = tx.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'idempotency_keys'",
+                    [],
+                    |r| r.get::<_, i64>(0).map(|n| n > 0),
+                )?;
+                if legacy_keys {
+                    tx.execute_batch(
+                        "INSERT OR IGNORE INTO order_keys (key, saga_id, request, created_at)
+                             SELECT key, saga_id, NULL, created_at FROM idempotency_keys;
+                         DROP TABLE idempotency_keys;",
+                    )?;
+                }
+                let rows: Vec<(i64, String)> = tx
+                    .prepare("SELECT id, body FROM sagas")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (id, body) in rows {
+                    let mut body = amounts_to_cents(&body);
+                    let mut wakes = None;
+                    // A body that still does not decode is quarantined on read.
+                    if let Ok(mut saga) = serde_json::from_str::<Saga>(&body) {
+                        saga.admitted = legacy_admitted(&saga);
+                        wakes = wakes_at(&saga).map(|m| m.0);
+                        body = to_json(&saga)?;
+                    }
+                    tx.execute(
+                        "UPDATE sagas SET body = ?2, wakes_at = ?3 WHERE id = ?1",
+                        params![id, body, wakes],
+                    )?;
+                }
+                let unsent: Vec<(i64, Vec<u8>)> = tx
+                    .prepare("SELECT seq, body FROM outbox")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (seq, body) in unsent {
+                    let text = String::from_utf8_lossy(&body);
+                    let fixed = amounts_to_cents(&text);
+                    if fixed != text {
+                        tx.execute(
+                            "UPDATE outbox SET body = ?2 WHERE seq = ?1",
+                            params![seq, fixed.into_bytes()],
+                        )?;
+                    }
+                }
+                tx.execute_batch(&format!(
+                    "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at) WHERE wakes_at IS NOT NULL;
+                     PRAGMA user_version = {LAYOUT_VERSION};"
+                ))?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// Whether a version-1 saga (which did not record it) was established: its
+/// payment is done, or a later step started (only a paid order gets there),
+/// or the manager cancelled it after it was paid.
+fn legacy_admitted(saga: &Saga) -> bool {
+    use crate::saga::machine::{Effect, StepStatus};
+    let paid = saga
+        .steps
+        .first()
+        .is_some_and(|s| s.status == StepStatus::Done);
+    let went_on = saga
+        .steps
+        .get(1)
+        .is_some_and(|s| s.status != StepStatus::Pending);
+    let cancelled_paid = saga.order_status == OrderStatus::Cancelled
+        && saga
+            .steps
+            .first()
+            .is_some_and(|s| s.effect == Effect::Applied);
+    saga.admitted || paid || went_on || cancelled_paid
+}
+
+/// Rewrites a version-1 document's `order.amount` (a decimal of the
+/// currency unit) as whole cents; anything else is returned unchanged.
+fn amounts_to_cents(json: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(json) else {
+        return json.to_owned();
+    };
+    let Some(amount) = doc.pointer_mut("/order/amount") else {
+        return json.to_owned();
+    };
+    match amount.as_f64() {
+        Some(units) if !amount.is_i64() && !amount.is_u64() => {
+            *amount = serde_json::Value::from((units * 100.0).round() as i64);
+            doc.to_string()
+        }
+        _ => json.to_owned(),
+    }
+}
+
 /// What a client's key says about a new `POST /orders`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyUse {
@@ -306,7 +445,7 @@ pub enum KeyUse {
 }
 
 fn key_use(tx: &Connection, key: &IdempotencyKey, request: &str) -> StorageResult<KeyUse> {
-    let row: Option<(i64, String)> = optional(tx.query_row(
+    let row: Option<(i64, Option<String>)> = optional(tx.query_row(
         "SELECT saga_id, request FROM order_keys WHERE key = ?1",
         [key.as_str()],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -315,7 +454,7 @@ fn key_use(tx: &Connection, key: &IdempotencyKey, request: &str) -> StorageResul
         return Ok(KeyUse::Fresh);
     };
     let id = OrderId::new(raw).map_err(|e| StorageError::Invalid(e.to_string()))?;
-    if stored != request {
+    if stored.is_some_and(|s| s != request) {
         return Ok(KeyUse::OtherRequest(id));
     }
     // `Unavailable` is read from committed state but is final: an order once
@@ -422,14 +561,16 @@ fn persist(
         events::emit(tx, &order_event(saga, version))?;
     }
     tx.prepare_cached(
-        "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5 WHERE id = ?1",
+        "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5, wakes_at = ?6
+         WHERE id = ?1",
     )?
     .execute(params![
         saga.id.get(),
         saga.state.as_str(),
         saga.order_status.as_str(),
         to_json(saga)?,
-        now.0
+        now.0,
+        wakes_at(saga).map(|m| m.0)
     ])?;
     for (n, h) in transition.history.iter().enumerate() {
         tx.prepare_cached("INSERT INTO saga_history (saga_id, seq, body) VALUES (?1, ?2, ?3)")?

@@ -127,6 +127,10 @@ pub struct Step {
     /// When the current attempt is (or was) sent; later than now while a
     /// retry waits out its backoff.
     pub attempt_at: Option<Millis>,
+    /// A person's progress sent to the worker and not yet confirmed by it:
+    /// sent again when `deadline` passes (a transport may lose it).
+    #[serde(default)]
+    pub reported: Option<Progress>,
 }
 
 /// A saga: an order's progress through its steps.
@@ -151,6 +155,11 @@ pub struct Saga {
     /// order was established, whatever happens to it later.
     #[serde(default)]
     pub admitted: bool,
+    /// When the order is abandoned if its payment has not succeeded by then
+    /// (the caller of `POST /orders` stops waiting). Stored, so a restart
+    /// keeps the promise that a caller who got no 201 is never charged.
+    #[serde(default)]
+    pub admit_by: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -207,6 +216,8 @@ pub enum Command {
     },
     /// Put a person's progress of step `step` in the outbox for its worker.
     Progress { step: usize, progress: Progress },
+    /// Deliver `Event::Abandon` at `at` unless the payment succeeded.
+    ArmAdmission { at: Millis },
     /// Deliver `Event::Timeout { step, attempt }` at `at`.
     ArmTimer {
         step: usize,
@@ -278,11 +289,13 @@ impl Saga {
                     error: None,
                     deadline: None,
                     attempt_at: None,
+                    reported: None,
                 })
                 .collect(),
             reason: None,
             cause: None,
             admitted: false,
+            admit_by: None,
             created_at: now,
             updated_at: now,
         }
@@ -329,24 +342,25 @@ impl Saga {
 
     /// Timers to arm after loading the saga from storage.
     pub fn pending_timers(&self) -> Vec<Command> {
-        self.steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let waiting = matches!(
-                    (s.status, s.effect),
-                    (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _)
-                );
-                match (waiting, s.deadline) {
-                    (true, Some(at)) => Some(Command::ArmTimer {
-                        step: i,
-                        attempt: s.attempts,
-                        at,
-                    }),
-                    _ => None,
-                }
-            })
-            .collect()
+        let admission = self
+            .admit_by
+            .filter(|_| self.state == SagaState::Running && !self.admitted)
+            .map(|at| Command::ArmAdmission { at });
+        let steps = self.steps.iter().enumerate().filter_map(|(i, s)| {
+            let waiting = matches!(
+                (s.status, s.effect),
+                (StepStatus::Running, Effect::Unknown) | (StepStatus::Compensating, _)
+            ) || s.reported.is_some();
+            match (waiting, s.deadline) {
+                (true, Some(at)) => Some(Command::ArmTimer {
+                    step: i,
+                    attempt: s.attempts,
+                    at,
+                }),
+                _ => None,
+            }
+        });
+        admission.into_iter().chain(steps).collect()
     }
 
     /// The outcome of the first step (payment): what `POST /orders` waits
@@ -561,6 +575,12 @@ impl Run<'_> {
                     self.note(Some(i), Some(detail));
                 }
             }
+            ReplyOutcome::Delivered if step.reported == Some(Progress::Delivered) => {
+                let s = &mut self.saga.steps[i];
+                s.reported = None;
+                s.deadline = None;
+                self.note(Some(i), Some("delivered to the customer".into()));
+            }
             ReplyOutcome::Delivered => {
                 let delivered_ok =
                     matches!(self.saga.state, SagaState::Running | SagaState::Completed)
@@ -579,6 +599,19 @@ impl Run<'_> {
             return;
         };
         if step.attempts != attempt || step.deadline.is_none_or(|d| d > self.now) {
+            return;
+        }
+        if let Some(progress) = step.reported {
+            // The worker has not confirmed a person's report: send it again
+            // (same message id; the worker answers a repeat from its inbox).
+            self.note(
+                Some(i),
+                Some(format!(
+                    "no confirmation of `{}`; sent again",
+                    progress.as_str()
+                )),
+            );
+            self.report(i, progress);
             return;
         }
         match (step.status, step.effect) {
@@ -689,6 +722,7 @@ impl Run<'_> {
                 s.status = StepStatus::Compensating;
                 s.attempts = 0;
                 s.finished_at = None;
+                s.reported = None;
                 self.send(i, Direction::Undo);
                 self.note(Some(i), None);
                 if blocks {
@@ -715,11 +749,19 @@ impl Run<'_> {
             return;
         }
         self.saga.reason = match target {
-            SagaState::Failed => (0..self.saga.steps.len())
-                .rev()
-                .find(|i| self.stuck(*i))
-                .and_then(|i| self.saga.steps[i].error.clone())
-                .or_else(|| self.saga.cause.clone()),
+            // The stuck step that holds the others back (one whose
+            // compensation blocks) says most about what an operator must fix.
+            SagaState::Failed => {
+                let stuck = |blocking: bool| {
+                    (0..self.saga.steps.len()).rev().find(|i| {
+                        self.stuck(*i) && self.def.steps[*i].compensation_blocks == blocking
+                    })
+                };
+                stuck(true)
+                    .or_else(|| stuck(false))
+                    .and_then(|i| self.saga.steps[i].error.clone())
+                    .or_else(|| self.saga.cause.clone())
+            }
             _ => self.saga.cause.clone(),
         };
         self.set_state(target);
@@ -784,11 +826,26 @@ impl Run<'_> {
         if progress == Progress::Delivered {
             self.saga.order_status = OrderStatus::Delivered;
         }
+        self.note(Some(i), Some(format!("{} reported", progress.as_str())));
+        self.report(i, progress);
+        Ok(())
+    }
+
+    /// Sends a person's progress of step `i` to its worker and waits for the
+    /// worker's confirmation until the step's timeout, then sends it again.
+    fn report(&mut self, i: usize, progress: Progress) {
+        let deadline = self.now.plus(self.def.steps[i].timeout);
+        let s = &mut self.saga.steps[i];
+        s.reported = Some(progress);
+        s.deadline = Some(deadline);
         self.out
             .commands
             .push(Command::Progress { step: i, progress });
-        self.note(Some(i), Some(format!("{} reported", progress.as_str())));
-        Ok(())
+        self.out.commands.push(Command::ArmTimer {
+            step: i,
+            attempt: s.attempts,
+            at: deadline,
+        });
     }
 
     /// True when no step is in flight and none waits for compensation.
@@ -834,6 +891,7 @@ impl Run<'_> {
         s.effect = effect;
         s.finished_at = Some(self.now);
         s.deadline = None;
+        s.reported = None;
         if error.is_some() {
             s.error = error.clone();
         }

@@ -165,6 +165,9 @@ impl Handler<Apply> for WorkerActor {
                 if let Some(l) = faults.latency {
                     tokio::time::sleep(l.sample()).await;
                 }
+                if let WorkerCommand::Progress { .. } = cmd {
+                    crate::failpoint::hit(&format!("{kind}-progress"));
+                }
                 let queued = db
                     .write(move |tx| {
                         apply_in_tx(logic.as_ref(), faults, tx, &cmd).map_err(StorageError::from)

@@ -15,3 +15,4 @@ mod races;
 mod read_models;
 mod topology;
 mod ui;
+mod upgrade;

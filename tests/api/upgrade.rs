@@ -1,0 +1,104 @@
+//! A database written by version 1 (amounts as decimals, keys without their
+//! request, no `wakes_at`) keeps working after the upgrade: found by the
+//! review of issue 10, where every old saga was quarantined and an old key
+//! charged a second time.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{Broker, Options, TOKEN, spawn_app};
+
+/// Turns this version's `orchestrator.db` back into version 1's layout, as
+/// the previous release wrote it.
+fn downgrade(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).expect("open");
+    let rows: Vec<(i64, String)> = c
+        .prepare("SELECT id, body FROM sagas")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    for (id, body) in rows {
+        let mut v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let cents = v["order"]["amount"].as_i64().expect("cents");
+        v["order"]["amount"] = serde_json::json!(cents as f64 / 100.0);
+        for field in ["admitted", "cause", "admit_by", "admitBy"] {
+            v.as_object_mut().expect("object").remove(field);
+        }
+        for s in v["steps"].as_array_mut().expect("steps") {
+            s.as_object_mut().expect("step").remove("reported");
+        }
+        c.execute(
+            "UPDATE sagas SET body = ?2 WHERE id = ?1",
+            rusqlite::params![id, v.to_string()],
+        )
+        .expect("update");
+    }
+    c.execute_batch(
+        "CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, saga_id INTEGER NOT NULL, created_at INTEGER NOT NULL);
+         INSERT INTO idempotency_keys SELECT key, saga_id, created_at FROM order_keys;
+         DROP TABLE order_keys;
+         DROP INDEX IF EXISTS sagas_wakes;
+         ALTER TABLE sagas DROP COLUMN wakes_at;
+         PRAGMA user_version = 0;",
+    )
+    .expect("downgrade");
+}
+
+#[actix_web::test]
+async fn a_version_1_database_upgrades_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let opts = Options {
+        data_dir: Some(data.clone()),
+        kitchen_manual: true,
+        ..Options::default()
+    };
+    let Some(app) = spawn_app(Broker::InProcess, opts.clone()).await else {
+        return;
+    };
+    let customer = app.seed_customer().await;
+    let food = app.seed_food(100).await;
+    let (s, first) = app.order_with_key("k1", customer, food, 2).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, second) = app.order_with_key("k2", customer, food, 3).await;
+    assert_eq!(s, StatusCode::CREATED, "{second}");
+    let (first, second) = (
+        first["id"].as_i64().expect("id"),
+        second["id"].as_i64().expect("id"),
+    );
+    app.wait_record("kitchens", second, "Accepted").await;
+    app.stop().await;
+    downgrade(&data.join("orchestrator.db"));
+
+    let app = spawn_app(Broker::InProcess, opts).await.expect("restarts");
+    let (s, orders) = app.get("/orders").await;
+    assert_eq!(s, StatusCode::OK, "{orders}");
+    for o in orders.as_array().expect("list") {
+        assert_eq!(o["quarantined"], false, "{o}");
+        assert_eq!(o["status"], "Paid", "{o}");
+    }
+    // The old key still answers for its order, without a second charge.
+    let (s, again) = app.order_with_key("k1", customer, food, 2).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again["id"], first, "{again}");
+    // A paid order of the old version can still be cancelled: refund and stock.
+    let (s, body) = app
+        .delete_as(&format!("/kitchens/{second}"), Some(TOKEN))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    app.wait_state(second, "Compensated").await;
+    app.wait_record("pays", second, "Refunded").await;
+    assert_eq!(
+        app.stock(food).await,
+        98,
+        "order 2's three are back, order 1's two taken"
+    );
+    let (_, pays) = app.get("/pays").await;
+    assert_eq!(
+        pays.as_array().map(Vec::len),
+        Some(2),
+        "no new payment: {pays}"
+    );
+    app.stop().await;
+}

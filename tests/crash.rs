@@ -1,0 +1,249 @@
+//! Promises that must survive `kill -9` of the zero-setup process (its
+//! in-process queues die with it): found by the adversarial review of issue
+//! 10, each failed before its fix.
+//!
+//! - an order whose payment has not succeeded by its deadline is abandoned
+//!   even if the process died in between (the deadline is stored);
+//! - a person's report (here `delivered`) lost with the process is sent
+//!   again until the worker confirms it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "crash-test-token";
+
+/// A `hearty serve` process, killed (by PID) when dropped.
+struct Hearty {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Hearty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, env: &[(&str, &str)]) -> Hearty {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HEARTY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_DATA_DIR", data)
+        .env("HEARTY_MANAGER_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn hearty");
+    let stdout = child.stdout.take().expect("stdout");
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Hearty listening on http://")
+                .map(str::to_owned)
+        })
+        .expect("the service says where it listens");
+    Hearty {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let mut req = client.request(method, url).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            (status, res.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+async fn get(base: &str, path: &str) -> Value {
+    call(reqwest::Method::GET, format!("{base}{path}"), None)
+        .await
+        .1
+}
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    call(reqwest::Method::POST, format!("{base}{path}"), Some(body)).await
+}
+
+/// Polls `what` until `pred` holds (a liveness bound, not a timing claim).
+async fn eventually(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Value,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = probe().await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} never held: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn seed(base: &str) {
+    let (s, v) = post(base, "/customers", json!({"name": "yang"})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = post(
+        base,
+        "/foodCatalogs",
+        json!({"name": "cake", "stock": "10", "price": "4.0"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+#[test]
+fn an_unpaid_order_is_abandoned_even_across_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let env = [("HEARTY_PAY_LATENCY", "3s"), ("HEARTY_ORDER_TIMEOUT", "2s")];
+    let rt = runtime();
+    let first = start(&data, &env);
+    rt.block_on(seed(&first.base));
+    let base = first.base.clone();
+    rt.block_on(async {
+        // The order waits for the slow payment; the process dies under it.
+        let placing = tokio::spawn(async move {
+            post(
+                &base,
+                "/orders",
+                json!({"customerId": "1", "foodCatalogId": "1", "qty": "2"}),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(first);
+        let (status, _) = placing.await.expect("join");
+        assert_eq!(status, 0, "the client got no answer");
+    });
+    let second = start(&data, &env);
+    let base = second.base.clone();
+    rt.block_on(async {
+        let saga = eventually(
+            "the saga settles",
+            async || get(&base, "/sagas/1").await,
+            |v| matches!(v["state"].as_str(), Some("Compensated" | "Completed")),
+        )
+        .await;
+        assert_eq!(saga["state"], "Compensated", "{saga:#}");
+        assert_eq!(saga["orderStatus"], "Rejected", "{saga:#}");
+        // A late approval of the re-sent payment is refunded.
+        let pay = eventually(
+            "the payment settles",
+            async || get(&base, "/pays?orderId=1").await,
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().all(|p| p["status"] != "Approved"))
+            },
+        )
+        .await;
+        let food = get(&base, "/foodCatalogs/1").await;
+        assert_eq!(food["stock"], 10, "no stock taken: {food} {pay}");
+    });
+}
+
+#[test]
+fn a_delivered_report_lost_in_a_crash_is_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let manual = [
+        ("HEARTY_KITCHEN_MODE", "manual"),
+        ("HEARTY_DELIVERY_MODE", "manual"),
+    ];
+    let rt = runtime();
+    let first = start(&data, &manual);
+    let base = first.base.clone();
+    rt.block_on(async {
+        seed(&base).await;
+        let (s, v) = post(
+            &base,
+            "/orders",
+            json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        for (path, step) in [
+            ("/kitchens/1/cooked", "kitchen"),
+            ("/deliveries/1/pickedUp", "delivery"),
+        ] {
+            eventually(
+                "the step waits for a person",
+                async || get(&base, "/sagas/1").await,
+                |v| v["waitingOn"]["step"] == step && v["waitingOn"]["waitingForAPerson"] == true,
+            )
+            .await;
+            let (s, v) = post(&base, path, json!({})).await;
+            assert_eq!(s, 202, "{path}: {v}");
+        }
+        eventually(
+            "the saga completes",
+            async || get(&base, "/sagas/1").await,
+            |v| v["state"] == "Completed",
+        )
+        .await;
+    });
+    drop(first);
+    // This process dies the moment its delivery worker takes the report:
+    // the report is lost with its in-process queue.
+    // (The latency lets the outbox relay of the orchestrator forget the
+    // report first: only the in-process queue still held it.)
+    let crashing = [
+        manual[0],
+        manual[1],
+        ("HEARTY_DELIVERY_LATENCY", "500ms"),
+        ("HEARTY_FAILPOINTS", "delivery-progress=abort"),
+    ];
+    let mut second = start(&data, &crashing);
+    let base = second.base.clone();
+    rt.block_on(async {
+        let (s, v) = post(&base, "/deliveries/1/delivered", json!({})).await;
+        assert_eq!(s, 202, "{v}");
+    });
+    let died = second.child.wait().expect("wait");
+    assert!(!died.success(), "the failpoint ended the process");
+    let third = start(&data, &manual);
+    let base = third.base.clone();
+    rt.block_on(async {
+        let delivery = eventually(
+            "the delivery is delivered",
+            async || get(&base, "/deliveries/1").await,
+            |v| v["status"] == "Delivered",
+        )
+        .await;
+        let order = get(&base, "/orders/1").await;
+        assert_eq!(order["status"], "Delivered", "{order} {delivery}");
+        let pay = get(&base, "/pays/1").await;
+        assert_eq!(pay["status"], "Approved", "{pay}");
+    });
+}
