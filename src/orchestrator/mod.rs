@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures_util::StreamExt;
 
 use crate::domain::SagaId;
 use crate::messages::{OrderDetails, WorkerReply};
@@ -29,6 +28,7 @@ use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
 use crate::shutdown::Shutdown;
 use crate::storage::StorageError;
+use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
@@ -329,24 +329,12 @@ impl Handler<Recover> for Orchestrator {
 pub async fn consume_replies(
     orchestrator: Addr<Orchestrator>,
     transport: Arc<dyn Transport>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), TransportError> {
-    let mut deliveries = transport.consume(QueueName::Replies).await?;
-    let failures = Arc::new(FailureCounts::default());
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.recv() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
-        actix::spawn(handle_reply(
-            orchestrator.clone(),
-            delivery,
-            failures.clone(),
-        ));
-    }
+    consume_each(transport, QueueName::Replies, shutdown, |d, f| {
+        handle_reply(orchestrator.clone(), d, f)
+    })
+    .await
 }
 
 async fn handle_reply(
@@ -354,10 +342,6 @@ async fn handle_reply(
     delivery: Delivery,
     failures: Arc<FailureCounts>,
 ) {
-    let _in_flight = crate::metrics::InFlight::start();
-    if delivery.redelivered {
-        inc(&METRICS.redeliveries_total);
-    }
     let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {
         Ok(r) => r,
         Err(e) => {

@@ -11,6 +11,7 @@
 //! [`Route`] and consume [`Delivery`]s from a [`QueueName`].
 
 pub mod amqp;
+pub mod consume;
 pub mod memory;
 pub mod poison;
 

@@ -20,7 +20,6 @@ pub mod reviews;
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use rusqlite::Connection;
 
 use crate::config::Config;
@@ -29,6 +28,7 @@ use crate::events::DomainEvent;
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, StorageResult};
+use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 
@@ -63,27 +63,15 @@ pub async fn consume(
     kind: ViewKind,
     db: Db,
     transport: Arc<dyn Transport>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), TransportError> {
-    let mut deliveries = transport.consume(QueueName::View(kind)).await?;
-    let failures = Arc::new(FailureCounts::default());
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.recv() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
-        actix::spawn(project(kind, db.clone(), delivery, failures.clone()));
-    }
+    consume_each(transport, QueueName::View(kind), shutdown, |d, f| {
+        project(kind, db.clone(), d, f)
+    })
+    .await
 }
 
 async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<FailureCounts>) {
-    let _in_flight = crate::metrics::InFlight::start();
-    if delivery.redelivered {
-        inc(&METRICS.redeliveries_total);
-    }
     let event = match DomainEvent::decode(&delivery.body) {
         Ok(e) => e,
         Err(reason) => {

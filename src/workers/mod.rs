@@ -18,7 +18,7 @@ pub mod pay;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use rusqlite::Connection;
 
 use crate::events::DomainEvent;
@@ -29,6 +29,7 @@ use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, inbox, outbox};
+use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, Outgoing, QueueName, Route, Transport};
 
@@ -319,22 +320,13 @@ pub async fn consume(
     kind: WorkerKind,
     worker: Addr<WorkerActor>,
     transport: Arc<dyn Transport>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
-    let mut deliveries = transport.consume(QueueName::Worker(kind)).await?;
-    let failures = Arc::new(FailureCounts::default());
-    loop {
-        let delivery = tokio::select! {
-            _ = shutdown.recv() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
-        // Each delivery is handled on its own task; the prefetch bounds how
-        // many are in flight, the database serializes their effects.
-        actix::spawn(handle_delivery(worker.clone(), delivery, failures.clone()));
-    }
+    // The database serializes the effects of deliveries handled at once.
+    consume_each(transport, QueueName::Worker(kind), shutdown, |d, f| {
+        handle_delivery(worker.clone(), d, f)
+    })
+    .await
 }
 
 async fn handle_delivery(
@@ -342,10 +334,6 @@ async fn handle_delivery(
     delivery: Delivery,
     failures: Arc<FailureCounts>,
 ) {
-    let _in_flight = crate::metrics::InFlight::start();
-    if delivery.redelivered {
-        inc(&METRICS.redeliveries_total);
-    }
     let cmd: WorkerCommand = match serde_json::from_slice(&delivery.body) {
         Ok(c) => c,
         Err(e) => {
