@@ -1,42 +1,104 @@
-//! Process-wide counters, rendered in the Prometheus text format at `/metrics`.
+//! Process-wide metrics in a `prometheus` registry, exposed in the
+//! Prometheus text format at `/metrics`. The names are part of what
+//! operators rely on: `hearty_<counter>_total`, `hearty_sagas_in_flight`,
+//! `hearty_step_duration_seconds{step,outcome}`,
+//! `hearty_circuit_breaker_state{step}`, `hearty_outbox_backlog{db}`, ...
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// Declares the counters once, with their help texts.
-macro_rules! counters {
+macro_rules! metrics {
     ($($name:ident : $help:literal),+ $(,)?) => {
-        /// Every counter of the process.
-        pub struct Metrics { $(pub $name: AtomicU64,)+ pub sagas_in_flight: AtomicI64, pub deliveries_in_flight: AtomicI64, pub saga_actors_live: AtomicI64 }
-
-        /// The process's metrics.
-        pub static METRICS: Metrics = Metrics { $($name: AtomicU64::new(0),)+ sagas_in_flight: AtomicI64::new(0), deliveries_in_flight: AtomicI64::new(0), saga_actors_live: AtomicI64::new(0) };
+        /// Every metric of the process.
+        pub struct Metrics {
+            registry: Registry,
+            $(pub $name: IntCounter,)+
+            /// Sagas Running or Compensating, as this orchestrator counts them.
+            pub sagas_in_flight: IntGauge,
+            /// Messages received and not yet settled.
+            pub deliveries_in_flight: IntGauge,
+            /// Saga actors in memory.
+            pub saga_actors_live: IntGauge,
+            /// Step latencies per (step, outcome).
+            pub step_duration: HistogramVec,
+            /// 0 = closed, 1 = open, 2 = half-open, per step.
+            pub breaker_state: IntGaugeVec,
+            /// Times each step's breaker opened.
+            pub breaker_opened: IntCounterVec,
+            /// Outbox rows committed and not yet confirmed, per database.
+            pub outbox_backlog: IntGaugeVec,
+        }
 
         impl Metrics {
-            /// The Prometheus text exposition of every metric.
-            pub fn render(&self) -> String {
-                let mut out = String::new();
+            fn new() -> prometheus::Result<Self> {
+                let registry = Registry::new_custom(Some("hearty".into()), None)?;
                 $(
-                    let _ = writeln!(out, "# HELP hearty_{} {}", stringify!($name), $help);
-                    let _ = writeln!(out, "# TYPE hearty_{} counter", stringify!($name));
-                    let _ = writeln!(out, "hearty_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                    let $name = IntCounter::new(stringify!($name), $help)?;
+                    registry.register(Box::new($name.clone()))?;
                 )+
-                let _ = writeln!(out, "# HELP hearty_sagas_in_flight Sagas Running or Compensating (as this orchestrator counts them since it started).");
-                let _ = writeln!(out, "# TYPE hearty_sagas_in_flight gauge");
-                let _ = writeln!(out, "hearty_sagas_in_flight {}", self.sagas_in_flight.load(Ordering::Relaxed));
-                let _ = writeln!(out, "# HELP hearty_saga_actors_live Saga actors in memory (the rest are passivated in SQLite).");
-                let _ = writeln!(out, "# TYPE hearty_saga_actors_live gauge");
-                let _ = writeln!(out, "hearty_saga_actors_live {}", self.saga_actors_live.load(Ordering::Relaxed));
-                let _ = writeln!(out, "# HELP hearty_deliveries_in_flight Messages received and not yet settled.");
-                let _ = writeln!(out, "# TYPE hearty_deliveries_in_flight gauge");
-                let _ = writeln!(out, "hearty_deliveries_in_flight {}", self.deliveries_in_flight.load(Ordering::Relaxed));
-                out
+                let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+                    let g = IntGauge::new(name, help)?;
+                    registry.register(Box::new(g.clone()))?;
+                    Ok(g)
+                };
+                let step_duration = HistogramVec::new(
+                    HistogramOpts::new(
+                        "step_duration_seconds",
+                        "Time from a step's command to its outcome, per step and outcome.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["step", "outcome"],
+                )?;
+                registry.register(Box::new(step_duration.clone()))?;
+                let breaker_state = IntGaugeVec::new(
+                    Opts::new("circuit_breaker_state", "0 = closed, 1 = open, 2 = half-open."),
+                    &["step"],
+                )?;
+                registry.register(Box::new(breaker_state.clone()))?;
+                let breaker_opened = IntCounterVec::new(
+                    Opts::new("circuit_breaker_opened_total", "Times the breaker opened."),
+                    &["step"],
+                )?;
+                registry.register(Box::new(breaker_opened.clone()))?;
+                let outbox_backlog = IntGaugeVec::new(
+                    Opts::new(
+                        "outbox_backlog",
+                        "Messages committed and not yet confirmed by the broker.",
+                    ),
+                    &["db"],
+                )?;
+                registry.register(Box::new(outbox_backlog.clone()))?;
+                Ok(Metrics {
+                    $($name,)+
+                    sagas_in_flight: gauge(
+                        "sagas_in_flight",
+                        "Sagas Running or Compensating (as this orchestrator counts them since it started).",
+                    )?,
+                    deliveries_in_flight: gauge(
+                        "deliveries_in_flight",
+                        "Messages received and not yet settled.",
+                    )?,
+                    saga_actors_live: gauge(
+                        "saga_actors_live",
+                        "Saga actors in memory (the rest are passivated in SQLite).",
+                    )?,
+                    step_duration,
+                    breaker_state,
+                    breaker_opened,
+                    outbox_backlog,
+                    registry,
+                })
             }
         }
     };
 }
 
-counters! {
+metrics! {
     sagas_started_total: "Sagas started.",
     sagas_completed_total: "Sagas whose forward steps all completed.",
     sagas_compensated_total: "Sagas fully compensated.",
@@ -50,14 +112,29 @@ counters! {
     actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
 }
 
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    // Names and help texts are literals checked by `renders_every_metric`:
+    // registering them cannot fail.
+    Metrics::new().unwrap_or_else(|e| panic!("metrics registry: {e}"))
+});
+
 /// Adds one to a counter.
-pub fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub fn inc(counter: &IntCounter) {
+    counter.inc();
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Deliveries being handled right now.
 pub fn in_flight() -> i64 {
-    METRICS.deliveries_in_flight.load(Ordering::Relaxed)
+    METRICS.deliveries_in_flight.get()
 }
 
 /// Counts a delivery as in flight until dropped.
@@ -65,79 +142,44 @@ pub struct InFlight;
 
 impl InFlight {
     pub fn start() -> Self {
-        METRICS.deliveries_in_flight.fetch_add(1, Ordering::Relaxed);
+        METRICS.deliveries_in_flight.inc();
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        METRICS.deliveries_in_flight.fetch_sub(1, Ordering::Relaxed);
+        METRICS.deliveries_in_flight.dec();
     }
 }
 
-/// Upper bounds (milliseconds) of the step latency histogram buckets.
-const BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS_MS.len()],
-    count: u64,
-    sum_ms: u64,
-}
-
-/// Step latencies per (step, outcome): from a step's start to its answer,
+/// Records one step outcome's latency: from a step's start to its answer,
 /// or from a compensation's last attempt to its confirmation.
-static STEP_LATENCY: std::sync::Mutex<
-    std::collections::BTreeMap<(String, &'static str), Histogram>,
-> = std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// Records one step outcome's latency.
 pub fn observe_step(step: &str, outcome: &'static str, ms: u64) {
-    let mut all = STEP_LATENCY.lock().unwrap_or_else(|p| p.into_inner());
-    let h = all.entry((step.to_owned(), outcome)).or_default();
-    for (i, le) in BUCKETS_MS.iter().enumerate() {
-        if ms <= *le {
-            h.counts[i] += 1;
-        }
-    }
-    h.count += 1;
-    h.sum_ms += ms;
+    METRICS
+        .step_duration
+        .with_label_values(&[step, outcome])
+        .observe(ms as f64 / 1000.0);
 }
 
-/// The step latency histograms in the Prometheus text format.
-pub fn render_step_latency() -> String {
-    let all = STEP_LATENCY.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP hearty_step_duration_seconds Time from a step's command to its outcome, per step and outcome."
-    );
-    let _ = writeln!(out, "# TYPE hearty_step_duration_seconds histogram");
-    for ((step, outcome), h) in all.iter() {
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hearty_step_duration_seconds_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"{}\"}} {}",
-                *le as f64 / 1000.0,
-                h.counts[i]
-            );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric() {
+        inc(&METRICS.sagas_started_total);
+        observe_step("pay", "done", 12);
+        METRICS.breaker_state.with_label_values(&["pay"]).set(0);
+        let text = render();
+        for line in [
+            "# TYPE hearty_sagas_started_total counter",
+            "# TYPE hearty_sagas_in_flight gauge",
+            "# TYPE hearty_step_duration_seconds histogram",
+            "hearty_step_duration_seconds_bucket{outcome=\"done\",step=\"pay\",le=\"0.025\"}",
+            "hearty_circuit_breaker_state{step=\"pay\"} 0",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
-        let _ = writeln!(
-            out,
-            "hearty_step_duration_seconds_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(
-            out,
-            "hearty_step_duration_seconds_sum{{step=\"{step}\",outcome=\"{outcome}\"}} {}",
-            h.sum_ms as f64 / 1000.0
-        );
-        let _ = writeln!(
-            out,
-            "hearty_step_duration_seconds_count{{step=\"{step}\",outcome=\"{outcome}\"}} {}",
-            h.count
-        );
     }
-    out
 }

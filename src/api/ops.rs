@@ -100,9 +100,6 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
-    let mut backlog = String::from(
-        "# HELP hearty_outbox_backlog Messages committed and not yet confirmed by the broker.\n# TYPE hearty_outbox_backlog gauge\n",
-    );
     for db in &probes.dbs {
         if let Ok(n) = outbox::backlog(db).await {
             let name = db
@@ -110,15 +107,19 @@ pub async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("db");
-            backlog.push_str(&format!("hearty_outbox_backlog{{db=\"{name}\"}} {n}\n"));
+            METRICS.outbox_backlog.with_label_values(&[name]).set(n);
         }
+    }
+    for b in probes.breakers.iter() {
+        let state = i64::from(b.state().gauge());
+        METRICS
+            .breaker_state
+            .with_label_values(&[&b.step])
+            .set(state);
+        // Present from the start, at 0, before the breaker ever opens.
+        METRICS.breaker_opened.with_label_values(&[&b.step]);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(format!(
-            "{}{}{}{backlog}",
-            METRICS.render(),
-            probes.breakers.render(),
-            crate::metrics::render_step_latency()
-        ))
+        .body(crate::metrics::render())
 }

@@ -196,9 +196,7 @@ impl Handler<PlaceOrder> for Orchestrator {
                 .map(|created, act, _ctx| match created? {
                     Created::New(saga) => {
                         inc(&METRICS.sagas_started_total);
-                        METRICS
-                            .sagas_in_flight
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        METRICS.sagas_in_flight.inc();
                         let id = saga.id;
                         // The saga is committed, so a `Locate` handled since
                         // may have started its actor already: `actor_for`
@@ -308,9 +306,7 @@ impl Handler<Recover> for Orchestrator {
                         tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
                     }
                     let n = sagas.len();
-                    METRICS
-                        .sagas_in_flight
-                        .store(n as i64, std::sync::atomic::Ordering::Relaxed);
+                    METRICS.sagas_in_flight.set(n as i64);
                     // Only sagas that wait on a timer need an actor now; the
                     // others (waiting for a person, or for a reply that will
                     // come) are loaded by their next event.

@@ -92,8 +92,8 @@ impl SagaActor {
                 _ => {}
             }
             match (before.is_active(), self.saga.state.is_active()) {
-                (true, false) => inc_gauge(&METRICS.sagas_in_flight, -1),
-                (false, true) => inc_gauge(&METRICS.sagas_in_flight, 1),
+                (true, false) => METRICS.sagas_in_flight.dec(),
+                (false, true) => METRICS.sagas_in_flight.inc(),
                 _ => {}
             }
             tracing::info!(saga = %self.saga.id, from = before.as_str(), to = self.saga.state.as_str(), "saga state changed");
@@ -111,7 +111,7 @@ impl Actor for SagaActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        inc_gauge(&METRICS.saga_actors_live, 1);
+        METRICS.saga_actors_live.inc();
         // Re-arm what the saga waits for: after a restart, or the first
         // step's timer of a new saga.
         let timers = self.saga.pending_timers();
@@ -120,15 +120,11 @@ impl Actor for SagaActor {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        inc_gauge(&METRICS.saga_actors_live, -1);
+        METRICS.saga_actors_live.dec();
         // Tell the registry, so it forgets this address.
         self.registry
             .do_send(super::Passivated(self.saga.id, ctx.address()));
     }
-}
-
-fn inc_gauge(g: &std::sync::atomic::AtomicI64, by: i64) {
-    g.fetch_add(by, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl SagaActor {

@@ -40,30 +40,6 @@ impl Breakers {
     pub fn iter(&self) -> impl Iterator<Item = &CircuitBreaker> {
         self.0.iter().flatten()
     }
-
-    /// Prometheus lines of every breaker.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP hearty_circuit_breaker_state 0 = closed, 1 = open, 2 = half-open.\n");
-        out.push_str("# TYPE hearty_circuit_breaker_state gauge\n");
-        for b in self.iter() {
-            out.push_str(&format!(
-                "hearty_circuit_breaker_state{{step=\"{}\"}} {}\n",
-                b.step,
-                b.state().gauge()
-            ));
-        }
-        out.push_str("# HELP hearty_circuit_breaker_opened_total Times the breaker opened.\n");
-        out.push_str("# TYPE hearty_circuit_breaker_opened_total counter\n");
-        for b in self.iter() {
-            out.push_str(&format!(
-                "hearty_circuit_breaker_opened_total{{step=\"{}\"}} {}\n",
-                b.step,
-                b.times_opened()
-            ));
-        }
-        out
-    }
 }
 
 /// What one event tells a step's breaker, judged on the saga before it.
@@ -234,6 +210,11 @@ impl CircuitBreaker {
         b.opened_at = now;
         b.trial_since = None;
         b.times_opened += 1;
+        crate::metrics::inc(
+            &crate::metrics::METRICS
+                .breaker_opened
+                .with_label_values(&[&self.step]),
+        );
         tracing::warn!(step = %self.step, "circuit open: turning new orders away");
     }
 

@@ -33,8 +33,8 @@ async fn metrics_openapi_and_docs_are_served() {
         "hearty_sagas_in_flight ",
         "hearty_circuit_breaker_state{step=\"pay\"} 0",
         "# TYPE hearty_step_duration_seconds histogram",
-        "hearty_step_duration_seconds_count{step=\"pay\",outcome=\"done\"}",
-        "hearty_step_duration_seconds_bucket{step=\"coupon\",outcome=\"done\",le=\"+Inf\"}",
+        "hearty_step_duration_seconds_count{outcome=\"done\",step=\"pay\"}",
+        "hearty_step_duration_seconds_bucket{outcome=\"done\",step=\"coupon\",le=\"+Inf\"}",
         "hearty_outbox_backlog{db=\"orchestrator\"}",
     ] {
         assert!(metrics.contains(needle), "missing `{needle}` in\n{metrics}");
