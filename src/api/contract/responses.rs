@@ -2,7 +2,7 @@
 //! record) is turned into these at the edge; their `ToSchema` is what
 //! `/openapi.json` says, so document and behaviour cannot drift.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
@@ -11,7 +11,7 @@ use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Effect, HistoryEntry, Saga, SagaState, Step, StepStatus};
 
 /// The one error shape: a stable code and a sentence.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// A stable, machine-readable code (`bad_request`, `not_found`,
@@ -95,14 +95,14 @@ impl From<&Quarantined> for Order {
 }
 
 /// A saga definition's name and version.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DefinitionRef {
     pub name: String,
     pub version: u32,
 }
 
 /// One step of a saga.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     pub name: String,
@@ -121,7 +121,7 @@ pub struct StepView {
 }
 
 /// One line of a saga's history.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryLine {
     pub at: String,
@@ -148,7 +148,7 @@ impl From<&HistoryEntry> for HistoryLine {
 }
 
 /// "Why is it stuck?": the step the saga waits on.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WaitingOn {
     pub step: String,
@@ -163,7 +163,7 @@ pub struct WaitingOn {
 }
 
 /// A message of the saga on its way.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InFlightMessage {
     pub message_id: String,
@@ -181,7 +181,7 @@ pub struct InFlightMessage {
 
 /// A saga as inspection shows it. `history`, `waitingOn` and `inFlight`
 /// come with `GET /sagas/{id}` only.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaView {
     pub id: OrderId,
