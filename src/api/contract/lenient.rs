@@ -146,9 +146,12 @@ lenient_int!(
     "^[1-5]$"
 );
 
-/// A price: a number with at most two decimals, or its text (`"4.0"`), from
-/// 0 to 1,000,000,000. Text is read digit by digit; a JSON number is taken
-/// to the nearest cent only if it is one (within float error).
+/// A price from 0 to 1,000,000,000: a whole number (`4`, `4.0`), or text
+/// with at most two decimals (`"4.05"`, what httpie sends), read digit by
+/// digit. A JSON number with decimals is refused: a binary float cannot say
+/// "two decimals" exactly, and JSON Schema's `multipleOf: 0.01` means
+/// different things to different validators, so money with cents travels
+/// as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriceField(pub crate::domain::Money);
 
@@ -169,12 +172,12 @@ impl PriceField {
         if !v.is_finite() || !(0.0..=Self::MAX_UNITS).contains(&v) {
             return Err(format!("{v} is not a price from 0 to 1000000000"));
         }
-        // Within the rounding error of the multiplication, and no more.
-        let cents = (v * 100.0).round();
-        if (cents - v * 100.0).abs() > 4.0 * f64::EPSILON * cents.max(1.0) {
-            return Err(format!("{v} has more than two decimals"));
+        if v.fract() != 0.0 {
+            return Err(format!(
+                "{v}: send a price with decimals as text, e.g. \"4.05\""
+            ));
         }
-        Ok(PriceField(crate::domain::Money::from_cents(cents as i64)))
+        Ok(PriceField(crate::domain::Money::from_cents(v as i64 * 100)))
     }
 }
 
@@ -207,7 +210,7 @@ impl PartialSchema for PriceField {
     fn schema() -> RefOr<Schema> {
         schema_from_json(serde_json::json!({
             "oneOf": [
-                { "type": "number", "minimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01 },
+                { "type": "integer", "minimum": 0, "maximum": 1_000_000_000 },
                 { "type": "string", "pattern": PriceField::PATTERN }
             ]
         }))
@@ -344,12 +347,16 @@ mod tests {
         let p: PriceField = serde_json::from_str("4.0").expect("number");
         assert_eq!(p.0.cents(), 400);
         assert_eq!(
-            serde_json::from_str::<PriceField>("0.07")
+            serde_json::from_str::<PriceField>("\"0.07\"")
                 .map(|p| p.0.cents())
                 .ok(),
             Some(7)
         );
-        assert!(serde_json::from_str::<PriceField>("0.001").is_err());
+        assert!(
+            serde_json::from_str::<PriceField>("0.07").is_err(),
+            "decimals travel as text"
+        );
+        assert!(serde_json::from_str::<PriceField>("6.5e-221").is_err());
         assert!(serde_json::from_str::<PriceField>("1e20").is_err());
     }
 }
