@@ -19,23 +19,23 @@
 //! - [`api`]: the REST endpoints (actix-web).
 //! - [`app`]: wires the roles of one process together; [`config`] its settings.
 
-pub mod api;
+pub(crate) mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod events;
-pub mod failpoint;
+pub(crate) mod events;
+pub(crate) mod failpoint;
 pub mod messages;
-pub mod metrics;
-pub mod orchestrator;
+pub(crate) mod metrics;
+pub(crate) mod orchestrator;
 pub mod saga;
-pub mod shutdown;
-pub mod storage;
+pub(crate) mod shutdown;
+pub(crate) mod storage;
 pub mod transport;
 pub mod views;
-pub mod workers;
+pub(crate) mod workers;
 
 /// The text of a caught panic, for logs and errors.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -20,7 +20,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::config::Secret;
-use crate::domain::WorkerKind;
 use crate::orchestrator::Orchestrator;
 use crate::orchestrator::store::SagaStore;
 use crate::saga::breaker::Breakers;
@@ -64,15 +63,6 @@ pub struct ViewDbs {
 }
 
 impl ApiState {
-    pub fn worker_db(&self, kind: WorkerKind) -> &Db {
-        match kind {
-            WorkerKind::Pay => &self.pay,
-            WorkerKind::Kitchen => &self.kitchen,
-            WorkerKind::Delivery => &self.delivery,
-            WorkerKind::Coupon => &self.coupon,
-        }
-    }
-
     /// Checks the manager's bearer token in constant time: 401 without one,
     /// 403 with a wrong one.
     pub fn require_manager(&self, req: &HttpRequest) -> Result<(), ApiError> {

@@ -527,24 +527,6 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
     DomainEvent::new(&what, saga.id.get(), version, Payload::Order(data))
 }
 
-/// An order as the API shows it and its events carry it.
-pub fn order_json(saga: &Saga) -> serde_json::Value {
-    serde_json::json!({
-        "id": saga.id,
-        "orderId": saga.id,
-        "customerId": saga.order.customer_id,
-        "foodCatalogId": saga.order.food_id,
-        "qty": saga.order.qty,
-        "amount": saga.order.amount.as_decimal(),
-        "amountCents": saga.order.amount,
-        "status": saga.order_status,
-        "sagaState": saga.state,
-        "reason": saga.reason,
-        "createdAt": saga.created_at.to_rfc3339(),
-        "updatedAt": saga.updated_at.to_rfc3339(),
-    })
-}
-
 /// Writes a saga, its history lines, its commands and (when the order
 /// changed) the order's event, inside the caller's transaction.
 fn persist(
