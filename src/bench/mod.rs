@@ -98,6 +98,21 @@ pub struct Load {
     pub post_orders_ms: Latency,
     pub order_to_completed_ms: Latency,
     pub errors: u64,
+    /// CPU the load generator (its HTTP client) spent per request, in
+    /// microseconds: what the measuring costs the shared machine.
+    pub client_cpu_us_per_request: Option<f64>,
+    /// CPU the service spent per completed saga, in milliseconds.
+    pub service_cpu_ms_per_saga: Option<f64>,
+}
+
+/// CPU seconds (user + system) a process has used so far: `self`, or a pid.
+/// Linux's `/proc/<pid>/stat` counts in clock ticks of 1/100 s.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Everything `hearty bench` measured.
@@ -254,10 +269,12 @@ const ORDER: &[u8] = br#"{"qty":"1","foodcaltalogid":"1","customerid":"1"}"#;
 /// window`; latencies of orders placed inside the window are kept.
 async fn full_load(
     base: &str,
+    service_pid: Option<u32>,
     concurrency: usize,
     warmup: Duration,
     window: Duration,
 ) -> anyhow::Result<Load> {
+    let requests = Arc::new(AtomicU64::new(0));
     let pb = bar(
         window.as_secs() + warmup.as_secs(),
         "full load (closed loop)",
@@ -271,13 +288,18 @@ async fn full_load(
     let mut clients = Vec::new();
     for _ in 0..concurrency {
         let (lat, errors, base) = (lat.clone(), errors.clone(), base.to_owned());
+        let requests = requests.clone();
         clients.push(tokio::spawn(async move {
             let Ok(mut c) = http::Conn::new(&base, None) else {
                 return;
             };
             while Instant::now() < end {
                 let t = Instant::now();
-                match c.request("POST", "/orders", Some(ORDER)).await {
+                let answer = c.request("POST", "/orders", Some(ORDER)).await;
+                if t >= measure_from {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                }
+                match answer {
                     Ok(r) if r.status == 201 => {
                         if t >= measure_from {
                             lat.lock().await.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -293,26 +315,47 @@ async fn full_load(
     tokio::time::sleep_until(measure_from.into()).await;
     let completed_before = metric(&mut conn, "hearty_sagas_completed_total").await?;
     let window_start_wall = crate::domain::Millis::now();
+    let service = service_pid.map(|p| p.to_string());
+    let cpu_before = (
+        cpu_seconds("self"),
+        service.as_deref().and_then(cpu_seconds),
+    );
     while Instant::now() < end {
         pb.set_position(start.elapsed().as_secs());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let completed_after = metric(&mut conn, "hearty_sagas_completed_total").await?;
     let window_end_wall = crate::domain::Millis::now();
+    let cpu_after = (
+        cpu_seconds("self"),
+        service.as_deref().and_then(cpu_seconds),
+    );
     for c in clients {
         let _ = c.await;
     }
+    let completed = completed_after - completed_before;
+    let sent = requests.load(Ordering::Relaxed) as f64;
+    let client_cpu_us_per_request = match cpu_before.0.zip(cpu_after.0) {
+        Some((a, b)) if sent > 0.0 => Some((b - a) * 1e6 / sent),
+        _ => None,
+    };
+    let service_cpu_ms_per_saga = match cpu_before.1.zip(cpu_after.1) {
+        Some((a, b)) if completed > 0.0 => Some((b - a) * 1e3 / completed),
+        _ => None,
+    };
     pb.finish_and_clear();
     let seconds = window.as_secs_f64();
     let post = Latency::of(std::mem::take(&mut *lat.lock().await));
     let to_completed = completion_latencies(&mut conn, window_start_wall, window_end_wall).await?;
     Ok(Load {
         offered_orders_per_sec: None,
-        completed_sagas_per_sec: (completed_after - completed_before) / seconds,
+        completed_sagas_per_sec: completed / seconds,
         seconds,
         post_orders_ms: post,
         order_to_completed_ms: to_completed,
         errors: errors.load(Ordering::Relaxed),
+        client_cpu_us_per_request,
+        service_cpu_ms_per_saga,
     })
 }
 
@@ -376,6 +419,8 @@ async fn rate_load(base: &str, rate: f64, window: Duration) -> anyhow::Result<Lo
         post_orders_ms: Latency::of(std::mem::take(&mut *lat.lock().await)),
         order_to_completed_ms: to_completed,
         errors: errors.load(Ordering::Relaxed),
+        client_cpu_us_per_request: None,
+        service_cpu_ms_per_saga: None,
     })
 }
 
@@ -638,7 +683,8 @@ async fn run_in(
     };
     wait_ready(&base, Duration::from_secs(60)).await?;
     seed(&base).await?;
-    let full = full_load(&base, args.concurrency, args.warmup, args.duration).await?;
+    let pid = svc.as_ref().map(|s| s.child.id());
+    let full = full_load(&base, pid, args.concurrency, args.warmup, args.duration).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let half = rate_load(
         &base,
@@ -721,6 +767,14 @@ pub fn summary(r: &Report) -> String {
         "  half load  order → Completed:  {}\n",
         l(&r.half_load.order_to_completed_ms)
     ));
+    if let (Some(client), Some(service)) = (
+        r.full_load.client_cpu_us_per_request,
+        r.full_load.service_cpu_ms_per_saga,
+    ) {
+        out.push_str(&format!(
+            "  CPU at full load: load generator (HTTP client) {client:.0} µs per request; service {service:.2} ms per saga\n"
+        ));
+    }
     if let Some(c) = r.cancellations_per_sec {
         out.push_str(&format!("cancellations: {c:.1} compensated sagas/s\n"));
     }
