@@ -65,6 +65,16 @@ impl Entity {
     }
 }
 
+/// A field that may be `null` but must be there: a missing (or renamed)
+/// field is an error, never a silent `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
 /// An order after a change (`order.*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -76,6 +86,7 @@ pub struct OrderData {
     pub amount_cents: Money,
     pub status: OrderStatus,
     pub saga_state: SagaState,
+    #[serde(deserialize_with = "present")]
     pub reason: Option<String>,
 }
 
@@ -87,6 +98,7 @@ pub struct PayData {
     pub customer_id: CustomerId,
     pub amount_cents: Money,
     pub status: PayStatus,
+    #[serde(deserialize_with = "present")]
     pub reason: Option<String>,
 }
 
@@ -98,6 +110,7 @@ pub struct TicketData {
     pub food_catalog_id: FoodId,
     pub qty: Qty,
     pub status: KitchenStatus,
+    #[serde(deserialize_with = "present")]
     pub reason: Option<String>,
 }
 
@@ -139,6 +152,7 @@ pub struct ReviewData {
     pub username: String,
     pub productname: String,
     pub content: String,
+    #[serde(deserialize_with = "present")]
     pub rating: Option<i64>,
     pub created_at: String,
 }
@@ -157,6 +171,20 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The entity's id: the order's for order, pay, kitchen, delivery and
+    /// coupon; the item's for catalog; the review's for review.
+    pub fn entity_id(&self) -> i64 {
+        match self {
+            Payload::Order(d) => d.order_id.get(),
+            Payload::Pay(d) => d.order_id.get(),
+            Payload::Kitchen(d) => d.order_id.get(),
+            Payload::Delivery(d) => d.order_id.get(),
+            Payload::Coupon(d) => d.order_id.get(),
+            Payload::Catalog(d) => d.id.get(),
+            Payload::Review(d) => d.id,
+        }
+    }
+
     pub fn entity(&self) -> Entity {
         match self {
             Payload::Order(_) => Entity::Order,
@@ -193,11 +221,11 @@ pub struct DomainEvent {
 }
 
 impl DomainEvent {
-    pub fn new(what: &str, entity_id: i64, version: i64, payload: Payload) -> Self {
+    pub fn new(what: &str, version: i64, payload: Payload) -> Self {
         DomainEvent {
             schema: SCHEMA_VERSION,
             event_type: format!("{}.{what}", payload.entity().as_str()),
-            entity_id,
+            entity_id: payload.entity_id(),
             version,
             at: Millis::now(),
             payload,
@@ -226,6 +254,18 @@ impl DomainEvent {
                 event.event_type,
                 event.entity().as_str()
             ));
+        }
+        let id = event.payload.entity_id();
+        if id != event.entity_id {
+            return Err(format!(
+                "event of entity {} carries the data of {id}",
+                event.entity_id
+            ));
+        }
+        if let Payload::Review(r) = &event.payload
+            && r.rating.is_some_and(|x| !(1..=5).contains(&x))
+        {
+            return Err(format!("review rating {:?} is not 1 to 5", r.rating));
         }
         Ok(event)
     }
@@ -323,7 +363,7 @@ mod tests {
 
     #[test]
     fn routing_keys_and_ids_read_well() {
-        let e = DomainEvent::new("cancelled", 7, 3, samples().swap_remove(2));
+        let e = DomainEvent::new("cancelled", 3, samples().swap_remove(2));
         assert_eq!(e.event_type, "kitchen.cancelled");
         let m = e.message();
         assert_eq!(m.message_id, "kitchen.cancelled.7.v3");
@@ -338,14 +378,14 @@ mod tests {
     #[test]
     fn every_payload_round_trips() {
         for p in samples() {
-            let e = DomainEvent::new("x", 7, 1, p);
+            let e = DomainEvent::new("x", 1, p);
             assert_eq!(DomainEvent::decode(&e.message().body), Ok(e));
         }
     }
 
     #[test]
     fn malformed_events_are_refused_not_defaulted() {
-        let good = DomainEvent::new("paid", 7, 1, samples().swap_remove(0));
+        let good = DomainEvent::new("paid", 1, samples().swap_remove(0));
         let mut v = serde_json::to_value(&good).expect("json");
         let cases = [
             ("a renamed field", {
@@ -368,6 +408,16 @@ mod tests {
             ("another schema version", {
                 let mut v = v.clone();
                 v["schema"] = 1.into();
+                v
+            }),
+            ("a missing optional field", {
+                let mut v = v.clone();
+                v["data"].as_object_mut().expect("data").remove("reason");
+                v
+            }),
+            ("data of another entity", {
+                let mut v = v.clone();
+                v["entityId"] = 8.into();
                 v
             }),
             ("a type of another entity", {

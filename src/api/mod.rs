@@ -109,7 +109,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(64 * 1024)
-        .content_type_required(false)
+        .content_type_required(true)
+        .content_type(|mime| mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
         .error_handler(|err, _req| {
             use actix_web::error::JsonPayloadError as E;
             let api = match &err {

@@ -40,6 +40,11 @@ fn unprocessable(error: &'static str, detail: String) -> ApiError {
 
 /// The client's `Idempotency-Key` header, if any.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    if req.headers().get_all("Idempotency-Key").count() > 1 {
+        return Err(ApiError::bad_request(
+            "send one Idempotency-Key, not several",
+        ));
+    }
     match req.headers().get("Idempotency-Key") {
         None => Ok(None),
         Some(v) => {

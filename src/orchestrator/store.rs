@@ -524,7 +524,7 @@ pub fn order_event(saga: &Saga, version: i64) -> DomainEvent {
         saga_state: saga.state,
         reason: saga.reason.clone(),
     };
-    DomainEvent::new(&what, saga.id.get(), version, Payload::Order(data))
+    DomainEvent::new(&what, version, Payload::Order(data))
 }
 
 /// Writes a saga, its history lines, its commands and (when the order
@@ -713,7 +713,7 @@ fn review_event(rec: &ReviewRecord) -> DomainEvent {
         rating: rec.rating,
         created_at: rec.created_at.clone(),
     };
-    DomainEvent::new("created", rec.id, 1, Payload::Review(data))
+    DomainEvent::new("created", 1, Payload::Review(data))
 }
 
 /// Stores a review and emits `review.created`, in one transaction.

@@ -42,8 +42,12 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
         [product],
         |r| r.get(0),
     ))?;
+    // What this view stored itself; if it no longer decodes, fail (the
+    // event is handed back, then dead-lettered) rather than drop reviews.
     let mut list: Vec<ReviewData> = latest
-        .and_then(|l| serde_json::from_str(&l).ok())
+        .map(|l| serde_json::from_str(&l))
+        .transpose()
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
         .unwrap_or_default();
     list.insert(0, review.clone());
     list.sort_by_key(|r| std::cmp::Reverse(r.id));
@@ -96,7 +100,8 @@ pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<ReviewView>> {
             productname: r.get(1)?,
             count: r.get(2)?,
             average_rating: (n > 0).then(|| sum as f64 / n as f64),
-            latest_reviews: serde_json::from_str(&latest).unwrap_or_default(),
+            latest_reviews: serde_json::from_str(&latest)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
         })
     })?
     .collect()

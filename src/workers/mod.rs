@@ -413,7 +413,7 @@ pub(crate) fn record_event<R: Snapshot>(
         return Ok(None);
     };
     let what = what(&rec);
-    Ok(Some(DomainEvent::new(&what, id, version, rec.payload())))
+    Ok(Some(DomainEvent::new(&what, version, rec.payload())))
 }
 
 /// A worker's record as the payload of its domain event.

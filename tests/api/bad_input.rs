@@ -123,6 +123,20 @@ async fn bad_requests_get_clear_json_errors() {
             400,
         ),
         case(
+            "a mix of the two spellings",
+            Method::POST,
+            "/orders",
+            Some(r#"{"qty":1,"customerId":1,"foodcaltalogid":1}"#),
+            400,
+        ),
+        case(
+            "an 18-digit id written as a float names nobody",
+            Method::POST,
+            "/orders",
+            Some(r#"{"qty":1,"foodCatalogId":1,"customerId":1e17}"#),
+            422,
+        ),
+        case(
             "an unknown field",
             Method::POST,
             "/customers",
@@ -333,6 +347,29 @@ async fn bad_requests_get_clear_json_errors() {
         let header = res.headers().get("allow").and_then(|v| v.to_str().ok());
         assert_eq!(header, Some(allow), "{method} {path}");
     }
+    // A body that is not JSON by its Content-Type is a 415.
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let res = app
+            .client
+            .post(format!("{}/customers", app.base))
+            .header("Content-Type", ct)
+            .body(r#"{"name":"plain"}"#)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 415, "{ct}");
+    }
+    // Two Idempotency-Keys are one too many.
+    let res = app
+        .client
+        .post(format!("{}/orders", app.base))
+        .header("Idempotency-Key", "a")
+        .header("Idempotency-Key", "b")
+        .json(&serde_json::json!({"qty": 1, "customerId": 1, "foodCatalogId": 1}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 400);
     // Nothing was established by any of it.
     let (_, orders) = app.get("/orders").await;
     assert_eq!(orders, serde_json::json!([]));

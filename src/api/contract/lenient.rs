@@ -77,7 +77,8 @@ macro_rules! lenient_int {
                     }
                     fn visit_f64<E: de::Error>(self, v: f64) -> Result<$name, E> {
                         // `10.0` is the integer 10 in JSON Schema too.
-                        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                        // Every whole double in i64's range is exact.
+                        if v.fract() == 0.0 && v.abs() <= 9.2e18 {
                             $name::checked(v as i64).map_err(E::custom)
                         } else {
                             Err(E::custom(format!("{v} is not a whole number")))

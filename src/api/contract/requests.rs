@@ -37,15 +37,53 @@ pub struct NewFood {
 }
 
 /// `POST /orders`: `{customerId, foodCatalogId, qty}`, or the seed's own
-/// spelling `{customerid, foodcaltalogid, qty}` (one spelling per field).
+/// spelling `{customerid, foodcaltalogid, qty}` — one spelling or the
+/// other, not a mix.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "OrderFields")]
 pub struct NewOrder {
-    #[serde(rename = "customerId", alias = "customerid")]
     pub customer_id: IdField,
-    #[serde(rename = "foodCatalogId", alias = "foodcaltalogid")]
     pub food_catalog_id: IdField,
     pub qty: QtyField,
+}
+
+/// Every field `POST /orders` knows, in both spellings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderFields {
+    #[serde(rename = "customerId")]
+    customer_id: Option<IdField>,
+    #[serde(rename = "foodCatalogId")]
+    food_catalog_id: Option<IdField>,
+    customerid: Option<IdField>,
+    foodcaltalogid: Option<IdField>,
+    qty: Option<QtyField>,
+}
+
+impl TryFrom<OrderFields> for NewOrder {
+    type Error = String;
+
+    fn try_from(f: OrderFields) -> Result<Self, String> {
+        let qty = f.qty.ok_or("`qty` is required")?;
+        match (
+            f.customer_id,
+            f.food_catalog_id,
+            f.customerid,
+            f.foodcaltalogid,
+        ) {
+            (Some(customer_id), Some(food_catalog_id), None, None)
+            | (None, None, Some(customer_id), Some(food_catalog_id)) => Ok(NewOrder {
+                customer_id,
+                food_catalog_id,
+                qty,
+            }),
+            _ => Err(
+                "send `customerId` and `foodCatalogId`, or the seed's `customerid` and \
+                      `foodcaltalogid`: both fields in one of the spellings"
+                    .into(),
+            ),
+        }
+    }
 }
 
 impl PartialSchema for NewOrder {
