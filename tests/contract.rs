@@ -8,9 +8,10 @@
 //! CI it is skipped, loudly, when the command is missing; in CI that is a
 //! failure. Settings the command cannot take are in `schemathesis.toml`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// Seconds of fuzzing and stateful testing (the whole run stays under three
@@ -52,32 +53,9 @@ fn schemathesis_finds_no_contract_failure() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HEARTY_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
-        .env("HEARTY_DATA_DIR", dir.path().join("data"))
-        .env("HEARTY_MANAGER_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hearty");
-    let stdout = child.stdout.take().expect("stdout");
+    let (child, base) = common::serve_zero_setup(&dir.path().join("data"), TOKEN, &[]);
     let server = Server(child);
-    let addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("Hearty listening on http://")
-                .map(str::to_owned)
-        })
-        .expect("the service says where it listens");
-    let base = format!("http://{addr}");
+    let addr = base.trim_start_matches("http://").to_owned();
     // Ready before the run starts.
     for _ in 0..100 {
         let up = std::net::TcpStream::connect(&addr).is_ok();

@@ -7,9 +7,10 @@
 //! - a person's report (here `delivered`) lost with the process is sent
 //!   again until the worker confirms it.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -30,33 +31,8 @@ impl Drop for Hearty {
 }
 
 fn start(data: &Path, env: &[(&str, &str)]) -> Hearty {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HEARTY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["serve", "--http-addr", "127.0.0.1:0"])
-        .env("HEARTY_DATA_DIR", data)
-        .env("HEARTY_MANAGER_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn hearty");
-    let stdout = child.stdout.take().expect("stdout");
-    let addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("Hearty listening on http://")
-                .map(str::to_owned)
-        })
-        .expect("the service says where it listens");
-    Hearty {
-        child,
-        base: format!("http://{addr}"),
-    }
+    let (child, base) = common::serve_zero_setup(data, TOKEN, env);
+    Hearty { child, base }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

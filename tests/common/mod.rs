@@ -14,6 +14,41 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "fault-test-token";
 
+/// Starts a zero-setup `hearty serve` (in-process transport, SQLite under
+/// `data`, port chosen by the system), with none of the caller's `HEARTY_*`
+/// settings but `env`; answers the child and its base URL once the service
+/// says where it listens.
+pub fn serve_zero_setup(
+    data: &std::path::Path,
+    token: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HEARTY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_DATA_DIR", data)
+        .env("HEARTY_MANAGER_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn hearty");
+    let stdout = child.stdout.take().expect("stdout");
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("Hearty listening on http://")
+                .map(str::to_owned)
+        })
+        .expect("the service says where it listens");
+    (child, format!("http://{addr}"))
+}
+
 pub fn amqp_url() -> String {
     std::env::var("HEARTY_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
