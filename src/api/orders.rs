@@ -12,7 +12,9 @@ use super::{ApiState, ok_json};
 use crate::domain::{CustomerId, FoodId, Money, OrderId, OrderStatus, Qty};
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::{IdempotencyKey, KeyUse, Stored};
-use crate::orchestrator::{AwaitAdmission, OrchestratorError, PlaceOrder, ask, dispatch, store};
+use crate::orchestrator::{
+    AwaitAdmission, Located, OrchestratorError, PlaceOrder, ask, dispatch, store,
+};
 use crate::saga::machine::{Admission, Event, Refusal, SagaState};
 use crate::views::my_orders::MyOrder;
 use crate::workers::kitchen;
@@ -113,7 +115,7 @@ pub async fn place(
         match state.sagas.key_use(k, &draft).await? {
             KeyUse::Fresh | KeyUse::TurnedAway => {}
             // A retry of an order we already took: answer for that order.
-            KeyUse::Placed(id) => return respond(&state, id).await,
+            KeyUse::Placed(id) => return respond(&state, id, None).await,
             KeyUse::OtherRequest(id) => return Err(key_reused(id)),
         }
     }
@@ -179,13 +181,13 @@ pub async fn place(
         .await
         .map_err(OrchestratorError::from)
         .and_then(|r| r);
-    let id = match placed {
-        Ok((id, true)) => id,
-        Ok((id, false)) => {
+    let (id, actor) = match placed {
+        Ok((id, Some(actor))) => (id, Some(actor)),
+        Ok((id, None)) => {
             // A concurrent request with the same key placed it: this one
             // started nothing, so its trial permit goes back.
             breaker.inspect(|b| b.release());
-            id
+            (id, None)
         }
         Err(e) => {
             // No saga started: the breaker's trial permit, if this was
@@ -197,7 +199,7 @@ pub async fn place(
             });
         }
     };
-    respond(&state, id).await
+    respond(&state, id, actor).await
 }
 
 fn key_reused(id: OrderId) -> ApiError {
@@ -211,12 +213,26 @@ fn key_reused(id: OrderId) -> ApiError {
 /// Waits for the payment's outcome of order `id` and answers for it. The
 /// saga's actor abandons the order itself if the payment does not answer
 /// within `order_timeout`, so a 503 means nothing was established.
-async fn respond(state: &ApiState, id: OrderId) -> Result<HttpResponse, ApiError> {
+async fn respond(
+    state: &ApiState,
+    id: OrderId,
+    actor: Option<Located>,
+) -> Result<HttpResponse, ApiError> {
     // The saga answers by its `admit_by` (`order_timeout` after it was
     // placed) plus a commit; the margin only guards against an actor that
     // cannot commit at all.
     let bound = state.order_timeout + std::time::Duration::from_secs(10);
-    let outcome = tokio::time::timeout(bound, ask(&state.orchestrator, id, AwaitAdmission)).await;
+    let wait = async {
+        // The actor that placed it, if we hold it; else (or if it is gone)
+        // through the registry.
+        if let Some(a) = &actor
+            && let Ok(answer) = a.addr.send(AwaitAdmission).await
+        {
+            return Ok(answer);
+        }
+        ask(&state.orchestrator, id, AwaitAdmission).await
+    };
+    let outcome = tokio::time::timeout(bound, wait).await;
     let saga = match outcome {
         Ok(Ok(Some(saga))) => saga,
         Ok(Err(e @ OrchestratorError::Quarantined(..))) => return Err(e.into()),

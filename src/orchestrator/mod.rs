@@ -173,10 +173,12 @@ impl Handler<Passivated> for Orchestrator {
 }
 
 /// Start a new order's saga. Answers with its id once the saga and its
-/// first command are committed and its actor runs (and `true`); with a key
-/// already used for the same request, with that key's order (and `false`).
+/// first command are committed and its actor runs (and the actor, held
+/// against passivation, so the caller can wait on it without another trip
+/// through the registry); with a key already used for the same request,
+/// with that key's order (and no actor).
 #[derive(Message)]
-#[rtype(result = "Result<(SagaId, bool), OrchestratorError>")]
+#[rtype(result = "Result<(SagaId, Option<Located>), OrchestratorError>")]
 pub struct PlaceOrder {
     pub order: OrderDetails,
     /// A client's key: the same key returns the same order.
@@ -186,7 +188,7 @@ pub struct PlaceOrder {
 }
 
 impl Handler<PlaceOrder> for Orchestrator {
-    type Result = ResponseActFuture<Self, Result<(SagaId, bool), OrchestratorError>>;
+    type Result = ResponseActFuture<Self, Result<(SagaId, Option<Located>), OrchestratorError>>;
 
     fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
@@ -201,10 +203,14 @@ impl Handler<PlaceOrder> for Orchestrator {
                         // The saga is committed, so a `Locate` handled since
                         // may have started its actor already: `actor_for`
                         // keeps that one. The actor arms the first timer.
-                        act.actor_for(*saga);
-                        Ok((id, true))
+                        let live = act.actor_for(*saga);
+                        let located = Located {
+                            addr: live.addr.clone(),
+                            _interest: live.interest.hold(),
+                        };
+                        Ok((id, Some(located)))
                     }
-                    Created::Existing(id) => Ok((id, false)),
+                    Created::Existing(id) => Ok((id, None)),
                     Created::KeyReused(id) => Err(OrchestratorError::KeyReused(id)),
                 }),
         )
