@@ -201,7 +201,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let mut api_state = None;
     if runs_orchestrator {
-        let db = Db::open(&config.db_path("orchestrator"), store::SCHEMA)
+        // One orchestrator per orchestrator.db: a second process on the
+        // same data folder refuses to start (sagas must have one actor).
+        let db = Db::open_owned(&config.db_path("orchestrator"), store::SCHEMA)
             .context("opening the orchestrator database")?;
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());

@@ -139,3 +139,34 @@ fn serves_with_zero_setup() {
         "SQLite files under ./data"
     );
 }
+
+/// Two processes on one data folder would both drive its sagas: the second
+/// refuses to start, naming the first.
+#[test]
+fn a_second_orchestrator_on_the_same_data_folder_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = hearty()
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hearty");
+    let stdout = first.stdout.take().expect("stdout");
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("Hearty listening on"));
+    assert!(listening, "the first one serves");
+    let second = hearty()
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("HEARTY_DATA_DIR", dir.path().join("data"))
+        .output()
+        .expect("run hearty");
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!second.status.success(), "a second orchestrator started");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("owned by another running process"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+}

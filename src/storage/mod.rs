@@ -54,6 +54,8 @@ struct DbInner {
     readers: Mutex<Vec<Connection>>,
     /// Woken after a commit that added outbox rows.
     outbox_ready: Notify,
+    /// The writer thread, joined by `close`.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The pragmas of every connection. `synchronous = FULL` in WAL mode makes a
@@ -65,9 +67,68 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// An exclusive claim of one process on a database file: `<file>.owner`,
+/// locked (`flock`) for the life of the process and naming its pid. The
+/// kernel releases it when the process ends, however it ends, so a
+/// restarted owner claims it again at once.
+struct Owner {
+    _file: std::fs::File,
+}
+
+fn claim(path: &Path) -> StorageResult<Owner> {
+    use std::io::{Read, Seek, Write};
+    let lock_path = path.with_extension("db.owner");
+    let invalid = |e: std::io::Error| {
+        StorageError::Invalid(format!("cannot claim {}: {e}", lock_path.display()))
+    };
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(invalid)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(invalid)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(invalid)?;
+            file.rewind().map_err(invalid)?;
+            write!(file, "{}", std::process::id()).map_err(invalid)?;
+            Ok(Owner { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(StorageError::Invalid(format!(
+                "{} is owned by another running process (pid {}): one process acts for a \
+                 database at a time; give this one its own HEARTY_DATA_DIR",
+                path.display(),
+                pid.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(invalid(e)),
+    }
+}
+
 impl Db {
+    /// Opens a database that this process alone may act for: claims it
+    /// first (see [`Owner`]), so a second process on the same file refuses
+    /// to start instead of acting beside the first.
+    /// The claim is held by the writer thread and given up when it ends
+    /// (after `close`, once the queued writes are done, or with the process).
+    pub fn open_owned(path: &Path, schema: &str) -> StorageResult<Db> {
+        let owner = claim(path)?;
+        Db::open_with(path, schema, Some(owner))
+    }
+
     /// Opens (creating if needed) a database file and applies `schema`.
     pub fn open(path: &Path, schema: &str) -> StorageResult<Db> {
+        Db::open_with(path, schema, None)
+    }
+
+    fn open_with(path: &Path, schema: &str, owner: Option<Owner>) -> StorageResult<Db> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StorageError::Invalid(format!("cannot create {}: {e}", dir.display()))
@@ -87,9 +148,13 @@ impl Db {
             "sqlite-writer-{}",
             path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
         );
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name(name)
-            .spawn(move || writer_loop(&mut conn, &rx))
+            .spawn(move || {
+                writer_loop(&mut conn, &rx);
+                // The last write is done: only now may another process own it.
+                drop(owner);
+            })
             .map_err(|e| StorageError::Invalid(format!("cannot start writer thread: {e}")))?;
         Ok(Db {
             inner: Arc::new(DbInner {
@@ -97,6 +162,7 @@ impl Db {
                 jobs: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 outbox_ready: Notify::new(),
+                writer: Mutex::new(Some(writer)),
             }),
         })
     }
@@ -204,13 +270,25 @@ impl Db {
         self.inner.outbox_ready.notified().await
     }
 
-    /// Stops the writer thread once queued jobs are done.
+    /// Stops the writer thread once queued jobs are done, and waits for it
+    /// (a few milliseconds: it only finishes what is queued). An owned
+    /// database is free for another process when this returns.
     pub fn close(&self) {
         self.inner
             .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = writer {
+            // A writer that panicked has already let go of everything.
+            let _ = w.join();
+        }
     }
 }
 
@@ -378,6 +456,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_owned_database_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let schema = "CREATE TABLE IF NOT EXISTS t (v INTEGER);";
+        let first = Db::open_owned(&path, schema).expect("first owner");
+        let second = Db::open_owned(&path, schema);
+        let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("owned by another running process"), "{err}");
+        assert!(
+            err.contains(&std::process::id().to_string()),
+            "names the owner: {err}"
+        );
+        first.close();
+        drop(first);
+        // The writer thread gives the claim up once it has stopped.
+        let mut again = Db::open_owned(&path, schema);
+        for _ in 0..100 {
+            if again.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            again = Db::open_owned(&path, schema);
+        }
+        again.expect("free again once the owner is gone");
     }
 
     #[tokio::test]
