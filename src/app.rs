@@ -104,6 +104,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             format!("loading the saga definition {}", config.saga_file.display())
         })?);
 
+    // One orchestrator per orchestrator.db: claimed before anything else
+    // starts, so a second process on the same data folder refuses to start
+    // without having touched a queue (sagas must have one actor).
+    let orchestrator_db = if runs_orchestrator {
+        Some(
+            Db::open_owned(&config.db_path("orchestrator"), store::SCHEMA)
+                .context("opening the orchestrator database")?,
+        )
+    } else {
+        None
+    };
+
     let (amqp, transport): (Option<AmqpTransport>, Arc<dyn Transport>) = match &config.amqp_url {
         Some(url) => {
             let t = AmqpTransport::connect(&AmqpSettings {
@@ -200,11 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let mut api_state = None;
-    if runs_orchestrator {
-        // One orchestrator per orchestrator.db: a second process on the
-        // same data folder refuses to start (sagas must have one actor).
-        let db = Db::open_owned(&config.db_path("orchestrator"), store::SCHEMA)
-            .context("opening the orchestrator database")?;
+    if let Some(db) = orchestrator_db {
         dbs.push(db.clone());
         let sagas = SagaStore::new(db.clone(), def.clone());
         sagas

@@ -1,4 +1,5 @@
-//! The contract test: Schemathesis, with every check and every phase
+//! The contract test: Schemathesis, with every check but one (see below)
+//! and every phase
 //! (examples, coverage, fuzzing, and stateful runs that follow the document's
 //! links from one operation to the next), against a zero-setup `hearty
 //! serve`, with a fixed seed and a time budget. Any failure fails the test.
@@ -48,7 +49,7 @@ fn schemathesis_finds_no_contract_failure() {
             "schemathesis is not installed (set HEARTY_SCHEMATHESIS); CI must run the contract test"
         );
         eprintln!(
-            "\n!!! SKIPPED: schemathesis is not installed; see README.md, \"Contract tests\".\n"
+            "\n!!! SKIPPED: schemathesis is not installed; see README.md (the contract test).\n"
         );
         return;
     };
@@ -71,6 +72,12 @@ fn schemathesis_finds_no_contract_failure() {
             &format!("{base}/openapi.json"),
             "--checks",
             "all",
+            // The one check whose premise the API does not share: the
+            // seed's `DELETE /kitchens/{id}` cancels an order, and the ticket
+            // stays readable (status `Cancelled`), so "a deleted resource is
+            // still available" is what the contract promises, not a bug.
+            "--exclude-checks",
+            "use_after_free",
             "--phases",
             "examples,coverage,fuzzing,stateful",
             "--seed",

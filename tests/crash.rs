@@ -223,3 +223,31 @@ fn a_delivered_report_lost_in_a_crash_is_sent_again() {
         assert_eq!(pay["status"], "Approved", "{pay}");
     });
 }
+
+/// Found by review: a saga actor that panics (here on purpose, the first
+/// three times it applies an event) drops the requests waiting on it; they
+/// must be answered by the actor the registry loads next, not with a 503
+/// for an order that then completes.
+#[test]
+fn a_panicking_saga_actor_does_not_turn_paid_orders_into_503s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let rt = runtime();
+    let hearty = start(&data, &[("HEARTY_FAILPOINTS", "saga-apply=panic@3")]);
+    let base = hearty.base.clone();
+    rt.block_on(async {
+        seed(&base).await;
+        for _ in 0..5 {
+            let (s, v) = post(
+                &base,
+                "/orders",
+                json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
+            )
+            .await;
+            assert_eq!(s, 201, "{v}");
+            let id = v["id"].as_i64().expect("id");
+            let pay = get(&base, &format!("/pays/{id}")).await;
+            assert_eq!(pay["status"], "Approved", "{pay}");
+        }
+    });
+}

@@ -223,14 +223,20 @@ async fn respond(
     // cannot commit at all.
     let bound = state.order_timeout + std::time::Duration::from_secs(10);
     let wait = async {
-        // The actor that placed it, if we hold it; else (or if it is gone)
-        // through the registry.
+        // The actor that placed it, if we hold it; else (or if it is gone,
+        // or stopped with the wait unanswered: a panic) the actor the
+        // registry loads. The outer bound ends this.
         if let Some(a) = &actor
-            && let Ok(answer) = a.addr.send(AwaitAdmission).await
+            && let Ok(Some(saga)) = a.addr.send(AwaitAdmission).await
         {
-            return Ok(answer);
+            return Ok(Some(saga));
         }
-        ask(&state.orchestrator, id, AwaitAdmission).await
+        loop {
+            match ask(&state.orchestrator, id, AwaitAdmission).await {
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                other => return other,
+            }
+        }
     };
     let outcome = tokio::time::timeout(bound, wait).await;
     let saga = match outcome {

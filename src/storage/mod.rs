@@ -77,7 +77,9 @@ struct Owner {
 
 fn claim(path: &Path) -> StorageResult<Owner> {
     use std::io::{Read, Seek, Write};
-    let lock_path = path.with_extension("db.owner");
+    // Next to the real file, so a symlink to it claims the same.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let lock_path = real.with_extension("db.owner");
     let invalid = |e: std::io::Error| {
         StorageError::Invalid(format!("cannot claim {}: {e}", lock_path.display()))
     };
@@ -101,11 +103,15 @@ fn claim(path: &Path) -> StorageResult<Owner> {
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
+            // The owner may not have written its pid yet.
+            let who = match pid.trim() {
+                "" => "another running process".to_owned(),
+                pid => format!("another running process (pid {pid})"),
+            };
             Err(StorageError::Invalid(format!(
-                "{} is owned by another running process (pid {}): one process acts for a \
-                 database at a time; give this one its own HEARTY_DATA_DIR",
-                path.display(),
-                pid.trim()
+                "{} is owned by {who}: one process acts for a database at a time; give \
+                 this one its own HEARTY_DATA_DIR",
+                path.display()
             )))
         }
         Err(std::fs::TryLockError::Error(e)) => Err(invalid(e)),
