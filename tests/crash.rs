@@ -87,6 +87,18 @@ async fn eventually(
     }
 }
 
+/// Orders one cake for customer 1 and expects a 201; answers the order id.
+async fn order_one(base: &str) -> i64 {
+    let (s, v) = post(
+        base,
+        "/orders",
+        json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_i64().expect("id")
+}
+
 async fn seed(base: &str) {
     let (s, v) = post(base, "/customers", json!({"name": "yang"})).await;
     assert_eq!(s, 201, "{v}");
@@ -162,13 +174,7 @@ fn a_delivered_report_lost_in_a_crash_is_sent_again() {
     let base = first.base.clone();
     rt.block_on(async {
         seed(&base).await;
-        let (s, v) = post(
-            &base,
-            "/orders",
-            json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
+        order_one(&base).await;
         for (path, step) in [
             ("/kitchens/1/cooked", "kitchen"),
             ("/deliveries/1/pickedUp", "delivery"),
@@ -238,14 +244,7 @@ fn a_panicking_saga_actor_does_not_turn_paid_orders_into_503s() {
     rt.block_on(async {
         seed(&base).await;
         for _ in 0..5 {
-            let (s, v) = post(
-                &base,
-                "/orders",
-                json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
-            )
-            .await;
-            assert_eq!(s, 201, "{v}");
-            let id = v["id"].as_i64().expect("id");
+            let id = order_one(&base).await;
             let pay = get(&base, &format!("/pays/{id}")).await;
             assert_eq!(pay["status"], "Approved", "{pay}");
         }
