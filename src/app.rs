@@ -14,6 +14,8 @@ use crate::config::{Config, Role, Secret};
 use crate::domain::{ViewKind, WorkerKind};
 use crate::orchestrator::store::{self, SagaStore};
 use crate::orchestrator::{Orchestrator, Recover, consume_replies};
+use crate::ownership::Claim;
+use crate::partition::Partition;
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -58,6 +60,8 @@ pub struct Running {
     transport: Arc<dyn Transport>,
     amqp: Option<AmqpTransport>,
     dbs: Vec<Db>,
+    /// The data folder's locks of the owned partitions, released last.
+    locks: crate::ownership::FolderLocks,
 }
 
 impl Running {
@@ -87,10 +91,42 @@ impl Running {
             db.close();
         }
         if let Some(a) = self.amqp {
+            // Closing the connection gives the leases up at once: a standby
+            // takes the partitions over without waiting for a timeout.
             a.close().await;
         }
         drop(self.transport);
+        drop(self.locks);
     }
+
+    /// Resolves when another process has taken this one's partitions (it
+    /// was cut off from the broker meanwhile): it must stop acting.
+    pub async fn fenced(&self) -> String {
+        match &self.amqp {
+            Some(a) => a.fenced().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The (role, partition) pairs a process owns: every owned partition of
+/// each stateful role it runs.
+fn claims_of(config: &Config, owned: &[Partition]) -> Vec<Claim> {
+    let roles = &config.roles;
+    let mut names: Vec<String> = Vec::new();
+    if roles.has(Role::Api) || roles.has(Role::Orchestrator) {
+        names.push("orchestrator".into());
+    }
+    names.extend(roles.workers().map(|k| k.as_str().to_owned()));
+    names
+        .into_iter()
+        .flat_map(|role| {
+            owned.iter().map(move |p| Claim {
+                role: role.clone(),
+                partition: *p,
+            })
+        })
+        .collect()
 }
 
 /// Starts every role of `config` and returns once HTTP listens.
@@ -103,6 +139,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::new(load_definition(&config.saga_file).with_context(|| {
             format!("loading the saga definition {}", config.saga_file.display())
         })?);
+
+    let count = config.partition_count;
+    let owned = config
+        .partitions
+        .resolve(count)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if config.amqp_url.is_none() && owned.len() != usize::from(count.get()) {
+        anyhow::bail!(
+            "without a broker (HEARTY_AMQP_URL unset) one process owns every partition: \
+             HEARTY_PARTITIONS must be `all`"
+        );
+    }
+    if runs_api && owned.len() != usize::from(count.get()) {
+        anyhow::bail!(
+            "a process with the api role runs the orchestrator of every partition in this \
+             version: HEARTY_PARTITIONS must be `all` (run partitioned workers as processes \
+             without the api role)"
+        );
+    }
+    // Partitions first: a second process for an owned partition of this
+    // folder waits here, as a standby, before it touches anything.
+    let claims = claims_of(&config, &owned);
+    let home = crate::ownership::home_of(&config.data_dir)?;
+    let locks = crate::ownership::lock_folder(&config.data_dir, &claims).await?;
 
     // One orchestrator per orchestrator.db: claimed before anything else
     // starts, so a second process on the same data folder refuses to start
@@ -125,13 +185,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
                 quorum_queues: config.quorum_queues,
                 connect_wait: config.broker_wait,
+                partitions: count,
             })
             .await
             .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))?;
+            // The namespace's partition count, this folder's claims, then the
+            // leases (a standby waits here): before any consumer starts.
+            crate::ownership::claim_on_broker(&t, count, &home, &claims).await?;
             (Some(t.clone()), Arc::new(t))
         }
-        None => (None, Arc::new(MemoryTransport::new())),
+        None => (None, Arc::new(MemoryTransport::new(count))),
     };
+    if !claims.is_empty() {
+        tracing::info!(partitions = %crate::partition::describe(&owned), "owning partitions");
+    }
     tracing::info!(transport = transport.kind(), namespace = %config.namespace, roles = %config.roles, "starting");
 
     let (trigger, shutdown) = ShutdownTrigger::new();
@@ -178,12 +245,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 transport.clone(),
                 relay_trigger.subscribe(),
             ));
-            let (t, s) = (transport.clone(), shutdown.clone());
-            arbiter.spawn(async move {
-                if let Err(e) = workers::consume(kind, actor, t, s).await {
-                    tracing::error!(worker = %kind, error = %e, "consumer stopped");
-                }
-            });
+            for &p in &owned {
+                let (t, s, a) = (transport.clone(), shutdown.clone(), actor.clone());
+                arbiter.spawn(async move {
+                    if let Err(e) = workers::consume(kind, p, a, t, s).await {
+                        tracing::error!(worker = %kind, partition = %p, error = %e, "consumer stopped");
+                    }
+                });
+            }
             arbiters.push(arbiter);
         }
         dbs.push(db.clone());
@@ -241,11 +310,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         if recovered > 0 {
             tracing::info!(recovered, "sagas recovered");
         }
-        {
+        for &p in &owned {
             let (o, t, s) = (orchestrator.clone(), transport.clone(), shutdown.clone());
             actix::spawn(async move {
-                if let Err(e) = consume_replies(o, t, s).await {
-                    tracing::error!(error = %e, "replies consumer stopped");
+                if let Err(e) = consume_replies(p, o, t, s).await {
+                    tracing::error!(partition = %p, error = %e, "replies consumer stopped");
                 }
             });
         }
@@ -271,7 +340,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 manager_token: token,
                 order_timeout: config.order_timeout,
                 breakers: breakers.clone(),
-                namespace: config.namespace.clone(),
+                topology: crate::transport::Topology::new(&config.namespace, count),
                 management_url: config.management_url.clone(),
                 views: api::ViewDbs {
                     my_orders: view_dbs[&ViewKind::MyOrders].clone(),
@@ -329,6 +398,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         transport,
         amqp,
         dbs,
+        locks,
     })
 }
 
@@ -364,12 +434,27 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let running = start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A standby waits inside `start` for its partitions: a stop signal
+    // ends the wait too.
+    let running = tokio::select! {
+        running = start(config) => running?,
+        () = &mut shutdown => {
+            tracing::info!("stopped before start-up finished");
+            return Ok(());
+        }
+    };
     println!("Hearty listening on http://{}", running.http_addr);
-    shutdown.await;
+    let fenced = tokio::select! {
+        () = &mut shutdown => None,
+        why = running.fenced() => Some(why),
+    };
     tracing::info!("shutting down");
     running.stop().await;
-    Ok(())
+    match fenced {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("stopped: fenced off its partitions: {why}")),
+    }
 }
 
 #[cfg(test)]

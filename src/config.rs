@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::domain::{Money, WorkerKind};
+use crate::partition::{PartitionCount, PartitionSet};
 use crate::saga::definition::parse_duration;
 
 /// The roles a process can run.
@@ -214,6 +215,16 @@ pub struct Config {
     /// Comma list of api, orchestrator, pay, kitchen, delivery, coupon, views, or all.
     #[arg(long, env = "HEARTY_ROLES", default_value = "all")]
     pub roles: Roles,
+
+    /// Partitions of the namespace; fixed once the namespace exists (a
+    /// process started with another count refuses to start).
+    #[arg(long, env = "HEARTY_PARTITION_COUNT", default_value = "8")]
+    pub partition_count: PartitionCount,
+
+    /// The partitions this process owns for each stateful role it runs:
+    /// `all`, `0-3`, `4,5,6,7`.
+    #[arg(long, env = "HEARTY_PARTITIONS", default_value = "all")]
+    pub partitions: PartitionSet,
 
     /// Bearer token for manager operations; generated and printed when unset.
     #[arg(long, env = "HEARTY_MANAGER_TOKEN", hide_env_values = true)]

@@ -30,6 +30,8 @@ pub(crate) mod failpoint;
 pub mod messages;
 pub(crate) mod metrics;
 pub(crate) mod orchestrator;
+pub mod ownership;
+pub mod partition;
 pub mod saga;
 pub(crate) mod shutdown;
 pub(crate) mod storage;

@@ -32,6 +32,16 @@ pub struct OrderDetails {
     pub amount: Money,
 }
 
+/// The key that places a worker's record of an order in a partition: the
+/// food id for the kitchen (one partition owns each food's stock and its
+/// tickets), the order id for the others.
+pub fn partition_key(worker: WorkerKind, order: &OrderDetails) -> i64 {
+    match worker {
+        WorkerKind::Kitchen => order.food_id.get(),
+        WorkerKind::Pay | WorkerKind::Delivery | WorkerKind::Coupon => order.order_id.get(),
+    }
+}
+
 /// Which way a command goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -131,13 +131,13 @@ fn cancellation_with_the_coupon_worker_down_completes_when_it_returns() {
 }
 
 #[test]
-fn two_pay_workers_compete_on_one_queue() {
+fn two_pay_owners_split_the_partitions() {
     let Some(c) = Cluster::new() else { return };
     let api = c.start("api", &[]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     let slow = [("HEARTY_PAY_LATENCY", "20ms"), ("HEARTY_PREFETCH", "1")];
-    let pay_a = c.start("pay", &slow);
-    let pay_b = c.start("pay", &slow);
+    let pay_a = c.start("pay", &[slow[0], slow[1], ("HEARTY_PARTITIONS", "0-3")]);
+    let pay_b = c.start("pay", &[slow[0], slow[1], ("HEARTY_PARTITIONS", "4,5,6,7")]);
     c.seed(&api, 100);
     let placed: Vec<i64> = (0..16)
         .map(|_| {
@@ -153,14 +153,12 @@ fn two_pay_workers_compete_on_one_queue() {
         c.metric(&pay_a, "hearty_worker_commands_total"),
         c.metric(&pay_b, "hearty_worker_commands_total"),
     );
+    // A payment belongs to the partition of its order id (of 8).
+    let in_a = placed.iter().filter(|id| *id % 8 < 4).count() as f64;
     assert_eq!(
-        a + b,
-        placed.len() as f64,
-        "each payment handled once: {a} + {b}"
-    );
-    assert!(
-        a > 0.0 && b > 0.0,
-        "both pay workers took work: {a} and {b}"
+        (a, b),
+        (in_a, placed.len() as f64 - in_a),
+        "each owner handled exactly its partitions' payments"
     );
     assert_eq!(
         c.get(&api, "/pays").as_array().map(Vec::len),
@@ -198,7 +196,7 @@ fn poison_messages_are_dead_lettered_while_orders_keep_flowing() {
         message_id: "garbage-1".into(),
         correlation_id: "none".into(),
         message_type: "pay.authorize".into(),
-        route: Route::Command(WorkerKind::Pay),
+        route: Route::Command(WorkerKind::Pay, 1),
         body: b"this is not JSON".to_vec(),
     });
     let (s, v, _) = c.order(&all, 1);

@@ -141,9 +141,9 @@ fn serves_with_zero_setup() {
 }
 
 /// Two processes on one data folder would both drive its sagas: the second
-/// refuses to start, naming the first.
+/// waits as a standby, saying so, and takes over when the first ends.
 #[test]
-fn a_second_orchestrator_on_the_same_data_folder_refuses_to_start() {
+fn a_second_process_on_the_same_data_folder_waits_as_a_standby() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut first = hearty()
         .args(["serve", "--http-addr", "127.0.0.1:0"])
@@ -158,15 +158,46 @@ fn a_second_orchestrator_on_the_same_data_folder_refuses_to_start() {
         .map_while(Result::ok)
         .any(|l| l.starts_with("Hearty listening on"));
     assert!(listening, "the first one serves");
-    let second = hearty()
+    let mut second = hearty()
         .args(["serve", "--http-addr", "127.0.0.1:0"])
         .env("HEARTY_DATA_DIR", dir.path().join("data"))
-        .output()
-        .expect("run hearty");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hearty");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = second.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let standby = loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("standby") => break l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("the second one says it waits: {seen:?}"),
+        }
+    };
+    assert!(
+        standby.contains("owner_pid") && standby.contains(&first.id().to_string()),
+        "names the owner: {standby}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.starts_with("Hearty listening")),
+        "the standby serves nothing: {seen:?}"
+    );
     let _ = first.kill();
     let _ = first.wait();
-    assert!(!second.status.success(), "a second orchestrator started");
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("owned by another running process"), "{err}");
-    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    let took_over = loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.starts_with("Hearty listening") => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(took_over, "the standby takes over once the first is gone");
 }

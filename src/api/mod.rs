@@ -48,8 +48,8 @@ pub struct ApiState {
     pub breakers: Breakers,
     /// The read models' databases.
     pub views: ViewDbs,
-    /// The namespace, to name queues in inspection output.
-    pub namespace: String,
+    /// The namespace's names, to name queues in inspection output.
+    pub topology: crate::transport::Topology,
     /// Base URL of the RabbitMQ management UI, for links.
     pub management_url: String,
 }

@@ -93,7 +93,7 @@ pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, 
         &state.def,
         &saga,
         &pending,
-        &state.namespace,
+        &state.topology,
         &state.management_url,
     );
     Ok(ok_json(&SagaView::detailed(

@@ -18,7 +18,7 @@ pub async fn page() -> HttpResponse {
 /// What the page needs to link to the broker's management UI.
 pub async fn config(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
-        "namespace": state.namespace,
+        "namespace": state.topology.namespace,
         "managementUrl": state.management_url,
     }))
 }

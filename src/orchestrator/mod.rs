@@ -23,6 +23,7 @@ use actix::prelude::*;
 use crate::domain::SagaId;
 use crate::messages::{OrderDetails, WorkerReply};
 use crate::metrics::{METRICS, inc};
+use crate::partition::Partition;
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
@@ -327,15 +328,19 @@ impl Handler<Recover> for Orchestrator {
     }
 }
 
-/// Consumes the replies queue until shutdown.
+/// Consumes the replies queue of one partition until shutdown.
 pub async fn consume_replies(
+    partition: Partition,
     orchestrator: Addr<Orchestrator>,
     transport: Arc<dyn Transport>,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
-    consume_each(transport, QueueName::Replies, shutdown, |d, f| {
-        handle_reply(orchestrator.clone(), d, f)
-    })
+    consume_each(
+        transport,
+        QueueName::Replies(partition),
+        shutdown,
+        |d, f| handle_reply(orchestrator.clone(), d, f),
+    )
     .await
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
 use crate::events::{self, DomainEvent, OrderData, Payload, ReviewData};
-use crate::messages::{OrderDetails, WorkerCommand};
+use crate::messages::{OrderDetails, WorkerCommand, partition_key};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Admission, Command, Event, HistoryEntry, Saga, SagaState, Transition};
 use crate::storage::{Db, Page, StorageError, StorageResult, optional, outbox};
@@ -132,7 +132,7 @@ fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
 pub fn command_message(
     def: &SagaDefinition,
     cmd: &WorkerCommand,
-    saga: SagaId,
+    order: &OrderDetails,
 ) -> StorageResult<Outgoing> {
     let worker = def
         .steps
@@ -142,9 +142,9 @@ pub fn command_message(
         .ok_or_else(|| StorageError::Invalid(format!("no step `{}` in the saga", cmd.step())))?;
     Ok(Outgoing {
         message_id: cmd.message_id(),
-        correlation_id: saga.to_string(),
+        correlation_id: order.order_id.to_string(),
         message_type: cmd.message_type(worker),
-        route: Route::Command(worker),
+        route: Route::Command(worker, partition_key(worker, order)),
         body: to_json(cmd)?.into_bytes(),
     })
 }
@@ -576,7 +576,11 @@ fn persist(
                 attempt: *attempt,
                 order: saga.order,
             };
-            outbox::enqueue(tx, &command_message(def, &cmd, saga.id)?, now.plus(*delay))?;
+            outbox::enqueue(
+                tx,
+                &command_message(def, &cmd, &saga.order)?,
+                now.plus(*delay),
+            )?;
         }
         if let Command::Progress { step, progress } = c {
             let cmd = WorkerCommand::Progress {
@@ -584,7 +588,7 @@ fn persist(
                 order_id: saga.id,
                 progress: *progress,
             };
-            outbox::enqueue(tx, &command_message(def, &cmd, saga.id)?, now)?;
+            outbox::enqueue(tx, &command_message(def, &cmd, &saga.order)?, now)?;
         }
     }
     Ok(())

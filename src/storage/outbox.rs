@@ -87,7 +87,7 @@ async fn due_rows(db: &Db, now: Millis) -> StorageResult<Due> {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (seq, message_id, route, message_type, correlation_id, body) in rows {
-            let Some(route) = Route::decode(&route) else {
+            let Some(route) = Route::decode(&route, &correlation_id) else {
                 tracing::error!(seq, route, "outbox row with an unknown route; skipped");
                 continue;
             };

@@ -4,12 +4,15 @@
 //!
 //! | kind | name | routes |
 //! |---|---|---|
-//! | direct exchange | `ns.commands` | key `pay` → queue `ns.pay.commands`, … one per worker |
-//! | direct exchange | `ns.replies` | key `orchestrator` → queue `ns.orchestrator.replies` |
+//! | direct exchange | `ns.commands` | key `pay.p3` → queue `ns.pay.commands.p3`, … one per worker and partition |
+//! | direct exchange | `ns.replies` | key `orchestrator.p3` → queue `ns.orchestrator.replies.p3`, … one per partition |
 //! | topic exchange | `ns.events` | domain events, `order.paid`, … |
 //! | fanout exchange | `ns.dead-letter` | → queue `ns.dead-letter` |
+//! | stream | `ns.registry` | the partition count and which data folder owns each (role, partition) |
+//! | exclusive queue | `ns.pay.p3.owner` | held by the process that owns pay's partition 3 |
 //!
-//! Every work queue names `ns.dead-letter` as its dead-letter exchange.
+//! Every work queue names `ns.dead-letter` as its dead-letter exchange;
+//! partitioned queues have a single active consumer.
 //! Messages are persistent and carry message id, correlation id (the saga id)
 //! and type. One connection per process; one confirm-mode channel for
 //! publishing, one channel with a prefetch per consumer.
@@ -36,6 +39,7 @@ use super::{
     DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
 };
 use crate::domain::{ViewKind, WorkerKind};
+use crate::partition::PartitionCount;
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the outbox keeps the row and tries again).
@@ -57,6 +61,8 @@ pub struct AmqpSettings {
     pub quorum_queues: bool,
     /// How long the first connection may wait for the broker.
     pub connect_wait: Duration,
+    /// The namespace's partitions.
+    pub partitions: PartitionCount,
 }
 
 /// A RabbitMQ connection with the namespace's topology declared, which
@@ -76,6 +82,12 @@ struct Inner {
     /// Bumped at every (re)connection; consumers wait on it.
     generation: watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
+    /// The leases (exclusive queues) this process holds: declared again on
+    /// every new connection.
+    leases: std::sync::Mutex<Vec<String>>,
+    /// Set when a lease was taken by another process while this one was
+    /// disconnected: this process no longer owns its partitions.
+    fenced: watch::Sender<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -93,7 +105,82 @@ fn string_arg(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())
 }
 
-async fn open(settings: &AmqpSettings, topology: &Topology) -> Result<Live, TransportError> {
+/// Whether a broker error says an exclusive queue belongs to another
+/// connection.
+fn is_locked(e: &lapin::Error) -> bool {
+    e.to_string().contains("RESOURCE_LOCKED")
+}
+
+/// Why a connection could not be (re)opened.
+enum OpenError {
+    Broker(TransportError),
+    /// A lease of this process is held by another connection.
+    Fenced(String),
+}
+
+impl From<TransportError> for OpenError {
+    fn from(e: TransportError) -> Self {
+        OpenError::Broker(e)
+    }
+}
+
+/// Declares `leases` as exclusive queues of `connection`, all or none:
+/// `Err(Some(name))` names one held by another connection.
+async fn take_leases(
+    connection: &Connection,
+    leases: &[String],
+) -> Result<(), Result<String, TransportError>> {
+    let mut taken = Vec::new();
+    for name in leases {
+        // A refused declare closes its channel: one channel per lease.
+        let ch = connection
+            .create_channel()
+            .await
+            .map_err(|e| Err(unavailable(e)))?;
+        let declared = ch
+            .queue_declare(
+                name.clone().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: false,
+                    durable: false,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = ch.close(200, "lease taken".into()).await;
+                taken.push(name.clone());
+            }
+            Err(e) => {
+                // Give back what this attempt took, so a standby does not
+                // hold half of a set.
+                if let Ok(ch) = connection.create_channel().await {
+                    for t in &taken {
+                        let _ = ch
+                            .queue_delete(t.clone().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = ch.close(200, "leases given back".into()).await;
+                }
+                return Err(if is_locked(&e) {
+                    Ok(name.clone())
+                } else {
+                    Err(unavailable(e))
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn open(
+    settings: &AmqpSettings,
+    topology: &Topology,
+    leases: &[String],
+) -> Result<Live, OpenError> {
     let connection = Connection::connect(
         &settings.url,
         ConnectionProperties::default()
@@ -101,6 +188,15 @@ async fn open(settings: &AmqpSettings, topology: &Topology) -> Result<Live, Tran
     )
     .await
     .map_err(unavailable)?;
+    // Leases first: a connection that cannot hold them never consumes.
+    match take_leases(&connection, leases).await {
+        Ok(()) => {}
+        Err(Ok(held)) => {
+            let _ = connection.close(200, "fenced".into()).await;
+            return Err(OpenError::Fenced(held));
+        }
+        Err(Err(e)) => return Err(e.into()),
+    }
     let channel = connection.create_channel().await.map_err(unavailable)?;
     declare(&channel, topology, settings.quorum_queues)
         .await
@@ -120,7 +216,7 @@ impl AmqpTransport {
     /// succeed (a clear start-up error otherwise); later losses are repaired
     /// in the background.
     pub async fn connect(settings: &AmqpSettings) -> Result<Self, TransportError> {
-        let topology = Topology::new(&settings.namespace);
+        let topology = Topology::new(&settings.namespace, settings.partitions);
         // Wait for a broker that is (re)starting, within `connect_wait`.
         let deadline = tokio::time::Instant::now() + settings.connect_wait;
         let mut delays = ExponentialBuilder::new()
@@ -129,9 +225,12 @@ impl AmqpTransport {
             .without_max_times()
             .build();
         let live = loop {
-            match open(settings, &topology).await {
+            match open(settings, &topology, &[]).await {
                 Ok(live) => break live,
-                Err(e) => {
+                Err(OpenError::Fenced(held)) => {
+                    unreachable!("no lease is asked for at first: {held}")
+                }
+                Err(OpenError::Broker(e)) => {
                     let wait = delays.next().unwrap_or(Duration::from_secs(2));
                     if tokio::time::Instant::now() + wait > deadline {
                         return Err(e);
@@ -149,6 +248,8 @@ impl AmqpTransport {
                 live: std::sync::RwLock::new(Some(live)),
                 generation,
                 closed: std::sync::atomic::AtomicBool::new(false),
+                leases: std::sync::Mutex::new(Vec::new()),
+                fenced: watch::channel(None).0,
             }),
         };
         tokio::spawn(transport.clone().watch_connection());
@@ -191,18 +292,34 @@ impl AmqpTransport {
                 if self.is_closed() {
                     return;
                 }
+                let leases = self.leases();
                 let attempt = tokio::time::timeout(
                     CONFIRM_TIMEOUT,
-                    open(&self.inner.settings, &self.inner.topology),
+                    open(&self.inner.settings, &self.inner.topology, &leases),
                 );
-                match attempt.await.unwrap_or(Err(TransportError::Timeout)) {
+                match attempt
+                    .await
+                    .unwrap_or(Err(OpenError::Broker(TransportError::Timeout)))
+                {
                     Ok(live) => {
                         *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
                         self.inner.generation.send_modify(|g| *g += 1);
                         tracing::info!("reconnected to RabbitMQ");
                         break;
                     }
-                    Err(e) => {
+                    Err(OpenError::Fenced(held)) => {
+                        // Another process owns a partition of ours now: this
+                        // one must not act for it again. Stay disconnected
+                        // (nothing is consumed or published) and say so.
+                        let why = format!(
+                            "{held} is held by another process: it took over this process's \
+                             partitions while this one was disconnected"
+                        );
+                        tracing::error!(reason = %why, "fenced");
+                        self.inner.fenced.send_replace(Some(why));
+                        return;
+                    }
+                    Err(OpenError::Broker(e)) => {
                         let wait = delays.next().unwrap_or(Duration::from_secs(2));
                         tracing::debug!(error = %e, ?wait, "RabbitMQ still unavailable");
                         tokio::time::sleep(wait).await;
@@ -214,6 +331,132 @@ impl AmqpTransport {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    fn leases(&self) -> Vec<String> {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the leases (exclusive queues) named, all or none, on the live
+    /// connection, and keeps them on every later connection. Answers the
+    /// name of one that another process holds, if any.
+    pub async fn try_lease(&self, names: &[String]) -> Result<Option<String>, TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        match take_leases(&live.connection, names).await {
+            Ok(()) => {
+                self.inner
+                    .leases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(names.iter().cloned());
+                Ok(None)
+            }
+            Err(Ok(held)) => Ok(Some(held)),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    /// Resolves when this process has been fenced off (another process
+    /// took one of its leases while it was disconnected), with the reason.
+    pub async fn fenced(&self) -> String {
+        let mut rx = self.inner.fenced.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Publishes `record` to the registry stream and waits for its confirm.
+    pub(crate) async fn append_registry(
+        &self,
+        record: &[u8],
+        id: &str,
+    ) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let out = Outgoing {
+            message_id: id.to_owned(),
+            correlation_id: String::new(),
+            message_type: "registry.record".into(),
+            route: Route::Reply(0),
+            body: record.to_vec(),
+        };
+        let queue = self.inner.topology.registry();
+        let confirm = Self::publish_one(
+            &live.publisher,
+            String::new(),
+            queue.clone(),
+            true,
+            &out.body,
+            Self::properties(&out, None),
+        )
+        .await?;
+        settle_confirm(format!("{id} via {queue}"), confirm).await
+    }
+
+    /// Reads the registry stream from its first record up to and including
+    /// the one with message id `until`, answering every record's body.
+    pub(crate) async fn read_registry(&self, until: &str) -> Result<Vec<Vec<u8>>, TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let read = async {
+            let ch = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(unavailable)?;
+            // A stream is read with a prefetch and acks (credit), from an offset.
+            ch.basic_qos(500, BasicQosOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), string_arg("first"));
+            let mut consumer = ch
+                .basic_consume(
+                    self.inner.topology.registry().into(),
+                    format!("registry-reader.{}", std::process::id()).into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut bodies = Vec::new();
+            while let Some(d) = consumer.next().await {
+                let d = d.map_err(unavailable)?;
+                let done = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|m| m.as_str() == until);
+                d.acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+                bodies.push(d.data);
+                if done {
+                    let _ = ch.close(200, "registry read".into()).await;
+                    return Ok(bodies);
+                }
+            }
+            Err(TransportError::Unavailable(
+                "the registry stream ended before its last record".into(),
+            ))
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, read)
+            .await
+            .map_err(|_| TransportError::Timeout)?
     }
 
     /// Closes the connection cleanly and stops reconnecting.
@@ -233,9 +476,19 @@ impl AmqpTransport {
             .await
             .map_err(unavailable)?;
         let ch = connection.create_channel().await.map_err(unavailable)?;
-        let t = Topology::new(namespace);
-        for q in all_queues() {
-            ch.queue_delete(t.queue(q).into(), QueueDeleteOptions::default())
+        // Deleting a queue that does not exist is fine: cover every count.
+        let t = Topology::new(
+            namespace,
+            PartitionCount::new(crate::partition::MAX_PARTITIONS)
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        );
+        let mut queues: Vec<String> = QueueName::all(t.partitions)
+            .into_iter()
+            .map(|q| t.queue(q))
+            .collect();
+        queues.push(t.registry());
+        for q in queues {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;
         }
@@ -304,7 +557,7 @@ impl AmqpTransport {
             message_id: letter.message_id.unwrap_or_default(),
             correlation_id: letter.correlation_id.unwrap_or_default(),
             message_type: letter.message_type.unwrap_or_default(),
-            route: Route::Reply,
+            route: Route::Reply(0),
             body: letter.body,
         };
         let props = Self::properties(&out, Some(headers));
@@ -442,10 +695,6 @@ async fn settle_confirm(
     }
 }
 
-fn all_queues() -> Vec<QueueName> {
-    QueueName::all()
-}
-
 /// Declares exchanges, queues and bindings; idempotent.
 async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
@@ -496,30 +745,35 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
         );
     }
     let queue_opts = QueueDeclareOptions::durable();
-    for k in WorkerKind::ALL {
-        let q = t.queue(QueueName::Worker(k));
-        ch.queue_declare(q.clone().into(), queue_opts, work_args.clone())
+    // One queue per (role, partition), consumed by one process at a time:
+    // the owner holds the partition's lease; the single-active-consumer
+    // flag keeps even a misbehaving second consumer from getting messages.
+    let mut partitioned_args = work_args.clone();
+    partitioned_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    for p in t.partitions.all() {
+        let mut queues: Vec<(QueueName, String)> = WorkerKind::ALL
+            .into_iter()
+            .map(|k| (QueueName::Worker(k, p), t.commands_exchange()))
+            .collect();
+        queues.push((QueueName::Replies(p), t.replies_exchange()));
+        for (q, exchange) in queues {
+            let name = t.queue(q);
+            ch.queue_declare(name.clone().into(), queue_opts, partitioned_args.clone())
+                .await?;
+            ch.queue_bind(
+                name.into(),
+                exchange.into(),
+                Topology::binding_key(q).unwrap_or_default().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
-        ch.queue_bind(
-            q.into(),
-            t.commands_exchange().into(),
-            k.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        }
     }
-    let replies = t.queue(QueueName::Replies);
-    ch.queue_declare(replies.clone().into(), queue_opts, work_args.clone())
+    let mut stream_args = FieldTable::default();
+    stream_args.insert("x-queue-type".into(), string_arg("stream"));
+    ch.queue_declare(t.registry().into(), queue_opts, stream_args)
         .await?;
-    ch.queue_bind(
-        replies.into(),
-        t.replies_exchange().into(),
-        "orchestrator".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
     for v in ViewKind::ALL {
         let q = t.queue(QueueName::View(v));
         ch.queue_declare(q.clone().into(), queue_opts, work_args.clone())

@@ -18,6 +18,7 @@ use super::{
     topic_matches,
 };
 use crate::domain::ViewKind;
+use crate::partition::PartitionCount;
 
 #[derive(Debug, Clone)]
 struct Message {
@@ -39,17 +40,13 @@ struct Queue {
 #[derive(Clone)]
 pub struct MemoryTransport {
     queues: Arc<HashMap<QueueName, Queue>>,
-}
-
-impl Default for MemoryTransport {
-    fn default() -> Self {
-        Self::new()
-    }
+    partitions: PartitionCount,
 }
 
 impl MemoryTransport {
-    pub fn new() -> Self {
-        let queues = QueueName::all()
+    /// The queues of a namespace with `partitions` partitions.
+    pub fn new(partitions: PartitionCount) -> Self {
+        let queues = QueueName::all(partitions)
             .into_iter()
             .map(|n| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -64,6 +61,7 @@ impl MemoryTransport {
             .collect();
         MemoryTransport {
             queues: Arc::new(queues),
+            partitions,
         }
     }
 
@@ -89,8 +87,11 @@ impl Transport for MemoryTransport {
             .into_iter()
             .map(|m| {
                 let queues: Vec<QueueName> = match &m.route {
-                    Route::Command(k) => vec![QueueName::Worker(*k)],
-                    Route::Reply => vec![QueueName::Replies],
+                    Route::Command(..) | Route::Reply(_) => {
+                        QueueName::of(&m.route, self.partitions)
+                            .into_iter()
+                            .collect()
+                    }
                     // A topic exchange: every view bound to the key gets a copy.
                     Route::Event(key) => ViewKind::ALL
                         .into_iter()
@@ -224,20 +225,19 @@ mod tests {
             message_id: id.into(),
             correlation_id: "1".into(),
             message_type: "pay.authorize".into(),
-            route: Route::Command(WorkerKind::Pay),
+            route: Route::Command(WorkerKind::Pay, 1),
             body: b"{}".to_vec(),
         }
     }
 
     #[tokio::test]
     async fn unsettled_deliveries_come_back() {
-        let t = MemoryTransport::new();
+        let count = PartitionCount::default();
+        let t = MemoryTransport::new(count);
+        let queue = QueueName::Worker(WorkerKind::Pay, count.of(1));
         let results = t.publish(vec![msg("a"), msg("b")]).await;
         assert!(results.iter().all(Result::is_ok));
-        let mut s = t
-            .consume(QueueName::Worker(WorkerKind::Pay))
-            .await
-            .expect("consume");
+        let mut s = t.consume(queue).await.expect("consume");
         let a = s.next().await.expect("a");
         assert_eq!(a.message_id.as_deref(), Some("a"));
         drop(a);
@@ -249,6 +249,6 @@ mod tests {
         assert!(again.redelivered);
         again.dead_letter("poison").await.expect("dead letter");
         assert_eq!(t.depth(QueueName::DeadLetter), 1);
-        assert_eq!(t.depth(QueueName::Worker(WorkerKind::Pay)), 0);
+        assert_eq!(t.depth(queue), 0);
     }
 }

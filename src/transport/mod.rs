@@ -21,58 +21,90 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 use crate::domain::{ViewKind, WorkerKind};
+use crate::partition::{Partition, PartitionCount};
 
 /// Where a message goes, independent of the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// A worker's command queue.
-    Command(WorkerKind),
-    /// The orchestrator's replies queue.
-    Reply,
+    /// A worker's command queue, in the partition of the key: the order id,
+    /// or the food id for the kitchen (see [`crate::partition`]).
+    Command(WorkerKind, i64),
+    /// The orchestrator's replies queue in the partition of the order id.
+    Reply(i64),
     /// The domain-events topic exchange with a routing key like `order.paid`.
     Event(String),
 }
 
 impl Route {
-    /// The compact text stored in outbox rows.
+    /// The compact text stored in outbox rows: `command:pay@7`, `reply@7`,
+    /// `event:order.paid`.
     pub fn encode(&self) -> String {
         match self {
-            Route::Command(k) => format!("command:{k}"),
-            Route::Reply => "reply".into(),
+            Route::Command(k, key) => format!("command:{k}@{key}"),
+            Route::Reply(key) => format!("reply@{key}"),
             Route::Event(key) => format!("event:{key}"),
         }
     }
 
-    pub fn decode(raw: &str) -> Option<Route> {
+    /// Reads an outbox row's route. Rows written before partitions
+    /// (`command:pay`, `reply`) carry no key: they are placed by the
+    /// message's correlation id (its order id), which a process owning
+    /// every partition (the only shape before partitions) receives anyway.
+    pub fn decode(raw: &str, correlation_id: &str) -> Option<Route> {
+        let legacy_key = || correlation_id.parse::<i64>().unwrap_or(0);
+        let keyed = |rest: &str| -> Option<(String, i64)> {
+            match rest.split_once('@') {
+                Some((name, key)) => Some((name.to_owned(), key.parse().ok()?)),
+                None => Some((rest.to_owned(), legacy_key())),
+            }
+        };
+        if let Some(key) = raw.strip_prefix("event:") {
+            return Some(Route::Event(key.to_owned()));
+        }
         if raw == "reply" {
-            return Some(Route::Reply);
+            return Some(Route::Reply(legacy_key()));
         }
-        if let Some(k) = raw.strip_prefix("command:") {
-            return k.parse().ok().map(Route::Command);
+        if let Some(key) = raw.strip_prefix("reply@") {
+            return key.parse().ok().map(Route::Reply);
         }
-        raw.strip_prefix("event:")
-            .map(|key| Route::Event(key.to_owned()))
+        let (kind, key) = keyed(raw.strip_prefix("command:")?)?;
+        kind.parse().ok().map(|k| Route::Command(k, key))
     }
 }
 
 /// A queue a process consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueueName {
-    Worker(WorkerKind),
-    Replies,
+    /// A worker kind's commands of one partition.
+    Worker(WorkerKind, Partition),
+    /// The orchestrator's replies of one partition.
+    Replies(Partition),
     DeadLetter,
     /// A read model's queue of domain events.
     View(ViewKind),
 }
 
 impl QueueName {
-    /// Every queue of a namespace.
-    pub fn all() -> Vec<QueueName> {
-        let mut qs: Vec<QueueName> = WorkerKind::ALL.into_iter().map(QueueName::Worker).collect();
-        qs.push(QueueName::Replies);
+    /// Every queue of a namespace with `count` partitions.
+    pub fn all(count: PartitionCount) -> Vec<QueueName> {
+        let mut qs: Vec<QueueName> = Vec::new();
+        for p in count.all() {
+            qs.extend(WorkerKind::ALL.into_iter().map(|k| QueueName::Worker(k, p)));
+            qs.push(QueueName::Replies(p));
+        }
         qs.extend(ViewKind::ALL.map(QueueName::View));
         qs.push(QueueName::DeadLetter);
         qs
+    }
+
+    /// The queue a route's messages land in (events go to the views'
+    /// queues through the topic exchange instead).
+    pub fn of(route: &Route, count: PartitionCount) -> Option<QueueName> {
+        match route {
+            Route::Command(k, key) => Some(QueueName::Worker(*k, count.of(*key))),
+            Route::Reply(key) => Some(QueueName::Replies(count.of(*key))),
+            Route::Event(_) => None,
+        }
     }
 }
 
@@ -98,21 +130,25 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub namespace: String,
+    pub partitions: PartitionCount,
 }
 
 impl Topology {
-    pub fn new(namespace: &str) -> Self {
+    pub fn new(namespace: &str, partitions: PartitionCount) -> Self {
         Topology {
             namespace: namespace.to_owned(),
+            partitions,
         }
     }
 
-    /// Direct exchange routing commands to worker queues by worker name.
+    /// Direct exchange routing commands to worker queues by worker name
+    /// and partition (`pay.p3`).
     pub fn commands_exchange(&self) -> String {
         format!("{}.commands", self.namespace)
     }
 
-    /// Direct exchange routing worker replies to the orchestrator.
+    /// Direct exchange routing worker replies to the orchestrator's
+    /// partitions (`orchestrator.p3`).
     pub fn replies_exchange(&self) -> String {
         format!("{}.replies", self.namespace)
     }
@@ -127,21 +163,51 @@ impl Topology {
         format!("{}.dead-letter", self.namespace)
     }
 
+    /// The stream recording the namespace's partition count and which data
+    /// folder owns each (role, partition).
+    pub fn registry(&self) -> String {
+        format!("{}.registry", self.namespace)
+    }
+
+    /// The exclusive queue whose holder owns `role`'s `partition`: shown in
+    /// the management UI with the owning connection.
+    pub fn lease(&self, role: &str, partition: Partition) -> String {
+        format!("{}.{role}.{partition}.owner", self.namespace)
+    }
+
     pub fn queue(&self, q: QueueName) -> String {
         match q {
-            QueueName::Worker(k) => format!("{}.{k}.commands", self.namespace),
-            QueueName::Replies => format!("{}.orchestrator.replies", self.namespace),
+            QueueName::Worker(k, p) => format!("{}.{k}.commands.{p}", self.namespace),
+            QueueName::Replies(p) => format!("{}.orchestrator.replies.{p}", self.namespace),
             QueueName::DeadLetter => format!("{}.dead-letter", self.namespace),
             QueueName::View(v) => format!("{}.views.{}", self.namespace, v.as_str()),
         }
     }
 
+    /// The routing key binding a partitioned queue to its exchange.
+    pub fn binding_key(q: QueueName) -> Option<String> {
+        match q {
+            QueueName::Worker(k, p) => Some(format!("{k}.{p}")),
+            QueueName::Replies(p) => Some(format!("orchestrator.{p}")),
+            QueueName::DeadLetter | QueueName::View(_) => None,
+        }
+    }
+
     /// Exchange and routing key of a route.
     pub fn address(&self, route: &Route) -> (String, String) {
-        match route {
-            Route::Command(k) => (self.commands_exchange(), k.as_str().to_owned()),
-            Route::Reply => (self.replies_exchange(), "orchestrator".to_owned()),
-            Route::Event(key) => (self.events_exchange(), key.clone()),
+        match QueueName::of(route, self.partitions) {
+            Some(q @ QueueName::Worker(..)) => (
+                self.commands_exchange(),
+                Self::binding_key(q).unwrap_or_default(),
+            ),
+            Some(q) => (
+                self.replies_exchange(),
+                Self::binding_key(q).unwrap_or_default(),
+            ),
+            None => match route {
+                Route::Event(key) => (self.events_exchange(), key.clone()),
+                _ => unreachable!("commands and replies have a queue"),
+            },
         }
     }
 }
@@ -272,19 +338,41 @@ pub trait Transport: Send + Sync + 'static {
 mod tests {
     use super::*;
 
+    fn topology() -> Topology {
+        Topology::new("hearty", PartitionCount::default())
+    }
+
     #[test]
     fn names_read_well() {
-        let t = Topology::new("hearty");
+        let t = topology();
+        let p3 = PartitionCount::default().of(3);
         assert_eq!(
-            t.queue(QueueName::Worker(WorkerKind::Pay)),
-            "hearty.pay.commands"
+            t.queue(QueueName::Worker(WorkerKind::Pay, p3)),
+            "hearty.pay.commands.p3"
         );
-        assert_eq!(t.queue(QueueName::Replies), "hearty.orchestrator.replies");
+        assert_eq!(
+            t.queue(QueueName::Replies(p3)),
+            "hearty.orchestrator.replies.p3"
+        );
         assert_eq!(t.queue(QueueName::DeadLetter), "hearty.dead-letter");
         assert_eq!(t.events_exchange(), "hearty.events");
+        assert_eq!(t.lease("pay", p3), "hearty.pay.p3.owner");
+        // Food 11 of 8 partitions is in p3.
         assert_eq!(
-            t.address(&Route::Command(WorkerKind::Kitchen)),
-            ("hearty.commands".to_owned(), "kitchen".to_owned())
+            t.address(&Route::Command(WorkerKind::Kitchen, 11)),
+            ("hearty.commands".to_owned(), "kitchen.p3".to_owned())
+        );
+        assert_eq!(
+            t.address(&Route::Reply(19)),
+            ("hearty.replies".to_owned(), "orchestrator.p3".to_owned())
+        );
+        assert_eq!(
+            t.queue(QueueName::View(ViewKind::MyOrders)),
+            "hearty.views.my-orders"
+        );
+        assert_eq!(
+            QueueName::all(PartitionCount::default()).len(),
+            8 * 5 + 3 + 1
         );
     }
 
@@ -296,22 +384,24 @@ mod tests {
         assert!(!topic_matches("order.*", "pay.approved"));
         assert!(!topic_matches("order.*", "order"));
         assert!(topic_matches("order.#", "order"));
-        assert_eq!(t_view(), "hearty.views.my-orders");
-    }
-
-    fn t_view() -> String {
-        Topology::new("hearty").queue(QueueName::View(ViewKind::MyOrders))
     }
 
     #[test]
     fn routes_round_trip() {
         for r in [
-            Route::Command(WorkerKind::Coupon),
-            Route::Reply,
+            Route::Command(WorkerKind::Coupon, 7),
+            Route::Reply(7),
             Route::Event("order.paid".into()),
         ] {
-            assert_eq!(Route::decode(&r.encode()), Some(r));
+            assert_eq!(Route::decode(&r.encode(), "1"), Some(r));
         }
-        assert_eq!(Route::decode("bogus"), None);
+        assert_eq!(Route::decode("bogus", "1"), None);
+        assert_eq!(Route::decode("command:pay@x", "1"), None);
+        // Rows written before partitions are placed by their order id.
+        assert_eq!(
+            Route::decode("command:kitchen", "12"),
+            Some(Route::Command(WorkerKind::Kitchen, 12))
+        );
+        assert_eq!(Route::decode("reply", "12"), Some(Route::Reply(12)));
     }
 }

@@ -27,6 +27,7 @@ use crate::config::{Config, FailureCount, Latency, Mode};
 use crate::domain::{Millis, Money, OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
 use crate::metrics::{METRICS, inc};
+use crate::partition::Partition;
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, inbox, outbox};
 use crate::transport::consume::consume_each;
@@ -309,23 +310,28 @@ pub fn reply_message(reply: &WorkerReply) -> Outgoing {
         message_id: reply.message_id(),
         correlation_id: reply.order_id.to_string(),
         message_type: reply.message_type(),
-        route: Route::Reply,
+        route: Route::Reply(reply.order_id.get()),
         // A struct of strings and numbers always serializes.
         body: serde_json::to_vec(reply).unwrap_or_default(),
     }
 }
 
-/// Consumes a worker's queue until shutdown: decode, apply, then ack.
+/// Consumes a worker's queue of one partition until shutdown: decode,
+/// apply, then ack.
 pub async fn consume(
     kind: WorkerKind,
+    partition: Partition,
     worker: Addr<WorkerActor>,
     transport: Arc<dyn Transport>,
     shutdown: Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
     // The database serializes the effects of deliveries handled at once.
-    consume_each(transport, QueueName::Worker(kind), shutdown, |d, f| {
-        handle_delivery(worker.clone(), d, f)
-    })
+    consume_each(
+        transport,
+        QueueName::Worker(kind, partition),
+        shutdown,
+        |d, f| handle_delivery(worker.clone(), d, f),
+    )
     .await
 }
 

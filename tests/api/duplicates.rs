@@ -33,14 +33,14 @@ async fn duplicates_have_one_effect(app: &TestApp) {
             message_id: format!("order-{id}.kitchen.do"),
             correlation_id: id.to_string(),
             message_type: "kitchen.accept".into(),
-            route: Route::Command(WorkerKind::Kitchen),
+            route: Route::Command(WorkerKind::Kitchen, food),
             body: serde_json::to_vec(&command).expect("json"),
         });
         batch.push(Outgoing {
             message_id: format!("order-{id}.pay.do.reply.done"),
             correlation_id: id.to_string(),
             message_type: "reply.pay.done".into(),
-            route: Route::Reply,
+            route: Route::Reply(id),
             body: serde_json::to_vec(&reply).expect("json"),
         });
     }

@@ -26,9 +26,10 @@ async fn a_saga_says_what_it_waits_on(app: &TestApp) {
         .iter()
         .find(|m| m["messageId"] == format!("order-{id}.kitchen.do"))
         .unwrap_or_else(|| panic!("the kitchen command is in flight: {flight:?}"));
+    // The kitchen's queue of the food's partition (8 partitions).
     assert_eq!(
         kitchen["queue"],
-        format!("{}.kitchen.commands", app.namespace)
+        format!("{}.kitchen.commands.p{}", app.namespace, food % 8)
     );
     assert!(
         kitchen["managementUrl"]

@@ -44,22 +44,37 @@ async fn the_management_ui_shows_a_durable_namespaced_topology() {
             (status, v)
         }
     };
-    for q in [
-        "pay.commands",
-        "kitchen.commands",
-        "delivery.commands",
-        "coupon.commands",
-        "orchestrator.replies",
-    ] {
-        let (status, v) = get(format!("queues/%2f/{ns}.{q}")).await;
-        assert_eq!(status, StatusCode::OK, "{q}: {v}");
-        assert_eq!(v["durable"], true, "{q}");
-        assert_eq!(
-            v["arguments"]["x-dead-letter-exchange"],
-            format!("{ns}.dead-letter"),
-            "{q}"
-        );
+    // One queue per (role, partition), with a single active consumer.
+    for p in 0..8 {
+        for q in [
+            "pay.commands",
+            "kitchen.commands",
+            "delivery.commands",
+            "coupon.commands",
+            "orchestrator.replies",
+        ] {
+            let name = format!("{ns}.{q}.p{p}");
+            let (status, v) = get(format!("queues/%2f/{name}")).await;
+            assert_eq!(status, StatusCode::OK, "{name}: {v}");
+            assert_eq!(v["durable"], true, "{name}");
+            assert_eq!(v["arguments"]["x-single-active-consumer"], true, "{name}");
+            assert_eq!(
+                v["arguments"]["x-dead-letter-exchange"],
+                format!("{ns}.dead-letter"),
+                "{name}"
+            );
+        }
+        // The owner's lease: an exclusive queue of its connection.
+        for role in ["orchestrator", "pay", "kitchen", "delivery", "coupon"] {
+            let name = format!("{ns}.{role}.p{p}.owner");
+            let (status, v) = get(format!("queues/%2f/{name}")).await;
+            assert_eq!(status, StatusCode::OK, "{name}: {v}");
+            assert_eq!(v["exclusive"], true, "{name}");
+        }
     }
+    let (status, v) = get(format!("queues/%2f/{ns}.registry")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["type"], "stream", "{v}");
     let (status, v) = get(format!("queues/%2f/{ns}.dead-letter")).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["durable"], true);
@@ -87,10 +102,12 @@ async fn the_management_ui_shows_a_durable_namespaced_topology() {
         })
         .collect();
     for w in ["pay", "kitchen", "delivery", "coupon"] {
-        assert!(
-            routes.contains(&(w.to_owned(), format!("{ns}.{w}.commands"))),
-            "{routes:?}"
-        );
+        for p in 0..8 {
+            assert!(
+                routes.contains(&(format!("{w}.p{p}"), format!("{ns}.{w}.commands.p{p}"))),
+                "{routes:?}"
+            );
+        }
     }
     app.stop().await;
 }

@@ -8,8 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use hearty::partition::PartitionCount;
 use hearty::transport::amqp::{AmqpSettings, AmqpTransport};
-use hearty::transport::{Outgoing, Transport};
+use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
 
 pub const TOKEN: &str = "fault-test-token";
@@ -85,7 +86,63 @@ impl Drop for Service {
     }
 }
 
+/// A spawned `hearty serve` that may not listen yet.
+pub struct Spawned {
+    child: Option<Child>,
+    addr: mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    /// The service once it listens, or `None` if it did not within `wait`
+    /// (the process is then still running: a standby).
+    pub fn listening(self, wait: Duration) -> Option<Service> {
+        // Dropped without a service, the process is killed.
+        let addr = self.addr.recv_timeout(wait).ok()?;
+        Some(self.into_service(addr))
+    }
+
+    /// Whether it listens already (without waiting).
+    pub fn try_listening(&mut self) -> Option<String> {
+        self.addr.try_recv().ok()
+    }
+
+    /// Becomes a service at `addr` (from [`Spawned::try_listening`]).
+    pub fn into_service(mut self, addr: String) -> Service {
+        Service {
+            child: self.child.take().expect("a spawned child"),
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) for the process to exit by itself: its status.
+    pub fn exited(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Whether the process still runs (false after it aborted itself).
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -132,6 +189,7 @@ impl Cluster {
             connection_name: "fault test probe".into(),
             quorum_queues: false,
             connect_wait: Duration::from_millis(500),
+            partitions: PartitionCount::default(),
         }));
         match probe {
             Ok(t) => rt.block_on(t.close()),
@@ -172,15 +230,12 @@ impl Cluster {
                     .await
                     .expect("connect");
             let mut out = Vec::new();
-            for q in [
-                "pay.commands",
-                "kitchen.commands",
-                "delivery.commands",
-                "coupon.commands",
-                "orchestrator.replies",
-                "dead-letter",
-            ] {
-                let name = format!("{}.{q}", self.namespace);
+            let topology = Topology::new(&self.namespace, PartitionCount::default());
+            let names = QueueName::all(PartitionCount::default())
+                .into_iter()
+                .filter(|q| !matches!(q, QueueName::View(_)))
+                .map(|q| topology.queue(q));
+            for name in names {
                 let ch = conn.create_channel().await.expect("channel");
                 let declared = ch
                     .queue_declare(
@@ -207,6 +262,14 @@ impl Cluster {
     /// Starts `hearty serve` with `roles` and extra settings; returns once
     /// it listens.
     pub fn start(&self, roles: &str, env: &[(&str, &str)]) -> Service {
+        self.spawn(roles, env)
+            .listening(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("`hearty serve` ({roles}) did not start"))
+    }
+
+    /// The command of a `hearty serve` of this cluster (own data folder
+    /// unless `env` sets HEARTY_DATA_DIR).
+    pub fn command(&self, roles: &str, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
         for (k, _) in std::env::vars() {
             if k.starts_with("HEARTY_") {
@@ -225,12 +288,18 @@ impl Cluster {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/order_fulfilment.toml"),
             )
             .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .env("RUST_BACKTRACE", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Spawns `hearty serve` without waiting for it (a standby does not
+    /// listen until it owns its partitions).
+    pub fn spawn(&self, roles: &str, env: &[(&str, &str)]) -> Spawned {
+        let mut cmd = self.command(roles, env);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn hearty");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -241,12 +310,34 @@ impl Cluster {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("`hearty serve` ({roles}) did not start"));
-        Service {
-            child,
-            base: format!("http://{addr}"),
+        Spawned {
+            child: Some(child),
+            addr: rx,
+        }
+    }
+
+    /// Runs `hearty serve` expecting it to refuse to start: its exit
+    /// status and what it printed on stderr.
+    pub fn refused(&self, roles: &str, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+        let mut cmd = self.command(roles, env);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn hearty");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status, err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`hearty serve` ({roles}) did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -368,6 +459,7 @@ impl Cluster {
                 connection_name: "fault test publisher".into(),
                 quorum_queues: false,
                 connect_wait: Duration::from_millis(500),
+                partitions: PartitionCount::default(),
             })
             .await
             .expect("connect");

@@ -6,9 +6,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
+use crate::messages::partition_key;
 use crate::orchestrator::store::{PendingMessage, Quarantined};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Effect, HistoryEntry, Saga, SagaState, Step, StepStatus};
+use crate::transport::{QueueName, Route, Topology};
 
 /// The one error shape: a stable code and a sentence.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -317,7 +319,7 @@ pub fn in_flight(
     def: &SagaDefinition,
     saga: &Saga,
     pending: &[PendingMessage],
-    namespace: &str,
+    topology: &Topology,
     management_url: &str,
 ) -> Vec<InFlightMessage> {
     let mut out = Vec::new();
@@ -330,7 +332,10 @@ pub fn in_flight(
         let Some(d) = def.steps.get(i) else {
             continue;
         };
-        let queue = format!("{namespace}.{}.commands", d.worker);
+        let route = Route::Command(d.worker, partition_key(d.worker, &saga.order));
+        let queue = QueueName::of(&route, topology.partitions)
+            .map(|q| topology.queue(q))
+            .unwrap_or_default();
         out.push(InFlightMessage {
             message_id: format!("order-{}.{}.{direction}", saga.id, s.name),
             state: "awaiting reply".into(),

@@ -1,0 +1,375 @@
+//! Fenced single ownership of every (role, partition): at most one process
+//! acts for a partition of a stateful role at any moment.
+//!
+//! Three things enforce it, each covering what the others cannot:
+//!
+//! 1. **The data folder's claim.** The broker's registry stream
+//!    (`<ns>.registry`) records, for every (role, partition), the *home* —
+//!    the identity of the data folder (`<HEARTY_DATA_DIR>/home`) that holds
+//!    its state. The first claim in the stream wins; a process whose folder
+//!    is another home refuses to start, naming the owner, so a partition's
+//!    state is never re-created empty beside the real one. The same stream
+//!    records the namespace's partition count (first record wins).
+//! 2. **A lock in the folder.** An exclusive `flock` on
+//!    `<role>.<partition>.lock`: two processes on one folder (the same host)
+//!    never both act; the second waits as a standby until the first ends.
+//! 3. **A lease on the broker.** An exclusive queue `<ns>.<role>.<p>.owner`
+//!    per owned partition, declared before any consumer starts and on every
+//!    reconnection: two processes of the same home on different hosts (a
+//!    volume moved to a new pod) never both consume; the second waits as a
+//!    standby. A process that comes back from a lost connection to find its
+//!    lease taken is fenced: it stops (see `app::run`).
+//!
+//! Partitioned queues also have `x-single-active-consumer`, so even a
+//! consumer outside these rules would not get messages beside the owner.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::partition::{Partition, PartitionCount};
+use crate::transport::amqp::AmqpTransport;
+
+/// One (role, partition) a process wants to own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// `orchestrator`, `pay`, `kitchen`, `delivery` or `coupon`.
+    pub role: String,
+    pub partition: Partition,
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.role, self.partition)
+    }
+}
+
+/// How often a standby looks again, and how often it says it waits.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+const STANDBY_LOG_EVERY: u32 = 20;
+
+/// The identity of a data folder, created on first use: the registry binds
+/// partitions to it.
+pub fn home_of(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data folder {}", dir.display()))?;
+    let path = dir.join("home");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Written aside and renamed: a crash never leaves a half-written id,
+    // and of two processes creating it at once the last rename wins for
+    // both readers (each reads it back).
+    let tmp = dir.join(format!("home.{}.tmp", std::process::id()));
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(id.as_bytes())?;
+    f.sync_all()?;
+    if !path.exists() {
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    } else {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+}
+
+/// The folder locks of a process's partitions, held until dropped (the
+/// kernel releases them however the process ends).
+pub struct FolderLocks {
+    _files: Vec<File>,
+}
+
+fn lock_path(dir: &Path, claim: &Claim) -> PathBuf {
+    dir.join(format!("{}.{}.lock", claim.role, claim.partition))
+}
+
+/// Locks every claim's file in `dir`, waiting as a standby while another
+/// process of this folder holds one.
+pub async fn lock_folder(dir: &Path, claims: &[Claim]) -> anyhow::Result<FolderLocks> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data folder {}", dir.display()))?;
+    let mut files = Vec::new();
+    for claim in claims {
+        let path = lock_path(dir, claim);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut polls = 0u32;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if polls.is_multiple_of(STANDBY_LOG_EVERY) {
+                        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                        tracing::warn!(
+                            partition = %claim,
+                            owner_pid = pid.trim(),
+                            "standby: another process of this data folder owns it; waiting to take over"
+                        );
+                    }
+                    polls += 1;
+                    tokio::time::sleep(STANDBY_POLL).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
+            }
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        files.push(file);
+    }
+    Ok(FolderLocks { _files: files })
+}
+
+/// A record of the registry stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "camelCase")]
+enum Record {
+    /// The namespace's partition count: the first one recorded holds.
+    #[serde(rename_all = "camelCase")]
+    Namespace { partition_count: u16, by: String },
+    /// A data folder claims a (role, partition): the first claim holds.
+    #[serde(rename_all = "camelCase")]
+    Claim {
+        role: String,
+        partition: u16,
+        home: String,
+        by: String,
+    },
+    /// Marks how far a reader has to read to see everything before it.
+    #[serde(rename_all = "camelCase")]
+    Hello { by: String },
+}
+
+/// What the registry says, read up to a point.
+#[derive(Default)]
+struct Registry {
+    partition_count: Option<u16>,
+    owners: HashMap<(String, u16), (String, String)>,
+}
+
+impl Registry {
+    fn fold(bodies: &[Vec<u8>]) -> Registry {
+        let mut r = Registry::default();
+        for body in bodies {
+            match serde_json::from_slice::<Record>(body) {
+                Ok(Record::Namespace {
+                    partition_count, ..
+                }) => {
+                    r.partition_count.get_or_insert(partition_count);
+                }
+                Ok(Record::Claim {
+                    role,
+                    partition,
+                    home,
+                    by,
+                }) => {
+                    r.owners.entry((role, partition)).or_insert((home, by));
+                }
+                Ok(Record::Hello { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "unreadable registry record; skipped"),
+            }
+        }
+        r
+    }
+}
+
+fn who() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into());
+    format!("pid {} on {host}", std::process::id())
+}
+
+async fn read_all(amqp: &AmqpTransport) -> anyhow::Result<Registry> {
+    let marker = format!("hello.{:032x}", rand::random::<u128>());
+    let hello = serde_json::to_vec(&Record::Hello { by: who() })?;
+    amqp.append_registry(&hello, &marker)
+        .await
+        .context("writing to the registry stream")?;
+    let bodies = amqp
+        .read_registry(&marker)
+        .await
+        .context("reading the registry stream")?;
+    Ok(Registry::fold(&bodies))
+}
+
+async fn append(amqp: &AmqpTransport, record: &Record) -> anyhow::Result<()> {
+    let id = format!("record.{:032x}", rand::random::<u128>());
+    amqp.append_registry(&serde_json::to_vec(record)?, &id)
+        .await
+        .context("writing to the registry stream")
+}
+
+/// Checks the namespace's partition count and binds `claims` to `home` in
+/// the registry (refusing a partition another folder holds), then takes the
+/// leases of `claims`, waiting as a standby while another process holds one.
+pub async fn claim_on_broker(
+    amqp: &AmqpTransport,
+    count: PartitionCount,
+    home: &str,
+    claims: &[Claim],
+) -> anyhow::Result<()> {
+    let namespace = amqp.topology().namespace.clone();
+    // At most three rounds: record what is missing, then read again to
+    // learn whose record came first.
+    let mut settled = false;
+    for _ in 0..3 {
+        let registry = read_all(amqp).await?;
+        match registry.partition_count {
+            None => {
+                append(
+                    amqp,
+                    &Record::Namespace {
+                        partition_count: count.get(),
+                        by: who(),
+                    },
+                )
+                .await?;
+                continue;
+            }
+            Some(n) if n != count.get() => bail!(
+                "the namespace `{namespace}` has {n} partitions (recorded when it was first \
+                 used); this process was started with HEARTY_PARTITION_COUNT={count}. The count \
+                 of a namespace never changes: start with {n}, or use another namespace"
+            ),
+            Some(_) => {}
+        }
+        let mut missing = Vec::new();
+        for c in claims {
+            match registry.owners.get(&(c.role.clone(), c.partition.index())) {
+                Some((owner, by)) if owner != home => bail!(
+                    "{c} of namespace `{namespace}` belongs to another data folder (home {owner}, \
+                     first claimed by {by}); this folder's home is {home}. A partition's state \
+                     lives in one folder: start this process with that folder, or leave {c} \
+                     out of HEARTY_PARTITIONS"
+                ),
+                Some(_) => {}
+                None => missing.push(c),
+            }
+        }
+        if missing.is_empty() {
+            settled = true;
+            break;
+        }
+        for c in missing {
+            append(
+                amqp,
+                &Record::Claim {
+                    role: c.role.clone(),
+                    partition: c.partition.index(),
+                    home: home.to_owned(),
+                    by: who(),
+                },
+            )
+            .await?;
+        }
+    }
+    if !settled {
+        bail!("the registry stream of `{namespace}` did not settle; try again");
+    }
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = claims
+        .iter()
+        .map(|c| amqp.topology().lease(&c.role, c.partition))
+        .collect();
+    let mut polls = 0u32;
+    loop {
+        match amqp.try_lease(&names).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(held)) => {
+                if polls.is_multiple_of(STANDBY_LOG_EVERY) {
+                    tracing::warn!(
+                        lease = %held,
+                        "standby: another process of this data folder's home holds the lease; \
+                         waiting to take over"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot take the leases yet"),
+        }
+        polls += 1;
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_keeps_its_home() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = home_of(dir.path()).expect("created");
+        assert_eq!(first.len(), 32);
+        assert_eq!(home_of(dir.path()).expect("read"), first);
+    }
+
+    #[test]
+    fn the_first_record_holds() {
+        let rec = |r: &Record| serde_json::to_vec(r).expect("json");
+        let bodies = vec![
+            rec(&Record::Namespace {
+                partition_count: 8,
+                by: "a".into(),
+            }),
+            rec(&Record::Namespace {
+                partition_count: 4,
+                by: "b".into(),
+            }),
+            rec(&Record::Claim {
+                role: "pay".into(),
+                partition: 3,
+                home: "h1".into(),
+                by: "a".into(),
+            }),
+            rec(&Record::Claim {
+                role: "pay".into(),
+                partition: 3,
+                home: "h2".into(),
+                by: "b".into(),
+            }),
+            b"not json".to_vec(),
+        ];
+        let r = Registry::fold(&bodies);
+        assert_eq!(r.partition_count, Some(8));
+        assert_eq!(r.owners[&("pay".to_owned(), 3)].0, "h1");
+    }
+
+    #[tokio::test]
+    async fn a_second_process_of_a_folder_waits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let claim = Claim {
+            role: "pay".into(),
+            partition: PartitionCount::default().of(3),
+        };
+        let held = lock_folder(dir.path(), std::slice::from_ref(&claim))
+            .await
+            .expect("first");
+        // flock locks belong to the open file: a second open in this process
+        // conflicts like another process would.
+        let second = tokio::time::timeout(
+            Duration::from_millis(300),
+            lock_folder(dir.path(), std::slice::from_ref(&claim)),
+        )
+        .await;
+        assert!(second.is_err(), "the second waits while the first holds it");
+        drop(held);
+        lock_folder(dir.path(), &[claim])
+            .await
+            .expect("free once the first is gone");
+    }
+}

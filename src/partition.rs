@@ -1,0 +1,231 @@
+//! Partitions: how the state of every stateful role is split between
+//! processes (PRODUCT.md, *Scale-out*).
+//!
+//! A namespace has a fixed number of partitions ([`PartitionCount`],
+//! `HEARTY_PARTITION_COUNT`, recorded in the broker when the namespace is
+//! first claimed). Every entity belongs to the partition of its key: sagas,
+//! orders, payments, deliveries and coupons to the partition of their order
+//! id; the kitchen's stock and tickets to the partition of the food id. The
+//! partition of a key is `key mod count`, so it never changes and every
+//! process computes the same one. A process owns the partitions of its
+//! [`PartitionSet`] (`HEARTY_PARTITIONS`) for every stateful role it runs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// The most partitions a namespace may have (each is a queue per role).
+pub const MAX_PARTITIONS: u16 = 256;
+
+/// One partition of a namespace, `0..count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Partition(u16);
+
+impl Partition {
+    pub fn index(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// How many partitions a namespace has: 1 to [`MAX_PARTITIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PartitionCount(u16);
+
+impl PartitionCount {
+    pub fn new(n: u16) -> Result<Self, String> {
+        if (1..=MAX_PARTITIONS).contains(&n) {
+            Ok(PartitionCount(n))
+        } else {
+            Err(format!(
+                "the partition count must be 1 to {MAX_PARTITIONS}, not {n}"
+            ))
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The partition an entity with this key (order id, food id) belongs to.
+    pub fn of(self, key: i64) -> Partition {
+        // rem_euclid by a positive count is in 0..count, which fits u16.
+        Partition(key.rem_euclid(i64::from(self.0)) as u16)
+    }
+
+    /// Every partition of the namespace.
+    pub fn all(self) -> impl Iterator<Item = Partition> {
+        (0..self.0).map(Partition)
+    }
+}
+
+impl Default for PartitionCount {
+    fn default() -> Self {
+        PartitionCount(8)
+    }
+}
+
+impl fmt::Display for PartitionCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for PartitionCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: u16 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a partition count (1 to {MAX_PARTITIONS})"))?;
+        PartitionCount::new(n)
+    }
+}
+
+/// The partitions a process owns: `all`, or a list of numbers and ranges
+/// (`0-3`, `4,5,6,7`, `0-1,6`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PartitionSet {
+    #[default]
+    All,
+    Some(BTreeSet<u16>),
+}
+
+impl PartitionSet {
+    /// The owned partitions of a namespace with `count` partitions; a
+    /// number outside it is an error naming it.
+    pub fn resolve(&self, count: PartitionCount) -> Result<Vec<Partition>, String> {
+        match self {
+            PartitionSet::All => Ok(count.all().collect()),
+            PartitionSet::Some(set) => {
+                if let Some(bad) = set.iter().find(|p| **p >= count.get()) {
+                    return Err(format!(
+                        "HEARTY_PARTITIONS names partition {bad}, but the namespace has {count} \
+                         (0 to {})",
+                        count.get() - 1
+                    ));
+                }
+                Ok(set.iter().copied().map(Partition).collect())
+            }
+        }
+    }
+}
+
+impl fmt::Display for PartitionSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartitionSet::All => f.write_str("all"),
+            PartitionSet::Some(set) => {
+                let parts: Vec<String> = set.iter().map(u16::to_string).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
+impl FromStr for PartitionSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "all" {
+            return Ok(PartitionSet::All);
+        }
+        let number = |t: &str| {
+            t.trim().parse::<u16>().map_err(|_| {
+                format!("`{t}` in HEARTY_PARTITIONS is not a partition number (expected all, 0-3 or 4,5,6,7)")
+            })
+        };
+        let mut set = BTreeSet::new();
+        for item in s.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(format!("HEARTY_PARTITIONS `{s}` has an empty item"));
+            }
+            match item.split_once('-') {
+                Some((from, to)) => {
+                    let (from, to) = (number(from)?, number(to)?);
+                    if from > to {
+                        return Err(format!("the range `{item}` is empty"));
+                    }
+                    set.extend(from..=to);
+                }
+                None => {
+                    set.insert(number(item)?);
+                }
+            }
+        }
+        if set.len() > usize::from(MAX_PARTITIONS) {
+            return Err(format!(
+                "HEARTY_PARTITIONS names more than {MAX_PARTITIONS} partitions"
+            ));
+        }
+        Ok(PartitionSet::Some(set))
+    }
+}
+
+/// The partitions as compact text: `0-3,6`.
+pub fn describe(parts: &[Partition]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let start = parts[i].0;
+        let mut end = start;
+        while i + 1 < parts.len() && parts[i + 1].0 == end + 1 {
+            i += 1;
+            end = parts[i].0;
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_over_partitions() {
+        let c = PartitionCount::new(8).expect("valid");
+        assert_eq!(c.of(1), Partition(1));
+        assert_eq!(c.of(8), Partition(0));
+        assert_eq!(c.of(17), Partition(1));
+        assert_eq!(c.of(-1), Partition(7));
+        assert_eq!(c.all().count(), 8);
+        assert!(PartitionCount::new(0).is_err());
+        assert!("300".parse::<PartitionCount>().is_err());
+        assert_eq!("8".parse::<PartitionCount>(), Ok(c));
+    }
+
+    #[test]
+    fn sets_parse_and_resolve() {
+        let c = PartitionCount::new(8).expect("valid");
+        let set: PartitionSet = "0-3".parse().expect("valid");
+        assert_eq!(describe(&set.resolve(c).expect("fits")), "0-3");
+        let set: PartitionSet = "4,5,6,7".parse().expect("valid");
+        assert_eq!(describe(&set.resolve(c).expect("fits")), "4-7");
+        let set: PartitionSet = "0-1, 6".parse().expect("valid");
+        assert_eq!(describe(&set.resolve(c).expect("fits")), "0-1,6");
+        assert_eq!(
+            describe(&PartitionSet::All.resolve(c).expect("fits")),
+            "0-7"
+        );
+        let err = "6-9"
+            .parse::<PartitionSet>()
+            .expect("parses")
+            .resolve(c)
+            .expect_err("9 is outside 8 partitions");
+        assert!(err.contains("partition 8"), "{err}");
+        for bad in ["", "x", "3-1", "1,,2", "-1"] {
+            assert!(bad.parse::<PartitionSet>().is_err(), "{bad}");
+        }
+    }
+}
