@@ -15,7 +15,7 @@ use crate::domain::{ViewKind, WorkerKind};
 use crate::orchestrator::store::{self, SagaStore};
 use crate::orchestrator::{Orchestrator, Recover, consume_replies};
 use crate::ownership::Claim;
-use crate::partition::Partition;
+use crate::partition::{OwnerRole, Partition};
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -113,16 +113,16 @@ impl Running {
 /// each stateful role it runs.
 fn claims_of(config: &Config, owned: &[Partition]) -> Vec<Claim> {
     let roles = &config.roles;
-    let mut names: Vec<String> = Vec::new();
+    let mut owners: Vec<OwnerRole> = Vec::new();
     if roles.has(Role::Api) || roles.has(Role::Orchestrator) {
-        names.push("orchestrator".into());
+        owners.push(OwnerRole::Orchestrator);
     }
-    names.extend(roles.workers().map(|k| k.as_str().to_owned()));
-    names
+    owners.extend(roles.workers().map(OwnerRole::Worker));
+    owners
         .into_iter()
         .flat_map(|role| {
             owned.iter().map(move |p| Claim {
-                role: role.clone(),
+                role,
                 partition: *p,
             })
         })
@@ -210,13 +210,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let knobs = Knobs::from_config(&config);
     let mut dbs = Vec::new();
 
-    // Worker databases: the local workers write them; the API reads them.
-    let mut worker_dbs = std::collections::HashMap::new();
+    // Worker databases: only the local workers open theirs. Everyone else
+    // (the API) asks the owners: directly here, over RabbitMQ elsewhere.
+    let mut local_workers = std::collections::HashMap::new();
+    let owned_set: std::collections::BTreeSet<u16> = owned.iter().map(|p| p.index()).collect();
     let failures = crate::config::parse_failures(&config.fail_compensations)
         .map_err(|e| anyhow::anyhow!(e))?;
     for kind in WorkerKind::ALL {
         let local = roles.has(Role::Worker(kind));
-        if !(local || runs_api) {
+        if !local {
             continue;
         }
         let logic = workers::logic_for(kind, knobs);
@@ -256,8 +258,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             arbiters.push(arbiter);
         }
         dbs.push(db.clone());
-        worker_dbs.insert(kind, db);
+        let worker = crate::rpc::LocalWorker {
+            db,
+            owned: owned_set.clone(),
+        };
+        if let Some(amqp) = &amqp {
+            // Requests for this worker's partitions (from API processes).
+            let arbiter = actix::Arbiter::new();
+            for &p in &owned {
+                let (w, a, s) = (worker.clone(), amqp.clone(), shutdown.clone());
+                arbiter.spawn(async move {
+                    if let Err(e) = crate::rpc::serve(kind, p, w, count, a, s).await {
+                        tracing::error!(worker = %kind, partition = %p, error = %e, "request server stopped");
+                    }
+                });
+            }
+            arbiters.push(arbiter);
+        }
+        local_workers.insert(kind, worker);
     }
+    let owners = crate::rpc::Owners::new(count, local_workers, amqp.clone());
 
     // Read models: the local views role projects into them; the API reads them.
     let mut view_dbs = std::collections::HashMap::new();
@@ -327,14 +347,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 );
                 t
             });
-            let db_of = |k: WorkerKind| worker_dbs[&k].clone();
             api_state = Some(ApiState {
                 orchestrator,
                 sagas,
-                pay: db_of(WorkerKind::Pay),
-                kitchen: db_of(WorkerKind::Kitchen),
-                delivery: db_of(WorkerKind::Delivery),
-                coupon: db_of(WorkerKind::Coupon),
+                owners,
                 transport: transport.clone(),
                 def: def.clone(),
                 manager_token: token,

@@ -32,6 +32,7 @@ pub(crate) mod metrics;
 pub(crate) mod orchestrator;
 pub mod ownership;
 pub mod partition;
+pub(crate) mod rpc;
 pub mod saga;
 pub(crate) mod shutdown;
 pub(crate) mod storage;

@@ -32,14 +32,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::partition::{Partition, PartitionCount};
+use crate::partition::{OwnerRole, Partition, PartitionCount};
+use crate::transport::Topology;
 use crate::transport::amqp::AmqpTransport;
 
 /// One (role, partition) a process wants to own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Claim {
-    /// `orchestrator`, `pay`, `kitchen`, `delivery` or `coupon`.
-    pub role: String,
+    pub role: OwnerRole,
     pub partition: Partition,
 }
 
@@ -248,7 +248,10 @@ pub async fn claim_on_broker(
         }
         let mut missing = Vec::new();
         for c in claims {
-            match registry.owners.get(&(c.role.clone(), c.partition.index())) {
+            match registry
+                .owners
+                .get(&(c.role.as_str().to_owned(), c.partition.index()))
+            {
                 Some((owner, by)) if owner != home => bail!(
                     "{c} of namespace `{namespace}` belongs to another data folder (home {owner}, \
                      first claimed by {by}); this folder's home is {home}. A partition's state \
@@ -267,7 +270,7 @@ pub async fn claim_on_broker(
             append(
                 amqp,
                 &Record::Claim {
-                    role: c.role.clone(),
+                    role: c.role.as_str().to_owned(),
                     partition: c.partition.index(),
                     home: home.to_owned(),
                     by: who(),
@@ -282,13 +285,18 @@ pub async fn claim_on_broker(
     if claims.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = claims
+    let leases: Vec<(String, String)> = claims
         .iter()
-        .map(|c| amqp.topology().lease(&c.role, c.partition))
+        .map(|c| {
+            (
+                amqp.topology().lease(c.role.as_str(), c.partition),
+                Topology::rpc_key(c.role, c.partition),
+            )
+        })
         .collect();
     let mut polls = 0u32;
     loop {
-        match amqp.try_lease(&names).await {
+        match amqp.try_lease(&leases).await {
             Ok(None) => return Ok(()),
             Ok(Some(held)) => {
                 if polls.is_multiple_of(STANDBY_LOG_EVERY) {
@@ -353,7 +361,7 @@ mod tests {
     async fn a_second_process_of_a_folder_waits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let claim = Claim {
-            role: "pay".into(),
+            role: OwnerRole::Worker(crate::domain::WorkerKind::Pay),
             partition: PartitionCount::default().of(3),
         };
         let held = lock_folder(dir.path(), std::slice::from_ref(&claim))

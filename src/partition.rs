@@ -14,6 +14,30 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::domain::WorkerKind;
+
+/// A role whose state is partitioned: each of its partitions has one owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OwnerRole {
+    Orchestrator,
+    Worker(WorkerKind),
+}
+
+impl OwnerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerRole::Orchestrator => "orchestrator",
+            OwnerRole::Worker(k) => k.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for OwnerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The most partitions a namespace may have (each is a queue per role).
 pub const MAX_PARTITIONS: u16 = 256;
 

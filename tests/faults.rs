@@ -119,7 +119,19 @@ fn cancellation_with_the_coupon_worker_down_completes_when_it_returns() {
         saga["state"], "Compensating",
         "waiting for the coupon: {saga:#}"
     );
-    assert_eq!(c.status_of(&api, "coupons", id).as_deref(), Some("Issued"));
+    // The coupons live with their owner only: while it is down they cannot
+    // be read, and the API says so (no stale copy).
+    let (s, v, retry) = c.request(
+        reqwest::Method::GET,
+        format!("{}/coupons?orderId={id}", api.base),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (503, Some("owner_unavailable")),
+        "{v}"
+    );
+    assert!(retry.is_some(), "503 carries Retry-After");
 
     let _coupon = c.start("coupon", &[]);
     let saga = c.wait_state(&api, id, "Compensated");
@@ -160,9 +172,36 @@ fn two_pay_owners_split_the_partitions() {
         (in_a, placed.len() as f64 - in_a),
         "each owner handled exactly its partitions' payments"
     );
-    assert_eq!(
-        c.get(&api, "/pays").as_array().map(Vec::len),
-        Some(placed.len())
+    // The API asks both owners (over request/reply) and merges their pages.
+    let pays = c.get(&api, "/pays");
+    let ids: Vec<i64> = pays
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["id"].as_i64().expect("id"))
+        .collect();
+    let mut expected = placed.clone();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every payment once, by id: {pays}");
+    let page = c.get(&api, "/pays?limit=5&offset=3");
+    assert_eq!(page.as_array().map(Vec::len), Some(5));
+    assert_eq!(page[0]["id"], expected[3]);
+    for id in &placed {
+        let one = c.get(&api, &format!("/pays/{id}"));
+        assert_eq!(one["status"], "Approved", "{one}");
+    }
+    // Shared nothing: no SQLite file is open in two processes.
+    let mut seen = std::collections::HashMap::new();
+    for svc in [&api, &_others, &pay_a, &pay_b] {
+        for db in Cluster::open_databases(svc.pid()) {
+            if let Some(other) = seen.insert(db.clone(), svc.pid()) {
+                panic!("{} is open in pids {other} and {}", db.display(), svc.pid());
+            }
+        }
+    }
+    assert!(
+        seen.len() >= 8,
+        "the processes' databases were seen: {seen:?}"
     );
 }
 

@@ -156,7 +156,7 @@ fn an_owner_cut_off_from_the_broker_is_fenced_when_another_took_over() {
     // the broker's lease as a standby.
     let moved = c.dir.path().join("moved");
     std::fs::create_dir_all(&moved).expect("mkdir");
-    std::fs::copy(c.data_dir().join("home"), moved.join("home")).expect("copy home");
+    std::fs::copy(c.data_dir_of("pay", &[]).join("home"), moved.join("home")).expect("copy home");
     let mut standby = c.spawn(
         "pay",
         &[("HEARTY_DATA_DIR", moved.to_str().expect("utf-8 path"))],

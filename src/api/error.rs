@@ -99,6 +99,16 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<crate::rpc::AskError> for ApiError {
+    fn from(e: crate::rpc::AskError) -> Self {
+        tracing::warn!(error = %e, "an owner could not answer a request");
+        ApiError {
+            error: "owner_unavailable",
+            ..ApiError::unavailable(e.to_string(), 1)
+        }
+    }
+}
+
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
         StorageError::from(e).into()

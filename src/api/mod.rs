@@ -33,12 +33,9 @@ pub struct ApiState {
     pub orchestrator: Addr<Orchestrator>,
     /// The orchestrator's database (customers, sagas).
     pub sagas: SagaStore,
-    /// Worker databases, read for their resources; the kitchen's is also
-    /// written for the food catalog.
-    pub pay: Db,
-    pub kitchen: Db,
-    pub delivery: Db,
-    pub coupon: Db,
+    /// The owners of the workers' partitions (this process, or others over
+    /// request/reply): the workers' records and the food catalog.
+    pub owners: crate::rpc::Owners,
     pub transport: Arc<dyn Transport>,
     pub def: Arc<SagaDefinition>,
     pub manager_token: Secret,

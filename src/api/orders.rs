@@ -9,17 +9,28 @@ use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page
 use super::contract::responses::{CancelAccepted, ErrorBody, Order, ProgressAccepted};
 use super::error::ApiError;
 use super::{ApiState, ok_json};
+use crate::domain::WorkerKind;
 use crate::domain::{CustomerId, FoodId, Money, OrderId, OrderStatus, Qty};
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::{IdempotencyKey, KeyUse, Stored};
 use crate::orchestrator::{
     AwaitAdmission, Located, OrchestratorError, PlaceOrder, ask, dispatch, store,
 };
+use crate::rpc::Query;
 use crate::saga::machine::{Admission, Event, Refusal, SagaState};
 use crate::views::my_orders::MyOrder;
-use crate::workers::kitchen;
+use serde::Deserialize as _;
 
 type State = web::Data<ApiState>;
+
+/// What placing an order needs of a catalog item (as the kitchen shows it).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CatalogItem {
+    name: String,
+    stock: i64,
+    price_cents: i64,
+}
 
 /// How long a client should wait before trying again after a 503.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -131,12 +142,19 @@ pub async fn place(
             format!("no customer {customer}"),
         ));
     }
-    let item = state
-        .kitchen
-        .read(move |c| Ok(kitchen::get_food(c, food)?))
-        .await?
+    let partition = state.owners.count().of(food.get());
+    let found = state
+        .owners
+        .one(
+            WorkerKind::Kitchen,
+            partition,
+            Query::Food { id: food.get() },
+        )
+        .await?;
+    let item = Option::<CatalogItem>::deserialize(found)
+        .map_err(|e| ApiError::unavailable(format!("the kitchen answered oddly: {e}"), 1))?
         .ok_or_else(|| unprocessable("unknown_food", format!("no food catalog item {food}")))?;
-    if !kitchen::in_stock(&item, qty) {
+    if item.stock < i64::from(qty.get()) {
         return Err(ApiError::conflict(
             "out_of_stock",
             format!(
@@ -147,8 +165,7 @@ pub async fn place(
             ),
         ));
     }
-    draft.amount = item
-        .price
+    draft.amount = Money::from_cents(item.price_cents)
         .total(qty)
         .map_err(|e| unprocessable("amount_too_large", e.to_string()))?;
     if !state.transport.is_ready() {

@@ -9,15 +9,16 @@ use super::contract::requests::{
 use super::contract::responses::ErrorBody;
 use super::error::ApiError;
 use super::{ApiState, ok_json};
+use crate::domain::WorkerKind;
 use crate::domain::{CustomerId, FoodId, OrderId};
 use crate::orchestrator::store::{self, CustomerRecord, ReviewRecord};
+use crate::rpc::Query;
 use crate::views::catalog::FoodView;
 use crate::views::reviews::ReviewView;
 use crate::workers::coupon::CouponRecord;
 use crate::workers::delivery::DeliveryRecord;
 use crate::workers::kitchen::{FoodRecord, TicketRecord};
 use crate::workers::pay::PayRecord;
-use crate::workers::{coupon, delivery, kitchen, pay};
 
 type State = web::Data<ApiState>;
 
@@ -140,9 +141,20 @@ pub async fn create_food(
     let f = body.into_inner();
     f.check().map_err(ApiError::bad_request)?;
     let (stock, price) = (f.stock.0, f.price.0);
+    // Any kitchen owner takes it, with an id in one of its partitions.
+    let count = state.owners.count();
+    let partition = count.of(i64::from(rand::random::<u16>()));
     let created = state
-        .kitchen
-        .write(move |tx| Ok(kitchen::create_food(tx, &f.name, stock, price)?))
+        .owners
+        .one(
+            WorkerKind::Kitchen,
+            partition,
+            Query::CreateFood {
+                name: f.name,
+                stock,
+                price_cents: price.cents(),
+            },
+        )
         .await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -163,8 +175,8 @@ pub async fn create_food(
 pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
-        .kitchen
-        .read(move |c| Ok(kitchen::list_foods(c, page)?))
+        .owners
+        .page(WorkerKind::Kitchen, |limit| Query::Foods { limit }, page)
         .await?;
     Ok(ok_json(&list))
 }
@@ -184,12 +196,15 @@ pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpRe
 )]
 pub async fn get_food(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = path_id(path.id, "food catalog item", FoodId::new)?;
-    state
-        .kitchen
-        .read(move |c| Ok(kitchen::get_food(c, id)?))
-        .await?
-        .map(|f| ok_json(&f))
-        .ok_or_else(|| ApiError::not_found(format!("no food catalog item {id}")))
+    let partition = state.owners.count().of(id.get());
+    let found = state
+        .owners
+        .one(WorkerKind::Kitchen, partition, Query::Food { id: id.get() })
+        .await?;
+    if found.is_null() {
+        return Err(ApiError::not_found(format!("no food catalog item {id}")));
+    }
+    Ok(ok_json(&found))
 }
 
 /// The catalog read model: `id, name, price, stock`. The seed's `DELETE`
@@ -327,9 +342,8 @@ pub async fn review_views(
 
 /// Declares the list and get endpoints of one worker's records.
 macro_rules! worker_records {
-    ($list:ident, $get:ident, $db:ident, $record:ty, $module:ident :: $list_fn:ident,
-     $get_fn:ident, $path:literal, $path_id:literal, $list_op:literal, $get_op:literal,
-     $tag:literal, $what:literal) => {
+    ($list:ident, $get:ident, $kind:ident, $record:ty, $path:literal, $path_id:literal,
+     $list_op:literal, $get_op:literal, $tag:literal, $what:literal) => {
         #[doc = concat!("The ", $what, " records, by id (an order's id).")]
         #[utoipa::path(
                     get,
@@ -350,9 +364,10 @@ macro_rules! worker_records {
             let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
             let order =
                 id_filter("orderId", q.order_id, OrderId::new).map_err(ApiError::bad_request)?;
+            let order_id = order.map(OrderId::get);
             let list = state
-                .$db
-                .read(move |c| Ok($module::$list_fn(c, page, order)?))
+                .owners
+                .page(WorkerKind::$kind, |limit| Query::Records { limit, order_id }, page)
                 .await?;
             Ok(ok_json(&list))
         }
@@ -372,12 +387,25 @@ macro_rules! worker_records {
                 )]
         pub async fn $get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
             let id = path_id(path.id, $what, OrderId::new)?;
-            state
-                .$db
-                .read(move |c| Ok($module::$get_fn(c, id)?))
-                .await?
-                .map(|r| ok_json(&r))
-                .ok_or_else(|| ApiError::not_found(format!(concat!("no ", $what, " {}"), id)))
+            let query = Query::Record { order_id: id.get() };
+            // The kitchen keeps tickets by food: any of its owners may
+            // have one; the others keep an order's record in its partition.
+            let found = if WorkerKind::$kind == WorkerKind::Kitchen {
+                state
+                    .owners
+                    .all(WorkerKind::$kind, query)
+                    .await?
+                    .into_iter()
+                    .find(|v| !v.is_null())
+                    .unwrap_or(serde_json::Value::Null)
+            } else {
+                let partition = state.owners.count().of(id.get());
+                state.owners.one(WorkerKind::$kind, partition, query).await?
+            };
+            if found.is_null() {
+                return Err(ApiError::not_found(format!(concat!("no ", $what, " {}"), id)));
+            }
+            Ok(ok_json(&found))
         }
     };
 }
@@ -385,10 +413,8 @@ macro_rules! worker_records {
 worker_records!(
     list_pays,
     get_pay,
-    pay,
+    Pay,
     PayRecord,
-    pay::list,
-    get,
     "/pays",
     "/pays/{id}",
     "listPays",
@@ -399,10 +425,8 @@ worker_records!(
 worker_records!(
     list_kitchens,
     get_kitchen,
-    kitchen,
+    Kitchen,
     TicketRecord,
-    kitchen::list_tickets,
-    get_ticket,
     "/kitchens",
     "/kitchens/{id}",
     "listKitchens",
@@ -413,10 +437,8 @@ worker_records!(
 worker_records!(
     list_deliveries,
     get_delivery,
-    delivery,
+    Delivery,
     DeliveryRecord,
-    delivery::list,
-    get,
     "/deliveries",
     "/deliveries/{id}",
     "listDeliveries",
@@ -427,10 +449,8 @@ worker_records!(
 worker_records!(
     list_coupons,
     get_coupon,
-    coupon,
+    Coupon,
     CouponRecord,
-    coupon::list,
-    get,
     "/coupons",
     "/coupons/{id}",
     "listCoupons",

@@ -84,7 +84,10 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// The leases (exclusive queues) this process holds: declared again on
     /// every new connection.
-    leases: std::sync::Mutex<Vec<String>>,
+    leases: std::sync::Mutex<Vec<(String, String)>>,
+    /// The channel requests go out on and answers come back to (direct
+    /// reply-to), with the connection generation it belongs to.
+    rpc: tokio::sync::Mutex<Option<(u64, RpcChannel)>>,
     /// Set when a lease was taken by another process while this one was
     /// disconnected: this process no longer owns its partitions.
     fenced: watch::Sender<Option<String>>,
@@ -95,6 +98,15 @@ struct Live {
     connection: Arc<Connection>,
     /// The confirm-mode channel all publishes share.
     publisher: Channel,
+}
+
+/// Requests waiting for their answers, by correlation id.
+type Waiters =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>>;
+
+struct RpcChannel {
+    channel: Channel,
+    waiters: Waiters,
 }
 
 fn unavailable(e: lapin::Error) -> TransportError {
@@ -124,14 +136,16 @@ impl From<TransportError> for OpenError {
     }
 }
 
-/// Declares `leases` as exclusive queues of `connection`, all or none:
-/// `Err(Some(name))` names one held by another connection.
+/// Declares `leases` (queue name, request routing key) as exclusive queues
+/// of `connection`, bound to the requests exchange, all or none:
+/// `Err(Ok(name))` names one held by another connection.
 async fn take_leases(
     connection: &Connection,
-    leases: &[String],
+    topology: &Topology,
+    leases: &[(String, String)],
 ) -> Result<(), Result<String, TransportError>> {
     let mut taken = Vec::new();
-    for name in leases {
+    for (name, key) in leases {
         // A refused declare closes its channel: one channel per lease.
         let ch = connection
             .create_channel()
@@ -149,8 +163,21 @@ async fn take_leases(
                 FieldTable::default(),
             )
             .await;
+        let declared = match declared {
+            Ok(_) => ch
+                .queue_bind(
+                    name.clone().into(),
+                    topology.rpc_exchange().into(),
+                    key.clone().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
         match declared {
-            Ok(_) => {
+            Ok(()) => {
                 let _ = ch.close(200, "lease taken".into()).await;
                 taken.push(name.clone());
             }
@@ -179,7 +206,7 @@ async fn take_leases(
 async fn open(
     settings: &AmqpSettings,
     topology: &Topology,
-    leases: &[String],
+    leases: &[(String, String)],
 ) -> Result<Live, OpenError> {
     let connection = Connection::connect(
         &settings.url,
@@ -188,8 +215,13 @@ async fn open(
     )
     .await
     .map_err(unavailable)?;
-    // Leases first: a connection that cannot hold them never consumes.
-    match take_leases(&connection, leases).await {
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    declare(&channel, topology, settings.quorum_queues)
+        .await
+        .map_err(unavailable)?;
+    // The leases before the connection is handed out: a connection that
+    // cannot hold them never consumes (consumers subscribe on it after).
+    match take_leases(&connection, topology, leases).await {
         Ok(()) => {}
         Err(Ok(held)) => {
             let _ = connection.close(200, "fenced".into()).await;
@@ -197,10 +229,6 @@ async fn open(
         }
         Err(Err(e)) => return Err(e.into()),
     }
-    let channel = connection.create_channel().await.map_err(unavailable)?;
-    declare(&channel, topology, settings.quorum_queues)
-        .await
-        .map_err(unavailable)?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -249,6 +277,7 @@ impl AmqpTransport {
                 generation,
                 closed: std::sync::atomic::AtomicBool::new(false),
                 leases: std::sync::Mutex::new(Vec::new()),
+                rpc: tokio::sync::Mutex::new(None),
                 fenced: watch::channel(None).0,
             }),
         };
@@ -333,7 +362,7 @@ impl AmqpTransport {
         &self.inner.topology
     }
 
-    fn leases(&self) -> Vec<String> {
+    fn leases(&self) -> Vec<(String, String)> {
         self.inner
             .leases
             .lock()
@@ -344,11 +373,14 @@ impl AmqpTransport {
     /// Takes the leases (exclusive queues) named, all or none, on the live
     /// connection, and keeps them on every later connection. Answers the
     /// name of one that another process holds, if any.
-    pub async fn try_lease(&self, names: &[String]) -> Result<Option<String>, TransportError> {
+    pub async fn try_lease(
+        &self,
+        names: &[(String, String)],
+    ) -> Result<Option<String>, TransportError> {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
-        match take_leases(&live.connection, names).await {
+        match take_leases(&live.connection, &self.inner.topology, names).await {
             Ok(()) => {
                 self.inner
                     .leases
@@ -374,6 +406,157 @@ impl AmqpTransport {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Sends a request to the owner of the partition behind `routing_key`
+    /// (`pay.p3`) and waits for its answer, at most `wait`. No owner bound
+    /// (none running, or a standby only) is `Unroutable` at once.
+    pub async fn request(
+        &self,
+        routing_key: &str,
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let (channel, waiters) = self.rpc_channel().await?;
+        let id = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), tx);
+        let forget = || {
+            waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        };
+        let props = BasicProperties::default()
+            .with_correlation_id(id.clone().into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_content_type("application/json".into())
+            .with_app_id("hearty".into())
+            .with_expiration(wait.as_millis().to_string().into());
+        let exchange = self.inner.topology.rpc_exchange();
+        let sent = Self::publish_one(
+            &channel,
+            exchange.clone(),
+            routing_key.to_owned(),
+            true,
+            &body,
+            props,
+        )
+        .await;
+        let confirmed = match sent {
+            Ok(confirm) => {
+                settle_confirm(format!("request via {exchange}/{routing_key}"), confirm).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = confirmed {
+            forget();
+            return Err(e);
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(TransportError::Unavailable(
+                "the connection closed before the answer came".into(),
+            )),
+            Err(_) => {
+                forget();
+                Err(TransportError::Timeout)
+            }
+        }
+    }
+
+    /// The request channel of the live connection, opened on first use.
+    async fn rpc_channel(&self) -> Result<(Channel, Waiters), TransportError> {
+        let generation = *self.inner.generation.borrow();
+        let mut slot = self.inner.rpc.lock().await;
+        if let Some((g, rpc)) = slot.as_ref()
+            && *g == generation
+            && rpc.channel.status().connected()
+        {
+            return Ok((rpc.channel.clone(), rpc.waiters.clone()));
+        }
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        // Direct reply-to: consume the pseudo-queue (no acks) on the channel
+        // the requests go out on.
+        let mut answers = channel
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                format!("rpc.{}", std::process::id()).into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let waiters: Waiters = Arc::default();
+        let routed = waiters.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = answers.next().await {
+                let id = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned());
+                let waiter =
+                    id.and_then(|id| routed.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(d.data);
+                }
+            }
+            // The channel is gone: every waiter learns at once.
+            routed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        *slot = Some((
+            generation,
+            RpcChannel {
+                channel: channel.clone(),
+                waiters: waiters.clone(),
+            },
+        ));
+        Ok((channel, waiters))
+    }
+
+    /// Answers a request (a delivery with a reply-to address).
+    pub async fn respond(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let props = BasicProperties::default()
+            .with_correlation_id(correlation_id.into())
+            .with_content_type("application/json".into())
+            .with_app_id("hearty".into());
+        // Not mandatory: a requester that gave up is no error.
+        let confirm = Self::publish_one(
+            &live.publisher,
+            String::new(),
+            reply_to.to_owned(),
+            false,
+            &body,
+            props,
+        )
+        .await?;
+        settle_confirm(format!("answer to {reply_to}"), confirm).await
     }
 
     /// Publishes `record` to the registry stream and waits for its confirm.
@@ -666,6 +849,7 @@ impl AmqpTransport {
             let delivery = Delivery {
                 message_id: text(props.message_id()),
                 correlation_id: text(props.correlation_id()),
+                reply_to: text(props.reply_to()),
                 message_type: text(props.kind()),
                 body: d.data,
                 redelivered: d.redelivered,
@@ -725,6 +909,13 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
     ch.exchange_declare(
         t.dead_letter_exchange().into(),
         ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        t.rpc_exchange().into(),
+        ExchangeKind::Direct,
         durable,
         FieldTable::default(),
     )

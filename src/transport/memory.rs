@@ -122,7 +122,17 @@ impl Transport for MemoryTransport {
         &self,
         queue: QueueName,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>> {
-        let rx = self.queues[&queue].rx.clone();
+        // Requests between processes need a broker: in one process every
+        // owner is local and asked directly.
+        let Some(q) = self.queues.get(&queue) else {
+            return async move {
+                Err(TransportError::Unavailable(format!(
+                    "the in-process transport has no queue {queue:?}"
+                )))
+            }
+            .boxed();
+        };
+        let rx = q.rx.clone();
         let requeue = self.sender(queue);
         let dead = self.sender(QueueName::DeadLetter);
         async move {
@@ -134,6 +144,7 @@ impl Transport for MemoryTransport {
                     let delivery = Delivery {
                         message_id: msg.message_id.clone(),
                         correlation_id: msg.correlation_id.clone(),
+                        reply_to: None,
                         message_type: msg.message_type.clone(),
                         body: msg.body.clone(),
                         redelivered: msg.redelivered,

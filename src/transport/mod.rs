@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 use crate::domain::{ViewKind, WorkerKind};
-use crate::partition::{Partition, PartitionCount};
+use crate::partition::{OwnerRole, Partition, PartitionCount};
 
 /// Where a message goes, independent of the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,6 +82,9 @@ pub enum QueueName {
     DeadLetter,
     /// A read model's queue of domain events.
     View(ViewKind),
+    /// The lease of a (role, partition): an exclusive queue of its owner's
+    /// connection, which also receives the requests for that partition.
+    Lease(OwnerRole, Partition),
 }
 
 impl QueueName {
@@ -175,12 +178,24 @@ impl Topology {
         format!("{}.{role}.{partition}.owner", self.namespace)
     }
 
+    /// Direct exchange of requests to the owners of partitions (`pay.p3`);
+    /// answers come back by direct reply-to.
+    pub fn rpc_exchange(&self) -> String {
+        format!("{}.rpc", self.namespace)
+    }
+
+    /// The routing key of requests for `role`'s `partition`.
+    pub fn rpc_key(role: OwnerRole, partition: Partition) -> String {
+        format!("{role}.{partition}")
+    }
+
     pub fn queue(&self, q: QueueName) -> String {
         match q {
             QueueName::Worker(k, p) => format!("{}.{k}.commands.{p}", self.namespace),
             QueueName::Replies(p) => format!("{}.orchestrator.replies.{p}", self.namespace),
             QueueName::DeadLetter => format!("{}.dead-letter", self.namespace),
             QueueName::View(v) => format!("{}.views.{}", self.namespace, v.as_str()),
+            QueueName::Lease(role, p) => self.lease(role.as_str(), p),
         }
     }
 
@@ -189,7 +204,7 @@ impl Topology {
         match q {
             QueueName::Worker(k, p) => Some(format!("{k}.{p}")),
             QueueName::Replies(p) => Some(format!("orchestrator.{p}")),
-            QueueName::DeadLetter | QueueName::View(_) => None,
+            QueueName::DeadLetter | QueueName::View(_) | QueueName::Lease(..) => None,
         }
     }
 
@@ -231,6 +246,8 @@ pub struct Outgoing {
 pub struct Delivery {
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,
+    /// Where a request's answer goes (direct reply-to), if it is one.
+    pub reply_to: Option<String>,
     pub message_type: Option<String>,
     pub body: Vec<u8>,
     /// True when the broker delivered this message before.

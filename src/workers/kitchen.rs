@@ -219,20 +219,30 @@ impl WorkerLogic for Kitchen {
     }
 }
 
-/// Adds an item to the catalog.
+/// Adds an item to the catalog, with the next id that falls in one of this
+/// kitchen's partitions (`owns`): its stock is owned where its id says.
 pub fn create_food(
     tx: &Connection,
     name: &str,
     stock: i64,
     price: Money,
+    owns: &dyn Fn(i64) -> bool,
 ) -> rusqlite::Result<FoodRecord> {
     let now = Millis::now();
+    let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM food_catalog", [], |r| {
+        r.get(0)
+    })?;
+    // At most one partition count away (256); every kitchen owns one.
+    let next = (last + 1..=last + 1 + i64::from(crate::partition::MAX_PARTITIONS))
+        .find(|id| owns(*id))
+        .ok_or_else(|| {
+            rusqlite::Error::ToSqlConversionFailure("this kitchen owns no partition".into())
+        })?;
     tx.execute(
-        "INSERT INTO food_catalog (name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![name, stock, price.cents(), now.0],
+        "INSERT INTO food_catalog (id, name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![next, name, stock, price.cents(), now.0],
     )?;
-    let id = FoodId::new(tx.last_insert_rowid())
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let id = FoodId::new(next).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     publish_food(tx, id, "created")?;
     Ok(FoodRecord {
         id,
@@ -359,9 +369,4 @@ pub fn get_ticket(c: &Connection, id: OrderId) -> rusqlite::Result<Option<Ticket
         [id.get()],
         ticket,
     ))
-}
-
-/// Whether `qty` of a food is in stock right now (the API's early check).
-pub fn in_stock(food: &FoodRecord, qty: Qty) -> bool {
-    food.stock >= i64::from(qty.get())
 }

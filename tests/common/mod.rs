@@ -255,8 +255,37 @@ impl Cluster {
         })
     }
 
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    /// The folder of the processes running `roles` with `env`: every kind
+    /// of process has its own (shared-nothing, as on separate machines), and
+    /// a restart of the same kind finds its data again.
+    pub fn data_dir_of(&self, roles: &str, env: &[(&str, &str)]) -> PathBuf {
+        if let Some((_, dir)) = env.iter().find(|(k, _)| *k == "HEARTY_DATA_DIR") {
+            return PathBuf::from(dir);
+        }
+        let partitions = env
+            .iter()
+            .find(|(k, _)| *k == "HEARTY_PARTITIONS")
+            .map_or("all", |(_, v)| v);
+        let name: String = format!("{roles}-{partitions}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.dir.path().join("data").join(name)
+    }
+
+    /// The SQLite files a process has open (from `/proc`).
+    pub fn open_databases(pid: u32) -> Vec<PathBuf> {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = fds
+            .filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|p| p.extension().is_some_and(|e| e == "db"))
+            .collect();
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Starts `hearty serve` with `roles` and extra settings; returns once
@@ -280,7 +309,7 @@ impl Cluster {
             .env("HEARTY_ROLES", roles)
             .env("HEARTY_AMQP_URL", amqp_url())
             .env("HEARTY_NAMESPACE", &self.namespace)
-            .env("HEARTY_DATA_DIR", self.data_dir())
+            .env("HEARTY_DATA_DIR", self.data_dir_of(roles, env))
             .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
             .env("HEARTY_MANAGER_TOKEN", TOKEN)
             .env(
