@@ -114,7 +114,7 @@ impl Running {
 fn claims_of(config: &Config, owned: &[Partition]) -> Vec<Claim> {
     let roles = &config.roles;
     let mut owners: Vec<OwnerRole> = Vec::new();
-    if roles.has(Role::Api) || roles.has(Role::Orchestrator) {
+    if roles.has(Role::Orchestrator) {
         owners.push(OwnerRole::Orchestrator);
     }
     owners.extend(roles.workers().map(OwnerRole::Worker));
@@ -134,7 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::failpoint::configure(&config.failpoints).map_err(|e| anyhow::anyhow!(e))?;
     let roles = &config.roles;
     let runs_api = roles.has(Role::Api);
-    let runs_orchestrator = runs_api || roles.has(Role::Orchestrator);
+    let runs_orchestrator = roles.has(Role::Orchestrator);
     let def =
         Arc::new(load_definition(&config.saga_file).with_context(|| {
             format!("loading the saga definition {}", config.saga_file.display())
@@ -149,13 +149,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         anyhow::bail!(
             "without a broker (HEARTY_AMQP_URL unset) one process owns every partition: \
              HEARTY_PARTITIONS must be `all`"
-        );
-    }
-    if runs_api && owned.len() != usize::from(count.get()) {
-        anyhow::bail!(
-            "a process with the api role runs the orchestrator of every partition in this \
-             version: HEARTY_PARTITIONS must be `all` (run partitioned workers as processes \
-             without the api role)"
         );
     }
     // Partitions first: a second process for an owned partition of this
@@ -300,10 +293,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
 
-    let mut api_state = None;
+    let topology = crate::transport::Topology::new(&config.namespace, count);
+    let mut local_orchestrator = None;
     if let Some(db) = orchestrator_db {
         dbs.push(db.clone());
-        let sagas = SagaStore::new(db.clone(), def.clone());
+        let sagas = SagaStore::new(
+            db.clone(),
+            def.clone(),
+            crate::partition::Owned::new(count, &owned),
+        );
         sagas
             .migrate()
             .await
@@ -338,33 +336,64 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 }
             });
         }
-        if runs_api {
-            let token = config.manager_token.clone().unwrap_or_else(|| {
-                let t = Secret::generate();
-                println!(
-                    "Manager token (send as `Authorization: Bearer <token>`): {}",
-                    t.expose()
+        let local = Arc::new(api::service::Local {
+            orchestrator,
+            sagas,
+            def: def.clone(),
+            breakers: breakers.clone(),
+            transport: transport.clone(),
+            topology: topology.clone(),
+            management_url: config.management_url.clone(),
+            order_timeout: config.order_timeout,
+        });
+        let indexes: Vec<u16> = owned.iter().map(|p| p.index()).collect();
+        if let Some(amqp) = &amqp {
+            // Requests for this orchestrator's partitions (from API processes).
+            for &p in &owned {
+                let (l, o, a, s) = (
+                    local.clone(),
+                    indexes.clone(),
+                    amqp.clone(),
+                    shutdown.clone(),
                 );
-                t
-            });
-            api_state = Some(ApiState {
-                orchestrator,
-                sagas,
-                owners,
-                transport: transport.clone(),
-                def: def.clone(),
-                manager_token: token,
-                order_timeout: config.order_timeout,
-                breakers: breakers.clone(),
-                topology: crate::transport::Topology::new(&config.namespace, count),
-                management_url: config.management_url.clone(),
-                views: api::ViewDbs {
-                    my_orders: view_dbs[&ViewKind::MyOrders].clone(),
-                    catalog: view_dbs[&ViewKind::Catalog].clone(),
-                    reviews: view_dbs[&ViewKind::Reviews].clone(),
-                },
-            });
+                actix::spawn(async move {
+                    if let Err(e) = api::service::serve(p, l, o, a, s).await {
+                        tracing::error!(partition = %p, error = %e, "request server stopped");
+                    }
+                });
+            }
         }
+        local_orchestrator = Some((local, indexes));
+    }
+
+    let mut api_state = None;
+    if runs_api {
+        let token = config.manager_token.clone().unwrap_or_else(|| {
+            let t = Secret::generate();
+            println!(
+                "Manager token (send as `Authorization: Bearer <token>`): {}",
+                t.expose()
+            );
+            t
+        });
+        api_state = Some(ApiState {
+            orchestrators: api::service::Orchestrators::new(
+                count,
+                local_orchestrator,
+                amqp.clone(),
+                config.order_timeout,
+            ),
+            owners,
+            manager_token: token,
+            order_timeout: config.order_timeout,
+            topology,
+            management_url: config.management_url.clone(),
+            views: api::ViewDbs {
+                my_orders: view_dbs[&ViewKind::MyOrders].clone(),
+                catalog: view_dbs[&ViewKind::Catalog].clone(),
+                reviews: view_dbs[&ViewKind::Reviews].clone(),
+            },
+        });
     }
 
     let manager_token = api_state.as_ref().map(|s| s.manager_token.clone());

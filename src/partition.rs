@@ -191,6 +191,55 @@ impl FromStr for PartitionSet {
     }
 }
 
+/// The partitions a process owns, as a question about keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    count: PartitionCount,
+    set: BTreeSet<u16>,
+}
+
+impl Owned {
+    pub fn new(count: PartitionCount, parts: &[Partition]) -> Self {
+        Owned {
+            count,
+            set: parts.iter().map(|p| p.0).collect(),
+        }
+    }
+
+    /// Every partition (the zero-setup shape).
+    pub fn all(count: PartitionCount) -> Self {
+        Owned {
+            count,
+            set: count.all().map(|p| p.0).collect(),
+        }
+    }
+
+    pub fn count(&self) -> PartitionCount {
+        self.count
+    }
+
+    /// Whether the entity with this key is in an owned partition.
+    pub fn owns(&self, key: i64) -> bool {
+        self.set.contains(&self.count.of(key).0)
+    }
+
+    pub fn contains(&self, p: Partition) -> bool {
+        self.set.contains(&p.0)
+    }
+
+    pub fn indexes(&self) -> Vec<u16> {
+        self.set.iter().copied().collect()
+    }
+
+    /// The id a new entity gets after `last`: the next one in an owned
+    /// partition, so its owner is the one creating it (`last + 1` when
+    /// every partition is owned).
+    pub fn next_id(&self, last: i64) -> Option<i64> {
+        (last.checked_add(1)?..=last.checked_add(i64::from(self.count.0))?)
+            .find(|id| self.owns(*id))
+    }
+}
+
 /// The partitions as compact text: `0-3,6`.
 pub fn describe(parts: &[Partition]) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -227,6 +276,17 @@ mod tests {
         assert!(PartitionCount::new(0).is_err());
         assert!("300".parse::<PartitionCount>().is_err());
         assert_eq!("8".parse::<PartitionCount>(), Ok(c));
+    }
+
+    #[test]
+    fn new_ids_fall_in_owned_partitions() {
+        let c = PartitionCount::new(8).expect("valid");
+        assert_eq!(Owned::all(c).next_id(0), Some(1));
+        assert_eq!(Owned::all(c).next_id(41), Some(42));
+        let upper = Owned::new(c, &[Partition(4), Partition(5), Partition(6), Partition(7)]);
+        assert_eq!(upper.next_id(0), Some(4));
+        assert_eq!(upper.next_id(7), Some(12));
+        assert_eq!(Owned::new(c, &[]).next_id(0), None);
     }
 
     #[test]

@@ -78,6 +78,17 @@ pub enum AskError {
     Transport(String, TransportError),
 }
 
+impl AskError {
+    /// A transport failure of a request for `what`.
+    pub fn from_transport(what: String, e: TransportError) -> Self {
+        match e {
+            TransportError::Unroutable(_) => AskError::NoOwner(what),
+            TransportError::Timeout => AskError::Timeout(what),
+            e => AskError::Transport(what, e),
+        }
+    }
+}
+
 /// A worker role run by this process: its database and partitions.
 #[derive(Clone)]
 pub struct LocalWorker {
@@ -160,8 +171,11 @@ pub async fn answer(
             stock,
             price_cents,
         } => {
-            let owned = local.owned.clone();
-            let in_owned = move |id: i64| owned.contains(&count.of(id).index());
+            let parts: Vec<Partition> = count
+                .all()
+                .filter(|p| local.owned.contains(&p.index()))
+                .collect();
+            let owned = crate::partition::Owned::new(count, &parts);
             let created = db
                 .write(move |tx| {
                     Ok(kitchen::create_food(
@@ -169,7 +183,7 @@ pub async fn answer(
                         &name,
                         stock,
                         Money::from_cents(price_cents),
-                        &in_owned,
+                        &owned,
                     )?)
                 })
                 .await?;
@@ -189,39 +203,64 @@ pub async fn serve(
     amqp: AmqpTransport,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
-    let transport: Arc<dyn Transport> = Arc::new(amqp.clone());
     let owned: Vec<u16> = local.owned.iter().copied().collect();
-    consume_each(
-        transport,
-        QueueName::Lease(OwnerRole::Worker(kind), partition),
+    serve_requests(
+        OwnerRole::Worker(kind),
+        partition,
+        amqp,
         shutdown,
-        move |d, _failures| {
-            let (amqp, local, owned) = (amqp.clone(), local.clone(), owned.clone());
-            async move { serve_one(kind, d, &local, count, owned, &amqp).await }
+        move |body: Vec<u8>| {
+            let (local, owned) = (local.clone(), owned.clone());
+            async move {
+                let result = match serde_json::from_slice::<Query>(&body) {
+                    Ok(q) => answer(kind, &local, count, q)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("undecodable request: {e}")),
+                };
+                serde_json::to_vec(&Answer { owned, result }).unwrap_or_default()
+            }
         },
     )
     .await
 }
 
-async fn serve_one(
-    kind: WorkerKind,
-    d: Delivery,
-    local: &LocalWorker,
-    count: PartitionCount,
-    owned: Vec<u16>,
-    amqp: &AmqpTransport,
-) {
+/// Consumes the requests of `role`'s `partition` (its lease queue) until
+/// shutdown, answering each with `handle(body)` by direct reply-to.
+pub async fn serve_requests<F, Fut>(
+    role: OwnerRole,
+    partition: Partition,
+    amqp: AmqpTransport,
+    shutdown: Shutdown,
+    handle: F,
+) -> Result<(), TransportError>
+where
+    F: Fn(Vec<u8>) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + 'static,
+{
+    let transport: Arc<dyn Transport> = Arc::new(amqp.clone());
+    consume_each(
+        transport,
+        QueueName::Lease(role, partition),
+        shutdown,
+        move |d, _failures| {
+            let (amqp, handle) = (amqp.clone(), handle.clone());
+            async move { serve_one(d, &amqp, handle).await }
+        },
+    )
+    .await
+}
+
+async fn serve_one<F, Fut>(mut d: Delivery, amqp: &AmqpTransport, handle: F)
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Vec<u8>>,
+{
     let (Some(reply_to), Some(correlation)) = (d.reply_to.clone(), d.correlation_id.clone()) else {
         crate::transport::poison::dead_letter(d, "a request without reply-to").await;
         return;
     };
-    let result = match serde_json::from_slice::<Query>(&d.body) {
-        Ok(q) => answer(kind, local, count, q)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("undecodable request: {e}")),
-    };
-    let body = serde_json::to_vec(&Answer { owned, result }).unwrap_or_default();
+    let body = handle(std::mem::take(&mut d.body)).await;
     if let Err(e) = amqp.respond(&reply_to, &correlation, body).await {
         tracing::warn!(error = %e, "cannot answer a request");
     }
@@ -235,6 +274,8 @@ pub struct Owners {
     count: PartitionCount,
     local: HashMap<WorkerKind, LocalWorker>,
     amqp: Option<AmqpTransport>,
+    /// Where the next new thing goes (round robin from partition 1).
+    turn: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Owners {
@@ -243,7 +284,19 @@ impl Owners {
         local: HashMap<WorkerKind, LocalWorker>,
         amqp: Option<AmqpTransport>,
     ) -> Self {
-        Owners { count, local, amqp }
+        Owners {
+            count,
+            local,
+            amqp,
+            turn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+
+    /// The partition for something new that any owner may take (round
+    /// robin from partition 1; see `Orchestrators::next_partition`).
+    pub fn next_partition(&self) -> Partition {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count.of(i64::try_from(turn % 65_536).unwrap_or(1))
     }
 
     pub fn count(&self) -> PartitionCount {
@@ -279,9 +332,7 @@ impl Owners {
         match amqp.request(&key, body, ANSWER_WAIT).await {
             Ok(raw) => serde_json::from_slice(&raw)
                 .map_err(|e| AskError::Failed(what, format!("undecodable answer: {e}"))),
-            Err(TransportError::Unroutable(_)) => Err(AskError::NoOwner(what)),
-            Err(TransportError::Timeout) => Err(AskError::Timeout(what)),
-            Err(e) => Err(AskError::Transport(what, e)),
+            Err(e) => Err(AskError::from_transport(what, e)),
         }
     }
 

@@ -57,7 +57,7 @@ fn start_api(c: &Cluster, failpoint: Option<&str>) -> Service {
     if let Some(f) = failpoint {
         env.push(("HEARTY_FAILPOINTS", f));
     }
-    c.start("api", &env)
+    c.start("api,orchestrator", &env)
 }
 
 fn start_workers(c: &Cluster) -> Service {

@@ -27,7 +27,7 @@ fn saga_file_with(dir: &Path, from: &str, to: &str) -> PathBuf {
 #[test]
 fn killed_workers_lose_and_double_nothing() {
     let Some(c) = Cluster::new() else { return };
-    let api = c.start("api", &[]);
+    let api = c.start("api,orchestrator", &[]);
     let mut workers = Some(c.start(
         "pay,kitchen,delivery,coupon",
         &[("HEARTY_KITCHEN_LATENCY", "30ms")],
@@ -88,7 +88,7 @@ fn killed_workers_lose_and_double_nothing() {
 #[test]
 fn cancellation_with_the_coupon_worker_down_completes_when_it_returns() {
     let Some(c) = Cluster::new() else { return };
-    let api = c.start("api", &[]);
+    let api = c.start("api,orchestrator", &[]);
     let _others = c.start("pay,kitchen,delivery", &[]);
     let coupon = c.start("coupon", &[]);
     c.seed(&api, 100);
@@ -145,7 +145,7 @@ fn cancellation_with_the_coupon_worker_down_completes_when_it_returns() {
 #[test]
 fn two_pay_owners_split_the_partitions() {
     let Some(c) = Cluster::new() else { return };
-    let api = c.start("api", &[]);
+    let api = c.start("api,orchestrator", &[]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     let slow = [("HEARTY_PAY_LATENCY", "20ms"), ("HEARTY_PREFETCH", "1")];
     let pay_a = c.start("pay", &[slow[0], slow[1], ("HEARTY_PARTITIONS", "0-3")]);
@@ -294,7 +294,7 @@ fn the_payment_breaker_trips_under_latency_and_recovers() {
     let saga_path = c.dir.path().join("breaker_saga.toml");
     std::fs::write(&saga_path, saga).expect("write");
     let saga_env = saga_path.to_str().expect("utf-8").to_owned();
-    let api = c.start("api", &[("HEARTY_SAGA_FILE", &saga_env)]);
+    let api = c.start("api,orchestrator", &[("HEARTY_SAGA_FILE", &saga_env)]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     let slow_pay = c.start("pay", &[("HEARTY_PAY_LATENCY", "1s")]);
     c.seed(&api, 100);

@@ -31,7 +31,7 @@ fn complete_orders(c: &Cluster, api: &Service, n: usize) -> Vec<i64> {
 #[test]
 fn a_duplicate_owner_waits_as_a_standby_and_takes_over() {
     let Some(c) = Cluster::new() else { return };
-    let api = c.start("api", &[]);
+    let api = c.start("api,orchestrator", &[]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     let first = c.start("pay", &[]);
     // The same partitions from the same data folder: it must not act.
@@ -148,7 +148,7 @@ fn an_owner_cut_off_from_the_broker_is_fenced_when_another_took_over() {
         eprintln!("\n!!! SKIPPED: no RabbitMQ management API. In CI this is a failure.\n");
         return;
     }
-    let api = c.start("api", &[]);
+    let api = c.start("api,orchestrator", &[]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     let mut first = c.start("pay", &[]);
     // The folder's volume reattached elsewhere (another host: no shared
@@ -187,4 +187,87 @@ fn an_owner_cut_off_from_the_broker_is_fenced_when_another_took_over() {
     assert!(!status.success(), "a fenced stop is a failure: {status}");
     complete_orders(&c, &api, 3);
     assert_eq!(c.metric(&second, "hearty_worker_commands_total"), 3.0);
+}
+
+#[test]
+fn api_replicas_over_partitioned_owners_answer_alike_and_survive_an_owner_kill() {
+    let Some(c) = Cluster::new() else { return };
+    // Shared nothing: every process its own folder; two stateless API
+    // replicas, two orchestrator owners, two pay owners.
+    let folder = |name: &str| c.dir.path().join(name).to_string_lossy().into_owned();
+    let (dir_a, dir_b) = (folder("api-a"), folder("api-b"));
+    let api_a = c.start("api", &[("HEARTY_DATA_DIR", &dir_a)]);
+    let api_b = c.start("api", &[("HEARTY_DATA_DIR", &dir_b)]);
+    let orch_low = [("HEARTY_PARTITIONS", "0-3")];
+    let orch_high = [("HEARTY_PARTITIONS", "4-7")];
+    let low = c.start("orchestrator", &orch_low);
+    let _high = c.start("orchestrator", &orch_high);
+    let _pay_low = c.start("pay", &[("HEARTY_PARTITIONS", "0-3")]);
+    let _pay_high = c.start("pay", &[("HEARTY_PARTITIONS", "4-7")]);
+    let _others = c.start("kitchen,delivery,coupon", &[]);
+    c.seed(&api_a, 1000);
+    let mut placed = Vec::new();
+    for i in 0..16 {
+        let api = if i % 2 == 0 { &api_a } else { &api_b };
+        let (s, v, _) = c.order(api, 1);
+        assert_eq!(s, 201, "{v}");
+        placed.push(v["id"].as_i64().expect("id"));
+    }
+    // Both owners took orders: ids fall in both halves.
+    assert!(placed.iter().any(|id| id % 8 < 4) && placed.iter().any(|id| id % 8 >= 4));
+    // One owner dies mid-stream and comes back with its folder.
+    low.kill();
+    let mut answered = Vec::new();
+    for i in 0..8 {
+        let api = if i % 2 == 0 { &api_a } else { &api_b };
+        let (s, v, _) = c.order(api, 1);
+        // A partition without its owner answers 503; the others go on.
+        assert!(s == 201 || s == 503, "{s}: {v}");
+        if s == 201 {
+            answered.push(v["id"].as_i64().expect("id"));
+        }
+    }
+    let _low = c.start("orchestrator", &orch_low);
+    placed.extend(answered);
+    for id in &placed {
+        c.wait_state(&api_b, *id, "Completed");
+    }
+    // Every replica answers the same lists, merged over both owners.
+    let mut expected = placed.clone();
+    expected.sort_unstable();
+    for api in [&api_a, &api_b] {
+        let orders = c.get(api, "/orders?limit=1000");
+        let ids: Vec<i64> = orders
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|o| o["id"].as_i64().expect("id"))
+            .collect();
+        assert_eq!(ids, expected, "GET /orders on {}", api.base);
+        let pays = c.get(api, "/pays?limit=1000");
+        assert_eq!(pays.as_array().map(Vec::len), Some(expected.len()));
+    }
+    assert_eq!(
+        c.get(&api_a, "/foodCatalogs/1")["stock"].as_i64(),
+        Some(1000 - expected.len() as i64),
+        "stock exact"
+    );
+    // A cancellation through one replica, seen through the other.
+    let id = expected[0];
+    let (s, v, _) = c.request(
+        reqwest::Method::DELETE,
+        format!("{}/kitchens/{id}", api_a.base),
+        None,
+    );
+    assert_eq!(s, 202, "{v}");
+    c.wait_state(&api_b, id, "Compensated");
+    // Shared nothing: no SQLite file is open in two processes.
+    let mut seen = std::collections::HashMap::new();
+    for pid in [api_a.pid(), api_b.pid(), _high.pid(), _low.pid()] {
+        for db in Cluster::open_databases(pid) {
+            if let Some(other) = seen.insert(db.clone(), pid) {
+                panic!("{} is open in pids {other} and {pid}", db.display());
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ use crate::storage::StorageError;
 pub struct ApiError {
     pub status: StatusCode,
     /// A stable, machine-readable code.
-    pub error: &'static str,
+    pub error: std::borrow::Cow<'static, str>,
     /// A sentence for people.
     pub detail: String,
     /// Seconds for `Retry-After`, on 503.
@@ -25,7 +25,7 @@ impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
         ApiError {
             status,
-            error,
+            error: error.into(),
             detail: detail.into(),
             retry_after: None,
             extra: None,
@@ -103,7 +103,7 @@ impl From<crate::rpc::AskError> for ApiError {
     fn from(e: crate::rpc::AskError) -> Self {
         tracing::warn!(error = %e, "an owner could not answer a request");
         ApiError {
-            error: "owner_unavailable",
+            error: "owner_unavailable".into(),
             ..ApiError::unavailable(e.to_string(), 1)
         }
     }

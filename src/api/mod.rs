@@ -9,40 +9,33 @@ mod ops;
 mod orders;
 mod resources;
 mod sagas;
+pub mod service;
 mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use actix_web::dev::HttpServiceFactory;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::config::Secret;
-use crate::orchestrator::Orchestrator;
-use crate::orchestrator::store::SagaStore;
 use crate::saga::breaker::Breakers;
-use crate::saga::definition::SagaDefinition;
 use crate::storage::Db;
 use crate::transport::Transport;
 use error::ApiError;
 
 /// What every handler can reach.
 pub struct ApiState {
-    pub orchestrator: Addr<Orchestrator>,
-    /// The orchestrator's database (customers, sagas).
-    pub sagas: SagaStore,
+    /// The orchestrators of every partition (this process's, or others'
+    /// over request/reply): sagas, orders, customers, reviews.
+    pub orchestrators: service::Orchestrators,
     /// The owners of the workers' partitions (this process, or others over
     /// request/reply): the workers' records and the food catalog.
     pub owners: crate::rpc::Owners,
-    pub transport: Arc<dyn Transport>,
-    pub def: Arc<SagaDefinition>,
     pub manager_token: Secret,
     /// How long `POST /orders` waits for the payment.
     pub order_timeout: Duration,
-    /// Circuit breakers of the saga's steps; the first one guards new orders.
-    pub breakers: Breakers,
     /// The read models' databases.
     pub views: ViewDbs,
     /// The namespace's names, to name queues in inspection output.

@@ -3,21 +3,16 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 
 use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page};
 use super::contract::responses::{CancelAccepted, ErrorBody, Order, ProgressAccepted};
 use super::error::ApiError;
+use super::service::Op;
 use super::{ApiState, ok_json};
-use crate::domain::WorkerKind;
-use crate::domain::{CustomerId, FoodId, Money, OrderId, OrderStatus, Qty};
+use crate::domain::{CustomerId, FoodId, Money, OrderId, Qty, WorkerKind};
 use crate::messages::{OrderDetails, Progress};
-use crate::orchestrator::store::{IdempotencyKey, KeyUse, Stored};
-use crate::orchestrator::{
-    AwaitAdmission, Located, OrchestratorError, PlaceOrder, ask, dispatch, store,
-};
+use crate::orchestrator::store::IdempotencyKey;
 use crate::rpc::Query;
-use crate::saga::machine::{Admission, Event, Refusal, SagaState};
 use crate::views::my_orders::MyOrder;
 use serde::Deserialize as _;
 
@@ -30,17 +25,6 @@ struct CatalogItem {
     name: String,
     stock: i64,
     price_cents: i64,
-}
-
-/// How long a client should wait before trying again after a 503.
-const RETRY_AFTER_SECS: u64 = 5;
-
-/// The order view of a stored row; a quarantined one shows what is known.
-fn order_view(row: &Stored) -> Order {
-    match row {
-        Stored::Saga(saga) => Order::from(saga.as_ref()),
-        Stored::Quarantined(q) => Order::from(q),
-    }
 }
 
 fn order_id(raw: i64) -> Result<OrderId, ApiError> {
@@ -122,32 +106,44 @@ pub async fn place(
         qty,
         amount: Money::from_cents(0),
     };
+    let orchestrators = &state.orchestrators;
+    // A key always goes to the same partition's owner, which keeps it with
+    // its order; without a key any partition may take the order.
+    let partition = match &key {
+        Some(k) => orchestrators.count().of(key_hash(k.as_str())),
+        None => orchestrators.next_partition(),
+    };
     if let Some(k) = &key {
-        match state.sagas.key_use(k, &draft).await? {
-            KeyUse::Fresh | KeyUse::TurnedAway => {}
-            // A retry of an order we already took: answer for that order.
-            KeyUse::Placed(id) => return respond(&state, id, None).await,
-            KeyUse::OtherRequest(id) => return Err(key_reused(id)),
+        let replay = Op::Replay {
+            key: k.as_str().to_owned(),
+            order: draft,
+        };
+        let done = orchestrators.one(partition, replay).await?;
+        if done.status != StatusCode::NO_CONTENT.as_u16() {
+            // A retry of an order we already took: its answer.
+            return Ok(done.into_response());
         }
     }
-
-    let known = state
-        .sagas
-        .db()
-        .read(move |c| store::get_customer(c, customer))
-        .await?;
-    if known.is_none() {
-        return Err(unprocessable(
-            "unknown_customer",
-            format!("no customer {customer}"),
-        ));
+    // Customers are never deleted: a customer seen here is still there
+    // when the saga starts.
+    match orchestrators
+        .of(customer.get(), Op::Customer { id: customer.get() })
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return Err(unprocessable(
+                "unknown_customer",
+                format!("no customer {customer}"),
+            ));
+        }
+        Err(e) => return Err(e),
     }
-    let partition = state.owners.count().of(food.get());
     let found = state
         .owners
         .one(
             WorkerKind::Kitchen,
-            partition,
+            state.owners.count().of(food.get()),
             Query::Food { id: food.get() },
         )
         .await?;
@@ -168,132 +164,25 @@ pub async fn place(
     draft.amount = Money::from_cents(item.price_cents)
         .total(qty)
         .map_err(|e| unprocessable("amount_too_large", e.to_string()))?;
-    if !state.transport.is_ready() {
-        return Err(ApiError::unavailable(
-            "the message broker is unavailable; try again shortly",
-            RETRY_AFTER_SECS,
-        ));
-    }
-    // The breaker turns the order away at once while payment is failing,
-    // without touching the broker.
-    let breaker = state.breakers.admission();
-    if let Some(b) = breaker
-        && let Err(wait) = b.try_acquire(crate::domain::Millis::now())
-    {
-        return Err(ApiError {
-            error: "circuit_open",
-            ..ApiError::unavailable(
-                "payment is overloaded; try again shortly",
-                wait.as_secs().max(1),
-            )
-        });
-    }
-    let placed = state
-        .orchestrator
-        .send(PlaceOrder {
-            order: draft,
-            key,
-            admit_within: state.order_timeout,
-        })
-        .await
-        .map_err(OrchestratorError::from)
-        .and_then(|r| r);
-    let (id, actor) = match placed {
-        Ok((id, Some(actor))) => (id, Some(actor)),
-        Ok((id, None)) => {
-            // A concurrent request with the same key placed it: this one
-            // started nothing, so its trial permit goes back.
-            breaker.inspect(|b| b.release());
-            (id, None)
-        }
-        Err(e) => {
-            // No saga started: the breaker's trial permit, if this was
-            // one, goes back.
-            breaker.inspect(|b| b.release());
-            return Err(match e {
-                OrchestratorError::KeyReused(id) => key_reused(id),
-                e => e.into(),
-            });
-        }
+    let place = Op::PlaceOrder {
+        order: draft,
+        key: key.map(|k| k.as_str().to_owned()),
+        admit_within_ms: u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX),
     };
-    respond(&state, id, actor).await
+    Ok(orchestrators.one(partition, place).await?.into_response())
 }
 
-fn key_reused(id: OrderId) -> ApiError {
-    unprocessable(
-        "idempotency_key_reused",
-        format!("this Idempotency-Key was used for a different order request (order {id}); use a new key"),
-    )
-    .with_extra(json!({ "orderId": id }))
-}
-
-/// Waits for the payment's outcome of order `id` and answers for it. The
-/// saga's actor abandons the order itself if the payment does not answer
-/// within `order_timeout`, so a 503 means nothing was established.
-async fn respond(
-    state: &ApiState,
-    id: OrderId,
-    actor: Option<Located>,
-) -> Result<HttpResponse, ApiError> {
-    // The saga answers by its `admit_by` (`order_timeout` after it was
-    // placed) plus a commit; the margin only guards against an actor that
-    // cannot commit at all.
-    let bound = state.order_timeout + std::time::Duration::from_secs(10);
-    let wait = async {
-        // The actor that placed it, if we hold it; else (or if it is gone,
-        // or stopped with the wait unanswered: a panic) the actor the
-        // registry loads. The outer bound ends this.
-        if let Some(a) = &actor
-            && let Ok(Some(saga)) = a.addr.send(AwaitAdmission).await
-        {
-            return Ok(Some(saga));
-        }
-        loop {
-            match ask(&state.orchestrator, id, AwaitAdmission).await {
-                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                other => return other,
-            }
-        }
-    };
-    let outcome = tokio::time::timeout(bound, wait).await;
-    let saga = match outcome {
-        Ok(Ok(Some(saga))) => saga,
-        Ok(Err(e @ OrchestratorError::Quarantined(..))) => return Err(e.into()),
-        _ => {
-            return Err(ApiError::unavailable(
-                "the order's outcome is not known yet; retry with the same Idempotency-Key to learn it",
-                RETRY_AFTER_SECS,
-            )
-            .with_extra(json!({ "orderId": id })));
-        }
-    };
-    match saga.admission() {
-        Admission::Established => Ok(HttpResponse::Created().json(Order::from(&saga))),
-        Admission::CancelledUnpaid(reason) => Err(ApiError::conflict(
-            "order_cancelled",
-            format!("the order was cancelled before it was paid: {reason}"),
-        )
-        .with_extra(json!({ "orderId": id }))),
-        Admission::Declined(reason) => {
-            Err(
-                ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", reason)
-                    .with_extra(json!({ "orderId": id })),
-            )
-        }
-        Admission::Unavailable(reason) => Err(ApiError::unavailable(
-            format!("{reason}; nothing was established, try again shortly"),
-            RETRY_AFTER_SECS,
-        )
-        .with_extra(json!({ "orderId": id }))),
-        Admission::Pending => Err(ApiError::unavailable(
-            "payment outcome unknown",
-            RETRY_AFTER_SECS,
-        )
-        .with_extra(json!({ "orderId": id }))),
+/// A stable hash of an Idempotency-Key (FNV-1a): every API process sends
+/// a key to the same partition.
+fn key_hash(key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    i64::try_from(h >> 1).unwrap_or(0)
 }
 
-/// Orders, by id.
 #[utoipa::path(
     get,
     path = "/orders",
@@ -310,15 +199,14 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let customer =
         id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
-    let sagas = state
-        .sagas
-        .db()
-        .read(move |c| store::list_sagas(c, page, None, customer))
+    let customer_id = customer.map(CustomerId::get);
+    let list = state
+        .orchestrators
+        .page(|limit| Op::Orders { limit, customer_id }, page)
         .await?;
-    Ok(ok_json(&sagas.iter().map(order_view).collect::<Vec<_>>()))
+    Ok(ok_json(&list))
 }
 
-/// One order.
 #[utoipa::path(
     get,
     path = "/orders/{id}",
@@ -333,17 +221,13 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
 )]
 pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.id)?;
-    state
-        .sagas
-        .db()
-        .read(move |c| store::get_saga(c, id))
-        .await?
-        .map(|s| ok_json(&order_view(&s)))
-        .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
+    let done = state
+        .orchestrators
+        .of(id.get(), Op::Order { id: id.get() })
+        .await?;
+    Ok(done.into_response())
 }
 
-/// "My orders", from its read model: per order, the status of the order and
-/// of each worker's record.
 #[utoipa::path(
     get,
     path = "/myOrders",
@@ -396,24 +280,13 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(path.id)?;
-    match dispatch(&state.orchestrator, id, Event::Cancel).await? {
-        Ok(()) => Ok(HttpResponse::Accepted().json(CancelAccepted {
-            saga_id: id,
-            order_id: id,
-            status: OrderStatus::Cancelled,
-            state: SagaState::Compensating,
-        })),
-        Err(Refusal::NotCancellable(status)) => Err(ApiError::conflict(
-            "not_cancellable",
-            format!("order {id} is {status} and can no longer be cancelled"),
-        )
-        .with_extra(json!({ "orderId": id, "status": status }))),
-        Err(other) => Err(ApiError::conflict("refused", other.to_string())),
-    }
+    let done = state
+        .orchestrators
+        .of(id.get(), Op::Cancel { id: id.get() })
+        .await?;
+    Ok(done.into_response())
 }
 
-/// Manual-mode progress: the saga's actor judges it against its current
-/// state and, if it fits, sends it to the worker in the same commit.
 async fn progress(
     state: State,
     req: HttpRequest,
@@ -422,17 +295,19 @@ async fn progress(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(raw)?;
-    match dispatch(&state.orchestrator, id, Event::Progress { progress }).await? {
-        Ok(()) => Ok(HttpResponse::Accepted().json(ProgressAccepted {
-            order_id: id,
-            progress: progress.as_str().to_owned(),
-        })),
-        Err(refusal) => Err(ApiError::conflict("not_in_progress", refusal.to_string())
-            .with_extra(json!({ "orderId": id }))),
-    }
+    let done = state
+        .orchestrators
+        .of(
+            id.get(),
+            Op::Progress {
+                id: id.get(),
+                progress,
+            },
+        )
+        .await?;
+    Ok(done.into_response())
 }
 
-/// Declares a manual-progress endpoint.
 macro_rules! progress_endpoint {
     ($fn:ident, $path:literal, $op:literal, $progress:expr, $what:literal) => {
         #[doc = $what]

@@ -8,10 +8,11 @@ use super::contract::requests::{
 };
 use super::contract::responses::ErrorBody;
 use super::error::ApiError;
+use super::service::Op;
 use super::{ApiState, ok_json};
 use crate::domain::WorkerKind;
 use crate::domain::{CustomerId, FoodId, OrderId};
-use crate::orchestrator::store::{self, CustomerRecord, ReviewRecord};
+use crate::orchestrator::store::{CustomerRecord, ReviewRecord};
 use crate::rpc::Query;
 use crate::views::catalog::FoodView;
 use crate::views::reviews::ReviewView;
@@ -53,14 +54,19 @@ pub async fn create_customer(
 ) -> Result<HttpResponse, ApiError> {
     let c = body.into_inner();
     c.check().map_err(ApiError::bad_request)?;
-    let age = c.age.map(|a| a.0);
-    let (phone, address) = (c.phone.unwrap_or_default(), c.address.unwrap_or_default());
-    let created = state
-        .sagas
-        .db()
-        .write(move |tx| store::create_customer(tx, &c.name, &phone, &address, age))
-        .await?;
-    Ok(HttpResponse::Created().json(created))
+    let op = Op::CreateCustomer {
+        age: c.age.map(|a| a.0),
+        phone: c.phone.unwrap_or_default(),
+        address: c.address.unwrap_or_default(),
+        name: c.name,
+    };
+    // Any partition's owner takes a new customer, with an id of its own.
+    let partition = state.orchestrators.next_partition();
+    Ok(state
+        .orchestrators
+        .one(partition, op)
+        .await?
+        .into_response())
 }
 
 /// Customers, by id.
@@ -82,9 +88,8 @@ pub async fn list_customers(
 ) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
-        .sagas
-        .db()
-        .read(move |c| store::list_customers(c, page))
+        .orchestrators
+        .page(|limit| Op::Customers { limit }, page)
         .await?;
     Ok(ok_json(&list))
 }
@@ -104,13 +109,11 @@ pub async fn list_customers(
 )]
 pub async fn get_customer(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = path_id(path.id, "customer", CustomerId::new)?;
-    state
-        .sagas
-        .db()
-        .read(move |c| store::get_customer(c, id))
-        .await?
-        .map(|c| ok_json(&c))
-        .ok_or_else(|| ApiError::not_found(format!("no customer {id}")))
+    let done = state
+        .orchestrators
+        .of(id.get(), Op::Customer { id: id.get() })
+        .await?;
+    Ok(done.into_response())
 }
 
 /// Adds an item to the kitchen's catalog (manager).
@@ -142,8 +145,7 @@ pub async fn create_food(
     f.check().map_err(ApiError::bad_request)?;
     let (stock, price) = (f.stock.0, f.price.0);
     // Any kitchen owner takes it, with an id in one of its partitions.
-    let count = state.owners.count();
-    let partition = count.of(i64::from(rand::random::<u16>()));
+    let partition = state.owners.next_partition();
     let created = state
         .owners
         .one(
@@ -277,14 +279,18 @@ pub async fn create_review(
 ) -> Result<HttpResponse, ApiError> {
     let r = body.into_inner();
     r.check().map_err(ApiError::bad_request)?;
-    let rating = r.rating.map(|x| x.0);
-    let created = state
-        .sagas
-        .db()
-        .write(move |tx| store::create_review(tx, &r.username, &r.productname, &r.content, rating))
-        .await?;
-    state.sagas.db().notify_outbox();
-    Ok(HttpResponse::Created().json(created))
+    let op = Op::CreateReview {
+        rating: r.rating.map(|x| x.0),
+        username: r.username,
+        productname: r.productname,
+        content: r.content,
+    };
+    let partition = state.orchestrators.next_partition();
+    Ok(state
+        .orchestrators
+        .one(partition, op)
+        .await?
+        .into_response())
 }
 
 /// Reviews, by id.
@@ -306,9 +312,8 @@ pub async fn list_reviews(
 ) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
-        .sagas
-        .db()
-        .read(move |c| store::list_reviews(c, page))
+        .orchestrators
+        .page(|limit| Op::Reviews { limit }, page)
         .await?;
     Ok(ok_json(&list))
 }

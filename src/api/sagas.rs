@@ -3,12 +3,12 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::contract::requests::{IdPath, SagaQuery, page};
-use super::contract::responses::{self, ErrorBody, RetryAccepted, SagaView};
+use super::contract::responses::{ErrorBody, RetryAccepted, SagaView};
 use super::error::ApiError;
+use super::service::Op;
 use super::{ApiState, ok_json};
 use crate::domain::SagaId;
-use crate::orchestrator::{dispatch, store};
-use crate::saga::machine::{Event, Refusal, SagaState};
+use crate::saga::machine::SagaState;
 
 type State = web::Data<ApiState>;
 
@@ -39,23 +39,19 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
             ))
         })?),
     };
-    let sagas = state
-        .sagas
-        .db()
-        .read(move |c| store::list_sagas(c, page, filter, None))
+    let views = state
+        .orchestrators
+        .page(
+            |limit| Op::Sagas {
+                limit,
+                state: filter,
+            },
+            page,
+        )
         .await?;
-    let views: Vec<SagaView> = sagas
-        .iter()
-        .map(|row| match row {
-            store::Stored::Saga(s) => SagaView::of(&state.def, s),
-            store::Stored::Quarantined(q) => SagaView::quarantined(q),
-        })
-        .collect();
     Ok(ok_json(&views))
 }
 
-/// One saga: its steps, its history, what it waits on and what is on its
-/// way.
 #[utoipa::path(
     get,
     path = "/sagas/{id}",
@@ -70,35 +66,11 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
 )]
 pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = saga_id(path.id)?;
-    let found = state
-        .sagas
-        .db()
-        .read(move |c| {
-            let saga = match store::get_saga(c, id)? {
-                None => return Ok(None),
-                Some(store::Stored::Quarantined(q)) => return Ok(Some(Err(q))),
-                Some(store::Stored::Saga(s)) => *s,
-            };
-            let history = store::history(c, id)?;
-            let pending = store::pending_messages(c, id)?;
-            Ok(Some(Ok((saga, history, pending))))
-        })
+    let done = state
+        .orchestrators
+        .of(id.get(), Op::Saga { id: id.get() })
         .await?;
-    let (saga, history, pending) =
-        match found.ok_or_else(|| ApiError::not_found(format!("no saga {id}")))? {
-            Ok(found) => found,
-            Err(q) => return Ok(ok_json(&SagaView::quarantined(&q))),
-        };
-    let in_flight = responses::in_flight(
-        &state.def,
-        &saga,
-        &pending,
-        &state.topology,
-        &state.management_url,
-    );
-    Ok(ok_json(&SagaView::detailed(
-        &state.def, &saga, &history, in_flight,
-    )))
+    Ok(done.into_response())
 }
 
 /// Resumes a `Failed` saga (manager).
@@ -125,14 +97,9 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = saga_id(path.id)?;
-    match dispatch(&state.orchestrator, id, Event::Retry).await? {
-        Ok(()) => Ok(HttpResponse::Accepted().json(RetryAccepted {
-            saga_id: id,
-            state: SagaState::Compensating,
-        })),
-        Err(refusal @ Refusal::NotFailed(_)) => {
-            Err(ApiError::conflict("not_failed", refusal.to_string()))
-        }
-        Err(other) => Err(ApiError::conflict("refused", other.to_string())),
-    }
+    let done = state
+        .orchestrators
+        .of(id.get(), Op::Retry { id: id.get() })
+        .await?;
+    Ok(done.into_response())
 }

@@ -10,9 +10,10 @@ use serde::Serialize;
 use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
 use crate::events::{self, DomainEvent, OrderData, Payload, ReviewData};
 use crate::messages::{OrderDetails, WorkerCommand, partition_key};
+use crate::partition::Owned;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Admission, Command, Event, HistoryEntry, Saga, SagaState, Transition};
-use crate::storage::{Db, Page, StorageError, StorageResult, optional, outbox};
+use crate::storage::{Db, Page, StorageError, StorageResult, next_owned_id, optional, outbox};
 use crate::transport::{Outgoing, Route};
 
 pub const SCHEMA: &str = "
@@ -78,6 +79,8 @@ pub struct CustomerRecord {
 pub struct SagaStore {
     db: Db,
     def: Arc<SagaDefinition>,
+    /// The partitions this orchestrator owns: new ids fall in them.
+    owned: Owned,
 }
 
 fn to_json<T: Serialize>(v: &T) -> StorageResult<String> {
@@ -150,8 +153,12 @@ pub fn command_message(
 }
 
 impl SagaStore {
-    pub fn new(db: Db, def: Arc<SagaDefinition>) -> Self {
-        SagaStore { db, def }
+    pub fn new(db: Db, def: Arc<SagaDefinition>, owned: Owned) -> Self {
+        SagaStore { db, def, owned }
+    }
+
+    pub fn owned(&self) -> &Owned {
+        &self.owned
     }
 
     pub fn db(&self) -> &Db {
@@ -168,6 +175,7 @@ impl SagaStore {
         admit_within: std::time::Duration,
     ) -> StorageResult<Created> {
         let def = self.def.clone();
+        let owned = self.owned.clone();
         let result = self
             .db
             .write(move |tx| {
@@ -185,12 +193,13 @@ impl SagaStore {
                         }
                     }
                 }
+                let next = next_owned_id(tx, "sagas", &owned)?;
                 tx.execute(
-                    "INSERT INTO sagas (state, order_status, customer_id, body, created_at, updated_at)
-                     VALUES ('Running', 'Ordered', ?1, '{}', ?2, ?2)",
-                    params![draft.customer_id.get(), now.0],
+                    "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
+                     VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
+                    params![next, draft.customer_id.get(), now.0],
                 )?;
-                let id = OrderId::new(tx.last_insert_rowid()).map_err(|e| StorageError::Invalid(e.to_string()))?;
+                let id = OrderId::new(next).map_err(|e| StorageError::Invalid(e.to_string()))?;
                 let mut saga = Saga::new(&def, OrderDetails { order_id: id, ..draft }, now);
                 saga.admit_by = Some(now.plus(admit_within));
                 let transition = saga
@@ -641,13 +650,14 @@ pub fn create_customer(
     phone: &str,
     address: &str,
     age: Option<i64>,
+    owned: &Owned,
 ) -> StorageResult<CustomerRecord> {
+    let next = next_owned_id(tx, "customers", owned)?;
     tx.execute(
-        "INSERT INTO customers (name, phone, address, age, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![name, phone, address, age, Millis::now().0],
+        "INSERT INTO customers (id, name, phone, address, age, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![next, name, phone, address, age, Millis::now().0],
     )?;
-    let id = CustomerId::new(tx.last_insert_rowid())
-        .map_err(|e| StorageError::Invalid(e.to_string()))?;
+    let id = CustomerId::new(next).map_err(|e| StorageError::Invalid(e.to_string()))?;
     Ok(CustomerRecord {
         id,
         name: name.to_owned(),
@@ -727,14 +737,16 @@ pub fn create_review(
     productname: &str,
     content: &str,
     rating: Option<i64>,
+    owned: &Owned,
 ) -> StorageResult<ReviewRecord> {
     let now = Millis::now();
+    let next = next_owned_id(tx, "reviews", owned)?;
     tx.execute(
-        "INSERT INTO reviews (username, productname, content, rating, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![username, productname, content, rating, now.0],
+        "INSERT INTO reviews (id, username, productname, content, rating, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![next, username, productname, content, rating, now.0],
     )?;
     let rec = ReviewRecord {
-        id: tx.last_insert_rowid(),
+        id: next,
         username: username.to_owned(),
         productname: productname.to_owned(),
         content: content.to_owned(),

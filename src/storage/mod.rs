@@ -118,6 +118,26 @@ fn claim(path: &Path) -> StorageResult<Owner> {
     }
 }
 
+/// The id of a new row of `table`: the next one after its largest id that
+/// falls in one of `owned`'s partitions (rows are never deleted, so ids are
+/// never reused). Two owners of disjoint partitions never pick the same id.
+pub fn next_owned_id(
+    tx: &Connection,
+    table: &str,
+    owned: &crate::partition::Owned,
+) -> rusqlite::Result<i64> {
+    let last: i64 = tx.query_row(
+        &format!("SELECT coalesce(max(id), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )?;
+    owned.next_id(last).ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!("no id left for {table} in the owned partitions").into(),
+        )
+    })
+}
+
 impl Db {
     /// Opens a database that this process alone may act for: claims it
     /// first (see [`Owner`]), so a second process on the same file refuses

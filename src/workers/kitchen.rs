@@ -220,24 +220,16 @@ impl WorkerLogic for Kitchen {
 }
 
 /// Adds an item to the catalog, with the next id that falls in one of this
-/// kitchen's partitions (`owns`): its stock is owned where its id says.
+/// kitchen's partitions (`owned`): its stock is owned where its id says.
 pub fn create_food(
     tx: &Connection,
     name: &str,
     stock: i64,
     price: Money,
-    owns: &dyn Fn(i64) -> bool,
+    owned: &crate::partition::Owned,
 ) -> rusqlite::Result<FoodRecord> {
     let now = Millis::now();
-    let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM food_catalog", [], |r| {
-        r.get(0)
-    })?;
-    // At most one partition count away (256); every kitchen owns one.
-    let next = (last + 1..=last + 1 + i64::from(crate::partition::MAX_PARTITIONS))
-        .find(|id| owns(*id))
-        .ok_or_else(|| {
-            rusqlite::Error::ToSqlConversionFailure("this kitchen owns no partition".into())
-        })?;
+    let next = crate::storage::next_owned_id(tx, "food_catalog", owned)?;
     tx.execute(
         "INSERT INTO food_catalog (id, name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         params![next, name, stock, price.cents(), now.0],
