@@ -66,19 +66,36 @@ pub fn home_of(dir: &Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let id = format!("{:032x}", rand::random::<u128>());
-    // Written aside and renamed: a crash never leaves a half-written id,
-    // and of two processes creating it at once the last rename wins for
-    // both readers (each reads it back).
-    let tmp = dir.join(format!("home.{}.tmp", std::process::id()));
+    // Written aside and linked into place, which fails if the file exists:
+    // of two processes creating it at once exactly one wins, and both read
+    // the winner's id back. The folder is synced so the name survives a crash.
+    let tmp = dir.join(format!(
+        "home.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(id.as_bytes())?;
     f.sync_all()?;
-    if !path.exists() {
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    } else {
-        let _ = std::fs::remove_file(&tmp);
+    drop(f);
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
     }
-    Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    let id = std::fs::read_to_string(&path)?.trim().to_owned();
+    if id.is_empty() {
+        bail!(
+            "{} is empty: restore it, or remove it to give the folder a new identity (its partitions' claims then refuse it)",
+            path.display()
+        );
+    }
+    Ok(id)
 }
 
 /// The folder locks of a process's partitions, held until dropped (the

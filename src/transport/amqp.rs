@@ -203,13 +203,26 @@ async fn take_leases(
     Ok(())
 }
 
+/// The broker URL with a heartbeat of 10 s unless it names one: a cut
+/// connection is noticed (and its leases dropped) within about 20 s rather
+/// than the default minutes.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat=10")
+    } else {
+        format!("{url}?heartbeat=10")
+    }
+}
+
 async fn open(
     settings: &AmqpSettings,
     topology: &Topology,
     leases: &[(String, String)],
 ) -> Result<Live, OpenError> {
     let connection = Connection::connect(
-        &settings.url,
+        &with_heartbeat(&settings.url),
         ConnectionProperties::default()
             .with_connection_name(settings.connection_name.clone().into()),
     )
@@ -315,6 +328,19 @@ impl AmqpTransport {
                 continue;
             }
             *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = None;
+            if !self.leases().is_empty() {
+                // Ownership ends with the connection that held the leases:
+                // the broker drops them with it, and a standby may take the
+                // partitions over at once. This process must not act for
+                // them any more (its timers would), so it stops; restarted,
+                // it comes back as their owner or as a standby.
+                let why = "lost the connection that held this process's partition leases; \
+                           ownership ended with it"
+                    .to_owned();
+                tracing::error!(reason = %why, "fenced");
+                self.inner.fenced.send_replace(Some(why));
+                return;
+            }
             tracing::warn!("lost the connection to RabbitMQ; reconnecting");
             let mut delays = backoff.build();
             loop {
@@ -377,16 +403,25 @@ impl AmqpTransport {
         &self,
         names: &[(String, String)],
     ) -> Result<Option<String>, TransportError> {
+        let generation = *self.inner.generation.borrow();
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
         match take_leases(&live.connection, &self.inner.topology, names).await {
             Ok(()) => {
-                self.inner
-                    .leases
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(names.iter().cloned());
+                let mut leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+                // Taken on the connection that is still the live one: else
+                // they went with the old one, and this must be tried again.
+                let same = *self.inner.generation.borrow() == generation
+                    && self
+                        .live()
+                        .is_some_and(|l| Arc::ptr_eq(&l.connection, &live.connection));
+                if !same {
+                    return Err(TransportError::Unavailable(
+                        "the connection changed while taking the leases".into(),
+                    ));
+                }
+                leases.extend(names.iter().cloned());
                 Ok(None)
             }
             Err(Ok(held)) => Ok(Some(held)),
@@ -616,7 +651,12 @@ impl AmqpTransport {
                 .await
                 .map_err(unavailable)?;
             let mut bodies = Vec::new();
-            while let Some(d) = consumer.next().await {
+            // Bounded per record, not for the whole stream: a long registry
+            // still reads, a broker that stops answering does not hang.
+            while let Some(d) = tokio::time::timeout(CONFIRM_TIMEOUT, consumer.next())
+                .await
+                .map_err(|_| TransportError::Timeout)?
+            {
                 let d = d.map_err(unavailable)?;
                 let done = d
                     .properties
@@ -637,9 +677,7 @@ impl AmqpTransport {
                 "the registry stream ended before its last record".into(),
             ))
         };
-        tokio::time::timeout(CONFIRM_TIMEOUT, read)
-            .await
-            .map_err(|_| TransportError::Timeout)?
+        read.await
     }
 
     /// Closes the connection cleanly and stops reconnecting.
