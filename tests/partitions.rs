@@ -252,6 +252,38 @@ fn api_replicas_over_partitioned_owners_answer_alike_and_survive_an_owner_kill()
         Some(1000 - expected.len() as i64),
         "stock exact"
     );
+    // The read models: every replica replays the event log into its own;
+    // a replica started now catches up by itself, without copying files.
+    let dir_c = folder("api-c");
+    let api_c = c.start("api", &[("HEARTY_DATA_DIR", &dir_c)]);
+    let view_of = |api: &Service| {
+        let mine = c.get(api, "/myOrders?limit=1000");
+        let mut rows: Vec<(i64, String)> = mine
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|o| {
+                (
+                    o["orderId"].as_i64().unwrap_or(0),
+                    o["couponStatus"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    for api in [&api_a, &api_b, &api_c] {
+        c.wait(&format!("{}'s read model to catch up", api.base), || {
+            let rows = view_of(api);
+            rows.len() == expected.len() && rows.iter().all(|(_, coupon)| coupon == "Issued")
+        });
+    }
+    assert_eq!(view_of(&api_a), view_of(&api_c));
+    let stock_view = |api: &Service| c.get(api, "/foodCatalogViews")[0]["stock"].clone();
+    c.wait("the catalog views to agree", || {
+        stock_view(&api_c) == stock_view(&api_a) && stock_view(&api_b) == stock_view(&api_a)
+    });
+
     // A cancellation through one replica, seen through the other.
     let id = expected[0];
     let (s, v, _) = c.request(
@@ -263,7 +295,13 @@ fn api_replicas_over_partitioned_owners_answer_alike_and_survive_an_owner_kill()
     c.wait_state(&api_b, id, "Compensated");
     // Shared nothing: no SQLite file is open in two processes.
     let mut seen = std::collections::HashMap::new();
-    for pid in [api_a.pid(), api_b.pid(), _high.pid(), _low.pid()] {
+    for pid in [
+        api_a.pid(),
+        api_b.pid(),
+        api_c.pid(),
+        _high.pid(),
+        _low.pid(),
+    ] {
         for db in Cluster::open_databases(pid) {
             if let Some(other) = seen.insert(db.clone(), pid) {
                 panic!("{} is open in pids {other} and {pid}", db.display());

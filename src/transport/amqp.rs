@@ -38,7 +38,7 @@ use lapin::{
 use super::{
     DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
 };
-use crate::domain::{ViewKind, WorkerKind};
+use crate::domain::WorkerKind;
 use crate::partition::PartitionCount;
 
 /// How long a publish may wait for its confirm before it counts as failed
@@ -443,6 +443,20 @@ impl AmqpTransport {
         }
     }
 
+    /// Reads the domain-event stream from offset `next` (kept up to date by
+    /// the reader as it commits), again from there after a reconnection.
+    pub fn read_event_log(
+        &self,
+        next: Arc<std::sync::atomic::AtomicI64>,
+    ) -> BoxStream<'static, Delivery> {
+        let (tx, rx) = mpsc::channel(usize::from(self.inner.settings.prefetch.max(1)));
+        tokio::spawn(
+            self.clone()
+                .subscribe_forever(QueueName::EventLog, tx, Some(next)),
+        );
+        tokio_stream_from(rx)
+    }
+
     /// Sends a request to the owner of the partition behind `routing_key`
     /// (`pay.p3`) and waits for its answer, at most `wait`. No owner bound
     /// (none running, or a standby only) is `Unroutable` at once.
@@ -708,6 +722,7 @@ impl AmqpTransport {
             .map(|q| t.queue(q))
             .collect();
         queues.push(t.registry());
+        queues.push(t.queue(QueueName::EventLog));
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default())
                 .await
@@ -796,7 +811,12 @@ impl AmqpTransport {
 
     /// Forwards one subscription's deliveries into `tx`, subscribing again
     /// after every reconnection, until `tx` is dropped or the transport closes.
-    async fn subscribe_forever(self, queue: QueueName, tx: mpsc::Sender<Delivery>) {
+    async fn subscribe_forever(
+        self,
+        queue: QueueName,
+        tx: mpsc::Sender<Delivery>,
+        from: Option<Arc<std::sync::atomic::AtomicI64>>,
+    ) {
         let mut generations = self.inner.generation.subscribe();
         loop {
             if self.is_closed() || tx.is_closed() {
@@ -811,7 +831,10 @@ impl AmqpTransport {
                 }
                 continue;
             };
-            match self.subscribe_once(&live, queue, &tx).await {
+            match self
+                .subscribe_once(&live, queue, &tx, from.as_deref())
+                .await
+            {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(queue = %self.inner.topology.queue(queue), error = %e, "subscription lost; subscribing again");
@@ -827,6 +850,7 @@ impl AmqpTransport {
         live: &Live,
         queue: QueueName,
         tx: &mpsc::Sender<Delivery>,
+        from: Option<&std::sync::atomic::AtomicI64>,
     ) -> Result<(), TransportError> {
         // A broker that goes away mid-handshake may never answer: bound
         // every setup step, and give up this subscription as soon as the
@@ -848,12 +872,19 @@ impl AmqpTransport {
             .map_err(unavailable)?;
             let name = self.inner.topology.queue(queue);
             let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
+            let mut args = FieldTable::default();
+            if let Some(next) = from {
+                // A stream is read from an offset: where this reader left
+                // off, again after every reconnection.
+                let next = next.load(std::sync::atomic::Ordering::SeqCst);
+                args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(next));
+            }
             let consumer = ch
                 .basic_consume(
                     name.into(),
                     tag.into(),
                     BasicConsumeOptions::default(),
-                    FieldTable::default(),
+                    args,
                 )
                 .await
                 .map_err(unavailable)?;
@@ -884,6 +915,13 @@ impl AmqpTransport {
             };
             let props = &d.properties;
             let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+            let stream_offset = props.headers().as_ref().and_then(|h| {
+                h.inner().iter().find_map(|(k, v)| match (k.as_str(), v) {
+                    ("x-stream-offset", AMQPValue::LongLongInt(o)) => Some(*o),
+                    ("x-stream-offset", AMQPValue::LongInt(o)) => Some(i64::from(*o)),
+                    _ => None,
+                })
+            });
             let delivery = Delivery {
                 message_id: text(props.message_id()),
                 correlation_id: text(props.correlation_id()),
@@ -891,6 +929,7 @@ impl AmqpTransport {
                 message_type: text(props.kind()),
                 body: d.data,
                 redelivered: d.redelivered,
+                stream_offset,
                 settle: Box::new(AmqpSettle {
                     acker: Some(d.acker),
                     transport: self.clone(),
@@ -1003,21 +1042,21 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
     stream_args.insert("x-queue-type".into(), string_arg("stream"));
     ch.queue_declare(t.registry().into(), queue_opts, stream_args)
         .await?;
-    for v in ViewKind::ALL {
-        let q = t.queue(QueueName::View(v));
-        ch.queue_declare(q.clone().into(), queue_opts, work_args.clone())
-            .await?;
-        for pattern in v.bindings() {
-            ch.queue_bind(
-                q.clone().into(),
-                t.events_exchange().into(),
-                (*pattern).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
-    }
+    // Every domain event, kept: each read-model replica reads it from its
+    // own offset, so a new one catches up by itself.
+    let mut stream_args = FieldTable::default();
+    stream_args.insert("x-queue-type".into(), string_arg("stream"));
+    let log = t.queue(QueueName::EventLog);
+    ch.queue_declare(log.clone().into(), queue_opts, stream_args)
+        .await?;
+    ch.queue_bind(
+        log.into(),
+        t.events_exchange().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     let dead = t.queue(QueueName::DeadLetter);
     ch.queue_declare(dead.clone().into(), queue_opts, FieldTable::default())
         .await?;
@@ -1084,7 +1123,7 @@ impl Transport for AmqpTransport {
         async move {
             // While reconnecting, the subscription starts once the broker is back.
             let (tx, rx) = mpsc::channel(usize::from(self.inner.settings.prefetch.max(1)));
-            tokio::spawn(self.clone().subscribe_forever(queue, tx));
+            tokio::spawn(self.clone().subscribe_forever(queue, tx, None));
             Ok(tokio_stream_from(rx))
         }
         .boxed()

@@ -148,6 +148,7 @@ impl Transport for MemoryTransport {
                         message_type: msg.message_type.clone(),
                         body: msg.body.clone(),
                         redelivered: msg.redelivered,
+                        stream_offset: None,
                         settle: Box::new(MemorySettle {
                             msg: Some(msg),
                             requeue,

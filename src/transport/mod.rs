@@ -85,6 +85,9 @@ pub enum QueueName {
     /// The lease of a (role, partition): an exclusive queue of its owner's
     /// connection, which also receives the requests for that partition.
     Lease(OwnerRole, Partition),
+    /// The stream of every domain event (RabbitMQ only), which each read
+    /// model replica reads from its own offset.
+    EventLog,
 }
 
 impl QueueName {
@@ -196,6 +199,7 @@ impl Topology {
             QueueName::DeadLetter => format!("{}.dead-letter", self.namespace),
             QueueName::View(v) => format!("{}.views.{}", self.namespace, v.as_str()),
             QueueName::Lease(role, p) => self.lease(role.as_str(), p),
+            QueueName::EventLog => format!("{}.events.log", self.namespace),
         }
     }
 
@@ -204,7 +208,10 @@ impl Topology {
         match q {
             QueueName::Worker(k, p) => Some(format!("{k}.{p}")),
             QueueName::Replies(p) => Some(format!("orchestrator.{p}")),
-            QueueName::DeadLetter | QueueName::View(_) | QueueName::Lease(..) => None,
+            QueueName::DeadLetter
+            | QueueName::View(_)
+            | QueueName::Lease(..)
+            | QueueName::EventLog => None,
         }
     }
 
@@ -252,6 +259,8 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// True when the broker delivered this message before.
     pub redelivered: bool,
+    /// Its offset, when it comes from a stream.
+    pub stream_offset: Option<i64>,
     pub(crate) settle: Box<dyn Settle>,
 }
 

@@ -28,17 +28,27 @@ use crate::events::DomainEvent;
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, StorageResult};
+use crate::transport::amqp::AmqpTransport;
 use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
 use crate::transport::{Delivery, QueueName, Transport, TransportError};
 
+/// Where a read model is in the event log (RabbitMQ): the offset of the
+/// next event to read, committed with the events applied before it.
+const POSITION_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log_position (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    next_offset INTEGER NOT NULL
+);";
+
 /// The schema of a read model's database.
-pub fn schema(kind: ViewKind) -> &'static str {
-    match kind {
+pub fn schema(kind: ViewKind) -> String {
+    let own = match kind {
         ViewKind::MyOrders => my_orders::SCHEMA,
         ViewKind::Catalog => catalog::SCHEMA,
         ViewKind::Reviews => reviews::SCHEMA,
-    }
+    };
+    format!("{own}\n{POSITION_SCHEMA}")
 }
 
 /// Applies one event to a read model (inside the caller's transaction).
@@ -54,7 +64,7 @@ pub fn apply(kind: ViewKind, tx: &Connection, event: &DomainEvent) -> rusqlite::
 pub fn open(config: &Config, kind: ViewKind) -> StorageResult<Db> {
     Db::open(
         &config.db_path(&format!("views-{}", kind.as_str())),
-        schema(kind),
+        &schema(kind),
     )
 }
 
@@ -94,6 +104,135 @@ async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<Failu
         Err(e) => {
             tracing::warn!(view = kind.as_str(), error = %e, "event not projected");
             hand_back_or_dead_letter(delivery, &failures, &id, &e.to_string()).await;
+        }
+    }
+}
+
+/// Whether a read model projects events of this type.
+fn binds(kind: ViewKind, event_type: &str) -> bool {
+    kind.bindings()
+        .iter()
+        .any(|p| crate::transport::topic_matches(p, event_type))
+}
+
+/// Most events applied in one transaction.
+const LOG_BATCH: usize = 256;
+
+/// Reads the event log (a RabbitMQ stream) into a read model until
+/// shutdown, from where it left off: each batch of events is applied
+/// together with the offset after it in one transaction, then acked; an
+/// event this read model does not project only moves the offset on. So a
+/// new replica replays the whole log, and a restarted one goes on where it
+/// committed, applying nothing twice.
+pub async fn consume_log(
+    kind: ViewKind,
+    db: Db,
+    amqp: AmqpTransport,
+    mut shutdown: Shutdown,
+) -> Result<(), TransportError> {
+    use futures_util::{FutureExt, StreamExt};
+    let stored = loop {
+        match db
+            .read(|c| {
+                Ok(crate::storage::optional(c.query_row(
+                    "SELECT next_offset FROM log_position WHERE id = 1",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                ))?)
+            })
+            .await
+        {
+            Ok(v) => break v.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(view = kind.as_str(), error = %e, "cannot read the log position");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(stored));
+    let mut deliveries = amqp.read_event_log(next.clone());
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.recv() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < LOG_BATCH {
+            match deliveries.next().now_or_never() {
+                Some(Some(d)) => batch.push(d),
+                _ => break,
+            }
+        }
+        let mut events = Vec::new();
+        let mut settled = Vec::new();
+        let mut last = None;
+        for d in batch {
+            let Some(offset) = d.stream_offset else {
+                settled.push(d);
+                continue;
+            };
+            // Read again after a reconnection: already applied.
+            if offset < next.load(std::sync::atomic::Ordering::SeqCst) {
+                settled.push(d);
+                continue;
+            }
+            last = Some(offset);
+            let bound = d.message_type.as_deref().is_some_and(|t| binds(kind, t));
+            if !bound {
+                settled.push(d);
+                continue;
+            }
+            match DomainEvent::decode(&d.body) {
+                Ok(event) => {
+                    events.push(event);
+                    settled.push(d);
+                }
+                // Never defaulted into a read model: a copy goes to the
+                // dead-letter queue with the reason (the log keeps it).
+                Err(reason) => dead_letter(d, &reason).await,
+            }
+        }
+        let Some(last) = last else {
+            for d in settled {
+                let _ = d.ack().await;
+            }
+            continue;
+        };
+        let events = Arc::new(events);
+        loop {
+            let evs = events.clone();
+            let committed = db
+                .write(move |tx| {
+                    for e in evs.iter() {
+                        apply(kind, tx, e)?;
+                    }
+                    tx.execute(
+                        "INSERT INTO log_position (id, next_offset) VALUES (1, ?1)
+                         ON CONFLICT (id) DO UPDATE SET next_offset = excluded.next_offset",
+                        [last + 1],
+                    )?;
+                    Ok(())
+                })
+                .await;
+            match committed {
+                Ok(()) => break,
+                // The log keeps the order: wait and apply the same batch
+                // again rather than skip it.
+                Err(e) => {
+                    tracing::warn!(view = kind.as_str(), error = %e, "events not projected; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+        next.store(last + 1, std::sync::atomic::Ordering::SeqCst);
+        for _ in events.iter() {
+            inc(&METRICS.events_projected_total);
+        }
+        for d in settled {
+            let _ = d.ack().await;
         }
     }
 }
