@@ -1,10 +1,14 @@
 //! The fault-injection suite: a seeded stream of orders and cancellations
-//! against real `hearty serve` processes over the real RabbitMQ, while the
-//! whole service is SIGKILLed at random moments (three times), crashes at
-//! failpoints (after a commit before publishing, after a confirm before the
-//! outbox row is deleted, after applying a reply before acking it), the
-//! broker goes away and comes back, a worker process is killed, and every
-//! reply is delivered twice with jittered delays.
+//! against a shared-nothing deployment of real `hearty serve` processes over
+//! the real RabbitMQ — two API replicas, two orchestrator owners, two pay
+//! owners, the other workers, each with its own folder, and a duplicate
+//! orchestrator owner started on purpose (a standby) — while, three times,
+//! the whole deployment or one partition owner is SIGKILLed at a random
+//! moment, an owner crashes at a failpoint (after a commit before
+//! publishing, after a confirm before the outbox row is deleted, after
+//! applying a reply before acking it), the broker goes away and comes back
+//! (owners stop and are restarted), the workers are killed, and every reply
+//! is delivered twice with jittered delays.
 //!
 //! Then, with the system quiet, the invariants are checked and the suite
 //! ends with an `N passed, N failed` line. Replay a run with
@@ -44,58 +48,163 @@ const FAILPOINTS: [&str; 3] = [
     "reply-before-ack=abort@1",
 ];
 
-/// The service's two processes; either may be killed or abort itself.
+/// One process of the deployment: its roles and settings (its own folder
+/// follows from them, see `Cluster::data_dir_of`).
+struct Spec {
+    name: &'static str,
+    roles: &'static str,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+/// The deployment: two API replicas, two orchestrator owners, two pay
+/// owners, the other workers — every process its own folder — and a
+/// duplicate of one orchestrator owner started on purpose, which must wait
+/// as a standby and may only take over when the owner is gone. Any process
+/// may be killed or abort itself; `ensure` restarts it (a supervisor).
 struct Processes {
-    api: Option<Service>,
-    workers: Option<Service>,
-    /// Failpoints for the next start of the API process.
-    api_failpoint: Option<&'static str>,
+    specs: Vec<Spec>,
+    running: Vec<Option<Service>>,
+    /// The duplicate owner of `specs[DUPLICATED]`, while it waits.
+    duplicate: Option<common::Spawned>,
+    /// Failpoints for the next start of one orchestrator owner.
+    failpoint: Option<(usize, &'static str)>,
+    /// Which API replica the next call goes to.
+    turn: usize,
 }
 
-fn start_api(c: &Cluster, failpoint: Option<&str>) -> Service {
-    let mut env = vec![("HEARTY_ORDER_TIMEOUT", "20s")];
-    if let Some(f) = failpoint {
-        env.push(("HEARTY_FAILPOINTS", f));
+const WORKER_ENV: [(&str, &str); 4] = [
+    ("HEARTY_DUPLICATE_REPLIES", "true"),
+    ("HEARTY_PAY_LATENCY", "3ms±3ms"),
+    ("HEARTY_KITCHEN_LATENCY", "5ms±5ms"),
+    ("HEARTY_COUPON_LATENCY", "8ms±8ms"),
+];
+
+/// The index of the orchestrator owner that has a duplicate.
+const DUPLICATED: usize = 2;
+
+fn deployment(c: &Cluster) -> Processes {
+    let api = |name, dir| Spec {
+        name,
+        roles: "api",
+        env: vec![("HEARTY_ORDER_TIMEOUT", "20s"), ("HEARTY_DATA_DIR", dir)],
+    };
+    let owner = |name, roles, partitions| {
+        let mut env = WORKER_ENV.to_vec();
+        env.push(("HEARTY_PARTITIONS", partitions));
+        env.push(("HEARTY_ORDER_TIMEOUT", "20s"));
+        Spec { name, roles, env }
+    };
+    // Leaked once per test run: the folders of the two API replicas.
+    let dir = |name: &str| -> &'static str {
+        Box::leak(
+            c.dir
+                .path()
+                .join(name)
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        )
+    };
+    let specs = vec![
+        api("api-a", dir("api-a")),
+        api("api-b", dir("api-b")),
+        owner("orchestrator-low", "orchestrator", "0-3"),
+        owner("orchestrator-high", "orchestrator", "4-7"),
+        owner("pay-low", "pay", "0-3"),
+        owner("pay-high", "pay", "4-7"),
+        owner("workers", "kitchen,delivery,coupon", "all"),
+    ];
+    let running = specs.iter().map(|_| None).collect();
+    Processes {
+        specs,
+        running,
+        duplicate: None,
+        failpoint: None,
+        turn: 0,
     }
-    c.start("api,orchestrator", &env)
-}
-
-fn start_workers(c: &Cluster) -> Service {
-    c.start(
-        "pay,kitchen,delivery,coupon",
-        &[
-            ("HEARTY_DUPLICATE_REPLIES", "true"),
-            ("HEARTY_PAY_LATENCY", "3ms±3ms"),
-            ("HEARTY_KITCHEN_LATENCY", "5ms±5ms"),
-            ("HEARTY_COUPON_LATENCY", "8ms±8ms"),
-        ],
-    )
 }
 
 impl Processes {
+    fn start(&self, c: &Cluster, i: usize, failpoint: Option<&str>) -> Service {
+        let spec = &self.specs[i];
+        let mut env = spec.env.clone();
+        if let Some(f) = failpoint {
+            eprintln!("chaos: starting {} with failpoint {f}", spec.name);
+            env.push(("HEARTY_FAILPOINTS", f));
+        }
+        c.start(spec.roles, &env)
+    }
+
+    /// Starts the duplicate owner: same roles, partitions and folder.
+    fn start_duplicate(&mut self, c: &Cluster) {
+        let spec = &self.specs[DUPLICATED];
+        self.duplicate = Some(c.spawn(spec.roles, &spec.env));
+        eprintln!("chaos: started a duplicate of {}", spec.name);
+    }
+
     /// Restarts whatever is not running.
     fn ensure(&mut self, c: &Cluster) {
-        if !self.api.as_mut().is_some_and(Service::is_alive) {
-            if self.api.take().is_some() {
-                eprintln!("chaos: the API process exited by itself (a failpoint)");
+        for i in 0..self.specs.len() {
+            if self.running[i].as_mut().is_some_and(Service::is_alive) {
+                continue;
             }
-            let fp = self.api_failpoint.take();
-            if let Some(f) = fp {
-                eprintln!("chaos: starting the API with failpoint {f}");
+            if self.running[i].take().is_some() {
+                eprintln!("chaos: {} exited by itself", self.specs[i].name);
             }
-            self.api = Some(start_api(c, fp));
-        }
-        if !self.workers.as_mut().is_some_and(Service::is_alive) {
-            self.workers = None;
-            self.workers = Some(start_workers(c));
+            if i == DUPLICATED
+                && let Some(mut dup) = self.duplicate.take()
+            {
+                // The owner is gone: its duplicate takes over (it waits on
+                // the folder lock, looking twice a second).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some(addr) = dup.try_listening() {
+                        eprintln!("chaos: the duplicate took {} over", self.specs[i].name);
+                        self.running[i] = Some(dup.into_service(addr));
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the duplicate owner never took over");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            let fp = match self.failpoint {
+                Some((j, f)) if j == i => {
+                    self.failpoint = None;
+                    Some(f)
+                }
+                _ => None,
+            };
+            self.running[i] = Some(self.start(c, i, fp));
         }
     }
 
-    fn base(&self) -> String {
-        self.api
+    /// The duplicate has not started while its owner lives.
+    fn duplicate_waits(&mut self) -> bool {
+        self.duplicate
+            .as_mut()
+            .is_none_or(|d| d.try_listening().is_none())
+    }
+
+    /// The next API replica's address.
+    fn base(&mut self) -> String {
+        self.turn += 1;
+        let i = self.turn % 2;
+        self.running[i]
             .as_ref()
             .map(|a| a.base.clone())
             .unwrap_or_default()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(s) = self.running[i].take() {
+            s.kill();
+            eprintln!("chaos: killed {}", self.specs[i].name);
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.running.iter().flatten().map(Service::pid).collect()
     }
 }
 
@@ -151,12 +260,9 @@ fn chaos_loses_nothing_and_doubles_nothing() {
         "chaos: kills at {kills:?}, failpoint {failpoint} at {failpoint_at}, broker outage at {outage_at}, worker kill at {worker_kill_at}"
     );
 
-    let procs = Arc::new(Mutex::new(Processes {
-        api: None,
-        workers: None,
-        api_failpoint: None,
-    }));
+    let procs = Arc::new(Mutex::new(deployment(&c)));
     procs.lock().expect("lock").ensure(&c);
+    procs.lock().expect("lock").start_duplicate(&c);
     let base = procs.lock().expect("lock").base();
     let (s, _) = call(
         &c,
@@ -186,32 +292,36 @@ fn chaos_loses_nothing_and_doubles_nothing() {
             // SIGKILL the whole service a few milliseconds into the next call.
             let delay = Duration::from_millis(rng.below(40));
             let procs = procs.clone();
+            let whole = rng.below(2) == 0;
+            let owner = 2 + rng.below(4) as usize;
             std::thread::spawn(move || {
                 std::thread::sleep(delay);
                 let mut p = procs.lock().expect("lock");
-                if let Some(a) = p.api.take() {
-                    a.kill();
+                if whole {
+                    assert!(p.duplicate_waits(), "the duplicate started beside its owner");
+                    for i in 0..p.specs.len() {
+                        p.kill(i);
+                    }
+                    eprintln!("chaos: killed the whole deployment");
+                } else {
+                    // A partition owner mid-load.
+                    p.kill(owner);
                 }
-                if let Some(w) = p.workers.take() {
-                    w.kill();
-                }
-                eprintln!("chaos: killed the whole service");
             });
         }
         if op == failpoint_at {
             let mut p = procs.lock().expect("lock");
-            if let Some(a) = p.api.take() {
+            // One orchestrator owner restarts with the failpoint armed (the
+            // duplicate's owner excepted: it would take over instead).
+            let i = 3;
+            if let Some(a) = p.running[i].take() {
                 a.terminate();
             }
-            p.api_failpoint = Some(failpoint);
+            p.failpoint = Some((i, failpoint));
             p.ensure(&c);
         }
         if op == worker_kill_at {
-            let mut p = procs.lock().expect("lock");
-            if let Some(w) = p.workers.take() {
-                w.kill();
-            }
-            eprintln!("chaos: killed the workers");
+            procs.lock().expect("lock").kill(6);
         }
         if op == outage_at {
             outage.0 = Some(std::thread::spawn(move || {
@@ -324,6 +434,16 @@ fn chaos_loses_nothing_and_doubles_nothing() {
         std::thread::sleep(Duration::from_millis(250));
     };
     let base = procs.lock().expect("lock").base();
+    // Shared nothing: no SQLite file is open in two processes.
+    let mut open: HashMap<std::path::PathBuf, u32> = HashMap::new();
+    let mut shared = Vec::new();
+    for pid in procs.lock().expect("lock").pids() {
+        for db in Cluster::open_databases(pid) {
+            if let Some(other) = open.insert(db.clone(), pid) {
+                shared.push((db, other, pid));
+            }
+        }
+    }
     let get = |path: &str| -> Value {
         call(
             &c,
@@ -473,6 +593,10 @@ fn chaos_loses_nothing_and_doubles_nothing() {
     checks.push((
         "every saga's history is a legal path",
         check(illegal.is_empty(), format!("{illegal:?}")),
+    ));
+    checks.push((
+        "no SQLite file is open in two processes",
+        check(shared.is_empty() && open.len() >= 10, format!("{shared:?} of {open:?}")),
     ));
     let leftovers = c.queue_depths();
     let busy: Vec<_> = leftovers.iter().filter(|(_, n)| *n > 0).collect();
