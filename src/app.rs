@@ -273,33 +273,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let owners = crate::rpc::Owners::new(count, local_workers, amqp.clone());
 
     // Read models: every process serving the API keeps its own, fed by the
-    // events (over RabbitMQ, each replays the event log from its own offset;
-    // in one process, from the in-process queues), and answers from them.
+    // events (over RabbitMQ, it reads the event log once for all of them from
+    // their own offsets; in one process, from the in-process queues), and
+    // answers from them.
     let mut view_dbs = std::collections::HashMap::new();
     if runs_api || roles.has(Role::Views) {
+        let arbiter = actix::Arbiter::new();
+        let mut models = Vec::new();
         for kind in ViewKind::ALL {
             let db = views::open(&config, kind)
                 .with_context(|| format!("opening the {} view", kind.as_str()))?;
-            let (d, t, s, a) = (
-                db.clone(),
-                transport.clone(),
-                shutdown.clone(),
-                amqp.clone(),
-            );
-            let arbiter = actix::Arbiter::new();
-            arbiter.spawn(async move {
-                let ended = match a {
-                    Some(amqp) => views::consume_log(kind, d, amqp, s).await,
-                    None => views::consume(kind, d, t, s).await,
-                };
-                if let Err(e) = ended {
-                    tracing::error!(view = kind.as_str(), error = %e, "view consumer stopped");
-                }
-            });
-            arbiters.push(arbiter);
+            if amqp.is_none() {
+                let (d, t, s) = (db.clone(), transport.clone(), shutdown.clone());
+                arbiter.spawn(async move {
+                    if let Err(e) = views::consume(kind, d, t, s).await {
+                        tracing::error!(view = kind.as_str(), error = %e, "view consumer stopped");
+                    }
+                });
+            }
+            models.push((kind, db.clone()));
             dbs.push(db.clone());
             view_dbs.insert(kind, db);
         }
+        if let Some(amqp) = amqp.clone() {
+            let s = shutdown.clone();
+            arbiter.spawn(async move {
+                if let Err(e) = views::consume_log(models, amqp, s).await {
+                    tracing::error!(error = %e, "event log reader stopped");
+                }
+            });
+        }
+        arbiters.push(arbiter);
     }
 
     let topology = crate::transport::Topology::new(&config.namespace, count);

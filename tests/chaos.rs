@@ -163,7 +163,10 @@ impl Processes {
                         self.running[i] = Some(dup.into_service(addr));
                         break;
                     }
-                    assert!(Instant::now() < deadline, "the duplicate owner never took over");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the duplicate owner never took over"
+                    );
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 continue;
@@ -298,7 +301,10 @@ fn chaos_loses_nothing_and_doubles_nothing() {
                 std::thread::sleep(delay);
                 let mut p = procs.lock().expect("lock");
                 if whole {
-                    assert!(p.duplicate_waits(), "the duplicate started beside its owner");
+                    assert!(
+                        p.duplicate_waits(),
+                        "the duplicate started beside its owner"
+                    );
                     for i in 0..p.specs.len() {
                         p.kill(i);
                     }
@@ -596,7 +602,10 @@ fn chaos_loses_nothing_and_doubles_nothing() {
     ));
     checks.push((
         "no SQLite file is open in two processes",
-        check(shared.is_empty() && open.len() >= 10, format!("{shared:?} of {open:?}")),
+        check(
+            shared.is_empty() && open.len() >= 10,
+            format!("{shared:?} of {open:?}"),
+        ),
     ));
     let leftovers = c.queue_depths();
     let busy: Vec<_> = leftovers.iter().filter(|(_, n)| *n > 0).collect();

@@ -118,21 +118,10 @@ fn binds(kind: ViewKind, event_type: &str) -> bool {
 /// Most events applied in one transaction.
 const LOG_BATCH: usize = 256;
 
-/// Reads the event log (a RabbitMQ stream) into a read model until
-/// shutdown, from where it left off: each batch of events is applied
-/// together with the offset after it in one transaction, then acked; an
-/// event this read model does not project only moves the offset on. So a
-/// new replica replays the whole log, and a restarted one goes on where it
-/// committed, applying nothing twice.
-pub async fn consume_log(
-    kind: ViewKind,
-    db: Db,
-    amqp: AmqpTransport,
-    mut shutdown: Shutdown,
-) -> Result<(), TransportError> {
-    use futures_util::{FutureExt, StreamExt};
-    let stored = loop {
-        match db
+/// Where a read model stands in the log: the offset of its next event.
+async fn log_position(db: &Db) -> i64 {
+    loop {
+        let read = db
             .read(|c| {
                 Ok(crate::storage::optional(c.query_row(
                     "SELECT next_offset FROM log_position WHERE id = 1",
@@ -140,16 +129,72 @@ pub async fn consume_log(
                     |r| r.get::<_, i64>(0),
                 ))?)
             })
-            .await
-        {
-            Ok(v) => break v.unwrap_or(0),
+            .await;
+        match read {
+            Ok(v) => return v.unwrap_or(0),
             Err(e) => {
-                tracing::warn!(view = kind.as_str(), error = %e, "cannot read the log position");
+                tracing::warn!(error = %e, "cannot read a read model's log position");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
-    };
-    let next = Arc::new(std::sync::atomic::AtomicI64::new(stored));
+    }
+}
+
+/// Applies `events` to a read model and moves its position to `next`, in
+/// one transaction; retried (never skipped) until it commits, since the
+/// log keeps the order.
+async fn commit_batch(kind: ViewKind, db: &Db, events: Vec<DomainEvent>, next: i64) {
+    let events = Arc::new(events);
+    loop {
+        let evs = events.clone();
+        let committed = db
+            .write(move |tx| {
+                for e in evs.iter() {
+                    apply(kind, tx, e)?;
+                }
+                tx.execute(
+                    "INSERT INTO log_position (id, next_offset) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET next_offset = excluded.next_offset",
+                    [next],
+                )?;
+                Ok(())
+            })
+            .await;
+        match committed {
+            Ok(()) => {
+                for _ in events.iter() {
+                    inc(&METRICS.events_projected_total);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(view = kind.as_str(), error = %e, "events not projected; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Reads the event log (a RabbitMQ stream) into this process's read models
+/// until shutdown, once for all of them, from the earliest of their
+/// positions. Each batch of events is applied to each read model that
+/// projects some of them, together with that read model's new position, in
+/// one transaction per read model; then the batch is acked. A read model
+/// skips what lies before its own position. So a new replica replays the
+/// whole log, and a restarted one goes on where each read model committed,
+/// applying nothing twice.
+pub async fn consume_log(
+    models: Vec<(ViewKind, Db)>,
+    amqp: AmqpTransport,
+    mut shutdown: Shutdown,
+) -> Result<(), TransportError> {
+    use futures_util::{FutureExt, StreamExt};
+    let mut positions = Vec::new();
+    for (kind, db) in &models {
+        positions.push((*kind, db.clone(), log_position(db).await));
+    }
+    let start = positions.iter().map(|(_, _, p)| *p).min().unwrap_or(0);
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(start));
     let mut deliveries = amqp.read_event_log(next.clone());
     loop {
         let first = tokio::select! {
@@ -166,7 +211,7 @@ pub async fn consume_log(
                 _ => break,
             }
         }
-        let mut events = Vec::new();
+        let mut per_model: Vec<Vec<DomainEvent>> = positions.iter().map(|_| Vec::new()).collect();
         let mut settled = Vec::new();
         let mut last = None;
         for d in batch {
@@ -174,20 +219,28 @@ pub async fn consume_log(
                 settled.push(d);
                 continue;
             };
-            // Read again after a reconnection: already applied.
+            // Read again after a reconnection: already handled.
             if offset < next.load(std::sync::atomic::Ordering::SeqCst) {
                 settled.push(d);
                 continue;
             }
             last = Some(offset);
-            let bound = d.message_type.as_deref().is_some_and(|t| binds(kind, t));
-            if !bound {
+            let event_type = d.message_type.clone().unwrap_or_default();
+            let wanted: Vec<usize> = positions
+                .iter()
+                .enumerate()
+                .filter(|(_, (kind, _, from))| offset >= *from && binds(*kind, &event_type))
+                .map(|(i, _)| i)
+                .collect();
+            if wanted.is_empty() {
                 settled.push(d);
                 continue;
             }
             match DomainEvent::decode(&d.body) {
                 Ok(event) => {
-                    events.push(event);
+                    for i in wanted {
+                        per_model[i].push(event.clone());
+                    }
                     settled.push(d);
                 }
                 // Never defaulted into a read model: a copy goes to the
@@ -201,36 +254,13 @@ pub async fn consume_log(
             }
             continue;
         };
-        let events = Arc::new(events);
-        loop {
-            let evs = events.clone();
-            let committed = db
-                .write(move |tx| {
-                    for e in evs.iter() {
-                        apply(kind, tx, e)?;
-                    }
-                    tx.execute(
-                        "INSERT INTO log_position (id, next_offset) VALUES (1, ?1)
-                         ON CONFLICT (id) DO UPDATE SET next_offset = excluded.next_offset",
-                        [last + 1],
-                    )?;
-                    Ok(())
-                })
-                .await;
-            match committed {
-                Ok(()) => break,
-                // The log keeps the order: wait and apply the same batch
-                // again rather than skip it.
-                Err(e) => {
-                    tracing::warn!(view = kind.as_str(), error = %e, "events not projected; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
+        for ((kind, db, from), events) in positions.iter_mut().zip(per_model) {
+            if !events.is_empty() {
+                commit_batch(*kind, db, events, last + 1).await;
+                *from = last + 1;
             }
         }
         next.store(last + 1, std::sync::atomic::Ordering::SeqCst);
-        for _ in events.iter() {
-            inc(&METRICS.events_projected_total);
-        }
         for d in settled {
             let _ = d.ack().await;
         }
