@@ -460,7 +460,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Runs an outbox relay on `arbiter`; the receiver resolves when it ends.
+/// Runs the outbox relays (one per lane) on `arbiter`; the receiver
+/// resolves when both have ended.
 fn spawn_relay(
     arbiter: &actix::Arbiter,
     db: Db,
@@ -469,7 +470,9 @@ fn spawn_relay(
 ) -> tokio::sync::oneshot::Receiver<()> {
     let (done, ended) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
-        outbox::run_relay(db, transport, shutdown).await;
+        let lanes = outbox::Lane::ALL
+            .map(|lane| outbox::run_relay(db.clone(), transport.clone(), shutdown.clone(), lane));
+        futures_util::future::join_all(lanes).await;
         let _ = done.send(());
     });
     ended

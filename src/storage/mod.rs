@@ -53,7 +53,8 @@ struct DbInner {
     /// Idle read-only connections, reused across reads.
     readers: Mutex<Vec<Connection>>,
     /// Woken after a commit that added outbox rows.
-    outbox_ready: Notify,
+    /// One per outbox lane (see `outbox::Lane`), so each relay is woken.
+    outbox_ready: [Notify; 2],
     /// The writer thread, joined by `close`.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -187,7 +188,7 @@ impl Db {
                 path: path.to_owned(),
                 jobs: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
-                outbox_ready: Notify::new(),
+                outbox_ready: [Notify::new(), Notify::new()],
                 writer: Mutex::new(Some(writer)),
             }),
         })
@@ -289,11 +290,13 @@ impl Db {
 
     /// Wakes the outbox relay: call after a commit that added outbox rows.
     pub fn notify_outbox(&self) {
-        self.inner.outbox_ready.notify_one();
+        for n in &self.inner.outbox_ready {
+            n.notify_one();
+        }
     }
 
-    pub(crate) async fn outbox_notified(&self) {
-        self.inner.outbox_ready.notified().await
+    pub(crate) async fn outbox_notified(&self, lane: outbox::Lane) {
+        self.inner.outbox_ready[lane as usize].notified().await
     }
 
     /// Stops the writer thread once queued jobs are done, and waits for it

@@ -32,6 +32,25 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (available_at, seq);
 ";
 
+/// The two lanes of an outbox, each published by its own relay: domain
+/// events (to the events exchange and its stream, whose confirms may take
+/// longer) never hold back the commands and replies a saga waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Commands and replies.
+    Messages = 0,
+    /// Domain events.
+    Events = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Messages, Lane::Events];
+
+    fn is_events(self) -> bool {
+        self == Lane::Events
+    }
+}
+
 /// Most rows published in one pipelined batch.
 const BATCH: i64 = 512;
 
@@ -67,14 +86,15 @@ struct Due {
     next_at: Option<Millis>,
 }
 
-async fn due_rows(db: &Db, now: Millis) -> StorageResult<Due> {
+async fn due_rows(db: &Db, now: Millis, lane: Lane) -> StorageResult<Due> {
     db.read(move |c| {
         let mut stmt = c.prepare_cached(
             "SELECT seq, message_id, route, message_type, correlation_id, body
-             FROM outbox WHERE available_at <= ?1 ORDER BY seq LIMIT ?2",
+             FROM outbox WHERE available_at <= ?1 AND (substr(route, 1, 6) = 'event:') = ?3
+             ORDER BY seq LIMIT ?2",
         )?;
         let rows = stmt
-            .query_map(params![now.0, BATCH], |r| {
+            .query_map(params![now.0, BATCH, lane.is_events()], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -103,8 +123,9 @@ async fn due_rows(db: &Db, now: Millis) -> StorageResult<Due> {
             ));
         }
         let next_at: Option<i64> = c.query_row(
-            "SELECT min(available_at) FROM outbox WHERE available_at > ?1",
-            params![now.0],
+            "SELECT min(available_at) FROM outbox
+             WHERE available_at > ?1 AND (substr(route, 1, 6) = 'event:') = ?2",
+            params![now.0, lane.is_events()],
             |r| r.get(0),
         )?;
         Ok(Due {
@@ -115,8 +136,8 @@ async fn due_rows(db: &Db, now: Millis) -> StorageResult<Due> {
     .await
 }
 
-/// Publishes a database's outbox until shutdown.
-pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shutdown) {
+/// Publishes one lane of a database's outbox until shutdown.
+pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shutdown, lane: Lane) {
     let backoff = ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(5))
@@ -124,7 +145,7 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
     let mut failures = backoff.build();
     loop {
         let now = Millis::now();
-        let wait = match due_rows(&db, now).await {
+        let wait = match due_rows(&db, now, lane).await {
             Err(e) => {
                 tracing::warn!(db = %db.path().display(), error = %e, "cannot read outbox");
                 failures.next().unwrap_or(Duration::from_secs(5))
@@ -171,7 +192,7 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
         };
         tokio::select! {
             _ = shutdown.recv() => break,
-            _ = db.outbox_notified() => {}
+            _ = db.outbox_notified(lane) => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -179,7 +200,7 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
     // the table for the next start.
     let flush = async {
         loop {
-            let Ok(due) = due_rows(&db, Millis::now()).await else {
+            let Ok(due) = due_rows(&db, Millis::now(), lane).await else {
                 return;
             };
             if due.rows.is_empty() {
