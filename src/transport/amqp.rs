@@ -1183,6 +1183,24 @@ impl Settle for AmqpSettle {
         .boxed()
     }
 
+    fn ack_through(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn covered(mut self: Box<Self>) {
+        // Settled by a later `multiple` ack: not handed back when dropped.
+        self.acker = None;
+    }
+
     fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         let acker = self.acker.take();
         async move {

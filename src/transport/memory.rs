@@ -201,6 +201,15 @@ impl Settle for MemorySettle {
         async { Ok(()) }.boxed()
     }
 
+    fn ack_through(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        // In-process deliveries are settled one by one.
+        self.ack()
+    }
+
+    fn covered(mut self: Box<Self>) {
+        self.msg = None;
+    }
+
     fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         self.give_back();
         async { Ok(()) }.boxed()

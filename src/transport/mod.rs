@@ -302,6 +302,19 @@ impl Delivery {
             .await
     }
 
+    /// Acknowledges this message and every earlier one of its consumer not
+    /// settled yet (`multiple`): one frame for a batch. The earlier ones
+    /// must be let go with [`Delivery::covered`].
+    pub async fn ack_through(self) -> Result<(), TransportError> {
+        self.settle.ack_through().await
+    }
+
+    /// Lets this message go as settled by a later [`Delivery::ack_through`]
+    /// of the same consumer (nothing is sent for it).
+    pub fn covered(self) {
+        self.settle.covered();
+    }
+
     /// Hands the message back to its queue for another try.
     pub async fn requeue(self) -> Result<(), TransportError> {
         self.settle.requeue().await
@@ -320,6 +333,8 @@ pub struct DeadLetter {
 /// How one delivery is settled with its broker.
 pub(crate) trait Settle: Send {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
+    fn ack_through(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
+    fn covered(self: Box<Self>);
     fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
     fn dead_letter(
         self: Box<Self>,

@@ -249,9 +249,7 @@ pub async fn consume_log(
             }
         }
         let Some(last) = last else {
-            for d in settled {
-                let _ = d.ack().await;
-            }
+            ack_batch(settled).await;
             continue;
         };
         for ((kind, db, from), events) in positions.iter_mut().zip(per_model) {
@@ -261,9 +259,17 @@ pub async fn consume_log(
             }
         }
         next.store(last + 1, std::sync::atomic::Ordering::SeqCst);
+        ack_batch(settled).await;
+    }
+}
+
+/// Acks a batch of one consumer in one frame (the last, `multiple`).
+async fn ack_batch(mut settled: Vec<Delivery>) {
+    if let Some(last) = settled.pop() {
         for d in settled {
-            let _ = d.ack().await;
+            d.covered();
         }
+        let _ = last.ack_through().await;
     }
 }
 
