@@ -234,6 +234,17 @@ async fn get_json(conn: &mut http::Conn, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&r.body)?)
 }
 
+/// Completed sagas so far: the service's counter, or (against a replica of a
+/// partitioned deployment, whose owners count in their own processes) the
+/// length of the API's list of completed sagas.
+async fn completed(conn: &mut http::Conn, via_api: bool) -> anyhow::Result<f64> {
+    if via_api {
+        let list = get_json(conn, "/sagas?state=Completed&limit=100000").await?;
+        return Ok(list.as_array().map_or(0, Vec::len) as f64);
+    }
+    metric(conn, "hearty_sagas_completed_total").await
+}
+
 async fn metric(conn: &mut http::Conn, name: &str) -> anyhow::Result<f64> {
     let r = conn.request("GET", "/metrics", None).await?;
     let text = String::from_utf8_lossy(&r.body);
@@ -273,6 +284,7 @@ async fn full_load(
     concurrency: usize,
     warmup: Duration,
     window: Duration,
+    via_api: bool,
 ) -> anyhow::Result<Load> {
     let requests = Arc::new(AtomicU64::new(0));
     let pb = bar(
@@ -313,7 +325,7 @@ async fn full_load(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let completed_before = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let completed_before = completed(&mut conn, via_api).await?;
     let window_start_wall = crate::domain::Millis::now();
     let service = service_pid.map(|p| p.to_string());
     let cpu_before = (
@@ -324,7 +336,7 @@ async fn full_load(
         pb.set_position(start.elapsed().as_secs());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let completed_after = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let completed_after = completed(&mut conn, via_api).await?;
     let window_end_wall = crate::domain::Millis::now();
     let cpu_after = (
         cpu_seconds("self"),
@@ -360,7 +372,7 @@ async fn full_load(
 }
 
 /// Open loop: orders at a fixed rate for `window`.
-async fn rate_load(base: &str, rate: f64, window: Duration) -> anyhow::Result<Load> {
+async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> anyhow::Result<Load> {
     let pb = bar(
         window.as_secs(),
         &format!("half load ({rate:.0} orders/s, open loop)"),
@@ -368,7 +380,7 @@ async fn rate_load(base: &str, rate: f64, window: Duration) -> anyhow::Result<Lo
     let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let mut conn = http::Conn::new(base, None)?;
-    let completed_before = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let completed_before = completed(&mut conn, via_api).await?;
     let wall_start = crate::domain::Millis::now();
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
@@ -408,7 +420,7 @@ async fn rate_load(base: &str, rate: f64, window: Duration) -> anyhow::Result<Lo
     let seconds = start.elapsed().as_secs_f64();
     // Let the last sagas finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let completed_after = metric(&mut conn, "hearty_sagas_completed_total").await?;
+    let completed_after = completed(&mut conn, via_api).await?;
     let wall_end = crate::domain::Millis::now();
     pb.finish_and_clear();
     let to_completed = completion_latencies(&mut conn, wall_start, wall_end).await?;
@@ -481,7 +493,13 @@ async fn cancellations(base: &str, concurrency: usize, want: usize) -> anyhow::R
         return Ok(None);
     }
     let pb = bar(ids.len() as u64, "cancellations");
-    let before = metric(&mut conn, "hearty_sagas_compensated_total").await?;
+    // Counted through the API (the owners' metrics live in their own
+    // processes when the target is one replica of a partitioned deployment).
+    let compensated = async |conn: &mut http::Conn| -> anyhow::Result<f64> {
+        let list = get_json(conn, "/sagas?state=Compensated&limit=100000").await?;
+        Ok(list.as_array().map_or(0, Vec::len) as f64)
+    };
+    let before = compensated(&mut conn).await?;
     let start = Instant::now();
     let queue = Arc::new(Mutex::new(ids.clone()));
     let mut clients = Vec::new();
@@ -505,12 +523,12 @@ async fn cancellations(base: &str, concurrency: usize, want: usize) -> anyhow::R
     let target = before + ids.len() as f64;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let now = metric(&mut conn, "hearty_sagas_compensated_total").await?;
+        let now = compensated(&mut conn).await?;
         pb.set_position((now - before).max(0.0) as u64);
         if now >= target || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pb.finish_and_clear();
     Ok(Some(ids.len() as f64 / start.elapsed().as_secs_f64()))
@@ -684,12 +702,22 @@ async fn run_in(
     wait_ready(&base, Duration::from_secs(60)).await?;
     seed(&base).await?;
     let pid = svc.as_ref().map(|s| s.child.id());
-    let full = full_load(&base, pid, args.concurrency, args.warmup, args.duration).await?;
+    let via_api = args.url.is_some();
+    let full = full_load(
+        &base,
+        pid,
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        via_api,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let half = rate_load(
         &base,
         (full.completed_sagas_per_sec / 2.0).max(1.0),
         args.duration,
+        via_api,
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
