@@ -28,6 +28,26 @@ use crate::transport::consume::consume_each;
 use crate::transport::{Delivery, QueueName, Topology, Transport, TransportError};
 use crate::workers::{coupon, delivery, kitchen, pay};
 
+/// The deepest page (`offset + limit`) gathered from several owners: each
+/// answers that many rows and the asker merges them.
+pub const MAX_GATHERED: i64 = 100_000;
+
+/// The largest answer an owner sends (a broker refuses messages above its
+/// `max_message_size`, 128 MiB by default).
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+
+/// How many rows each owner must answer for `page` of a gathered list.
+pub fn gathered_depth(page: Page) -> Result<i64, String> {
+    let wanted = page.offset.saturating_add(page.limit);
+    if wanted > MAX_GATHERED {
+        return Err(format!(
+            "offset + limit may be at most {MAX_GATHERED} while the partitions have several owners; \
+             page with a filter or a smaller offset"
+        ));
+    }
+    Ok(wanted)
+}
+
 /// How long an asker waits for an owner's answer.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
@@ -38,12 +58,21 @@ pub enum Query {
     /// The owner's records (payments, tickets, ...), by id: the first
     /// `limit`; the asker merges owners and applies its offset.
     #[serde(rename_all = "camelCase")]
-    Records { limit: i64, order_id: Option<i64> },
+    Records {
+        limit: i64,
+        #[serde(default)]
+        offset: i64,
+        order_id: Option<i64>,
+    },
     /// The record of one order, if the owner has it.
     #[serde(rename_all = "camelCase")]
     Record { order_id: i64 },
     /// The kitchen's catalog items, by id: the first `limit`.
-    Foods { limit: i64 },
+    Foods {
+        limit: i64,
+        #[serde(default)]
+        offset: i64,
+    },
     /// One catalog item.
     Food { id: i64 },
     /// Adds a catalog item, with an id in one of the owner's partitions.
@@ -76,6 +105,8 @@ pub enum AskError {
     Failed(String, String),
     #[error("asking the owner of {0}: {1}")]
     Transport(String, TransportError),
+    #[error("{0}")]
+    TooDeep(String),
 }
 
 impl AskError {
@@ -109,10 +140,14 @@ pub async fn answer(
     };
     let db = &local.db;
     match query {
-        Query::Records { limit, order_id } => {
+        Query::Records {
+            limit,
+            offset,
+            order_id,
+        } => {
             let page = Page {
-                limit: limit.clamp(0, i64::MAX),
-                offset: 0,
+                limit: limit.max(0),
+                offset: offset.max(0),
             };
             let order = order_id.and_then(|o| OrderId::new(o).ok());
             let v = db
@@ -147,10 +182,10 @@ pub async fn answer(
                 .await?;
             json(v)
         }
-        Query::Foods { limit } => {
+        Query::Foods { limit, offset } => {
             let page = Page {
-                limit: limit.clamp(0, i64::MAX),
-                offset: 0,
+                limit: limit.max(0),
+                offset: offset.max(0),
             };
             let v = db
                 .read(move |c| Ok(serde_json::to_value(kitchen::list_foods(c, page)?)))
@@ -218,6 +253,18 @@ pub async fn serve(
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(format!("undecodable request: {e}")),
                 };
+                let body = serde_json::to_vec(&Answer {
+                    owned: owned.clone(),
+                    result,
+                })
+                .unwrap_or_default();
+                if body.len() <= MAX_ANSWER_BYTES {
+                    return body;
+                }
+                let result = Err(
+                    "the answer is too large to send between processes; ask for a smaller page"
+                        .to_owned(),
+                );
                 serde_json::to_vec(&Answer { owned, result }).unwrap_or_default()
             }
         },
@@ -336,6 +383,26 @@ impl Owners {
         }
     }
 
+    /// Creates something any owner of `kind` may take: the next partition
+    /// in turn, and the one after it while nobody owns a partition (nothing
+    /// was delivered there).
+    pub async fn create(&self, kind: WorkerKind, query: Query) -> Result<Value, AskError> {
+        let mut last = None;
+        for _ in 0..self.count.get() {
+            let partition = self.next_partition();
+            match self.ask(kind, partition, query.clone()).await {
+                Err(e @ AskError::NoOwner(_)) => last = Some(e),
+                Err(e) => return Err(e),
+                Ok(answer) => {
+                    return answer
+                        .result
+                        .map_err(|e| AskError::Failed(format!("{kind} {partition}"), e));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| AskError::NoOwner(format!("any {kind}"))))
+    }
+
     /// The owner's result, or why there is none.
     pub async fn one(
         &self,
@@ -374,15 +441,30 @@ impl Owners {
         Ok(results)
     }
 
-    /// The records of every owner merged into one page ordered by id.
+    /// The records of every owner merged into one page ordered by id (see
+    /// `Orchestrators::page`: one owner of everything answers the page
+    /// itself).
     pub async fn page(
         &self,
         kind: WorkerKind,
-        query: impl Fn(i64) -> Query,
+        query: impl Fn(i64, i64) -> Query,
         page: Page,
     ) -> Result<Vec<Value>, AskError> {
-        let wanted = page.offset.saturating_add(page.limit);
-        let lists = self.all(kind, query(wanted)).await?;
+        let first = self.count.of(1);
+        let answer = self
+            .ask(kind, first, query(page.limit, page.offset))
+            .await?;
+        if answer.owned.len() == usize::from(self.count.get()) {
+            let body = answer
+                .result
+                .map_err(|e| AskError::Failed(format!("{kind} {first}"), e))?;
+            return Ok(match body {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            });
+        }
+        let wanted = gathered_depth(page).map_err(AskError::TooDeep)?;
+        let lists = self.all(kind, query(wanted, 0)).await?;
         Ok(merge_page(lists, page))
     }
 }
@@ -430,10 +512,14 @@ mod tests {
     fn queries_have_a_wire_form() {
         let q = Query::Records {
             limit: 5,
+            offset: 0,
             order_id: Some(3),
         };
         let text = serde_json::to_string(&q).expect("json");
-        assert_eq!(text, r#"{"query":"records","limit":5,"orderId":3}"#);
+        assert_eq!(
+            text,
+            r#"{"query":"records","limit":5,"offset":0,"orderId":3}"#
+        );
         assert_eq!(serde_json::from_str::<Query>(&text).expect("back"), q);
     }
 }

@@ -101,6 +101,9 @@ impl From<StorageError> for ApiError {
 
 impl From<crate::rpc::AskError> for ApiError {
     fn from(e: crate::rpc::AskError) -> Self {
+        if let crate::rpc::AskError::TooDeep(why) = e {
+            return ApiError::bad_request(why);
+        }
         tracing::warn!(error = %e, "an owner could not answer a request");
         ApiError {
             error: "owner_unavailable".into(),

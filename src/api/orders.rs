@@ -7,14 +7,16 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page};
 use super::contract::responses::{CancelAccepted, ErrorBody, Order, ProgressAccepted};
 use super::error::ApiError;
-use super::service::Op;
+use super::service::{Done, Op, RETRY_AFTER_SECS};
 use super::{ApiState, ok_json};
 use crate::domain::{CustomerId, FoodId, Money, OrderId, Qty, WorkerKind};
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::IdempotencyKey;
+use crate::rpc::AskError;
 use crate::rpc::Query;
 use crate::views::my_orders::MyOrder;
 use serde::Deserialize as _;
+use serde_json::json;
 
 type State = web::Data<ApiState>;
 
@@ -164,12 +166,104 @@ pub async fn place(
     draft.amount = Money::from_cents(item.price_cents)
         .total(qty)
         .map_err(|e| unprocessable("amount_too_large", e.to_string()))?;
-    let place = Op::PlaceOrder {
-        order: draft,
-        key: key.map(|k| k.as_str().to_owned()),
-        admit_within_ms: u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX),
+    let admit_within_ms = u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX);
+    // Without a client's key, the next partition whose owner is there takes
+    // it (an unroutable request delivered nothing: safe to move on).
+    let tries = if key.is_some() {
+        1
+    } else {
+        orchestrators.count().get()
     };
-    Ok(orchestrators.one(partition, place).await?.into_response())
+    let mut partition = partition;
+    let mut last = None;
+    for _ in 0..tries {
+        // The order always carries a key — the client's, or one of ours that
+        // falls in this partition — so the outcome of a placement whose
+        // answer is lost can still be learned.
+        let key = key.as_ref().map_or_else(
+            || our_key(orchestrators.count(), partition),
+            |k| k.as_str().to_owned(),
+        );
+        let place = Op::PlaceOrder {
+            order: draft,
+            key: Some(key.clone()),
+            admit_within_ms,
+        };
+        match orchestrators.ask(partition, place).await {
+            Ok(answer) => {
+                return answer
+                    .result
+                    .map(Done::into_response)
+                    .map_err(ApiError::from);
+            }
+            Err(e @ AskError::NoOwner(_)) => {
+                last = Some(e);
+                partition = orchestrators.next_partition();
+            }
+            // Delivered, or maybe: the order may exist. Ask its owner.
+            Err(e) => return learn_outcome(orchestrators, partition, key, draft, e).await,
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| AskError::NoOwner("any orchestrator".into()))
+        .into())
+}
+
+/// A key of our own for an order without one, whose hash falls in
+/// `partition` (so a retry with it meets the owner that keeps it).
+fn our_key(
+    count: crate::partition::PartitionCount,
+    partition: crate::partition::Partition,
+) -> String {
+    loop {
+        let key = format!("hearty-{:032x}", rand::random::<u128>());
+        if count.of(key_hash(&key)) == partition {
+            return key;
+        }
+    }
+}
+
+/// A placement went out but its answer did not come back: asks the owner
+/// what became of the key (a few times, briefly). Its order's answer if it
+/// was placed; a 503 that says nothing was established if it was not; else
+/// a 503 that says the outcome is unknown and names the key to learn it by.
+async fn learn_outcome(
+    orchestrators: &super::service::Orchestrators,
+    partition: crate::partition::Partition,
+    key: String,
+    draft: OrderDetails,
+    why: AskError,
+) -> Result<HttpResponse, ApiError> {
+    tracing::warn!(error = %why, "no answer to a placement; asking what became of it");
+    for attempt in 0..3u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+        }
+        let replay = Op::Replay {
+            key: key.clone(),
+            order: draft,
+        };
+        match orchestrators.ask(partition, replay).await {
+            Ok(answer) => match answer.result {
+                Ok(done) if done.status == StatusCode::NO_CONTENT.as_u16() => {
+                    return Err(ApiError::unavailable(
+                        "the order could not be placed now; nothing was established, try again",
+                        RETRY_AFTER_SECS,
+                    ));
+                }
+                Ok(done) => return Ok(done.into_response()),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => tracing::debug!(error = %e, "the owner does not answer yet"),
+        }
+    }
+    Err(ApiError::unavailable(
+        format!(
+            "the order's outcome is not known yet; send the same request with `Idempotency-Key: {key}` to learn it"
+        ),
+        RETRY_AFTER_SECS,
+    )
+    .with_extra(json!({ "idempotencyKey": key })))
 }
 
 /// A stable hash of an Idempotency-Key (FNV-1a): every API process sends
@@ -202,7 +296,14 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
     let customer_id = customer.map(CustomerId::get);
     let list = state
         .orchestrators
-        .page(|limit| Op::Orders { limit, customer_id }, page)
+        .page(
+            |limit, offset| Op::Orders {
+                limit,
+                offset,
+                customer_id,
+            },
+            page,
+        )
         .await?;
     Ok(ok_json(&list))
 }

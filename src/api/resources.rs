@@ -61,12 +61,7 @@ pub async fn create_customer(
         name: c.name,
     };
     // Any partition's owner takes a new customer, with an id of its own.
-    let partition = state.orchestrators.next_partition();
-    Ok(state
-        .orchestrators
-        .one(partition, op)
-        .await?
-        .into_response())
+    Ok(state.orchestrators.create(op).await?.into_response())
 }
 
 /// Customers, by id.
@@ -89,7 +84,7 @@ pub async fn list_customers(
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .orchestrators
-        .page(|limit| Op::Customers { limit }, page)
+        .page(|limit, offset| Op::Customers { limit, offset }, page)
         .await?;
     Ok(ok_json(&list))
 }
@@ -145,12 +140,10 @@ pub async fn create_food(
     f.check().map_err(ApiError::bad_request)?;
     let (stock, price) = (f.stock.0, f.price.0);
     // Any kitchen owner takes it, with an id in one of its partitions.
-    let partition = state.owners.next_partition();
     let created = state
         .owners
-        .one(
+        .create(
             WorkerKind::Kitchen,
-            partition,
             Query::CreateFood {
                 name: f.name,
                 stock,
@@ -178,7 +171,11 @@ pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpRe
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .owners
-        .page(WorkerKind::Kitchen, |limit| Query::Foods { limit }, page)
+        .page(
+            WorkerKind::Kitchen,
+            |limit, offset| Query::Foods { limit, offset },
+            page,
+        )
         .await?;
     Ok(ok_json(&list))
 }
@@ -285,12 +282,7 @@ pub async fn create_review(
         productname: r.productname,
         content: r.content,
     };
-    let partition = state.orchestrators.next_partition();
-    Ok(state
-        .orchestrators
-        .one(partition, op)
-        .await?
-        .into_response())
+    Ok(state.orchestrators.create(op).await?.into_response())
 }
 
 /// Reviews, by id.
@@ -313,7 +305,7 @@ pub async fn list_reviews(
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let list = state
         .orchestrators
-        .page(|limit| Op::Reviews { limit }, page)
+        .page(|limit, offset| Op::Reviews { limit, offset }, page)
         .await?;
     Ok(ok_json(&list))
 }
@@ -372,7 +364,7 @@ macro_rules! worker_records {
             let order_id = order.map(OrderId::get);
             let list = state
                 .owners
-                .page(WorkerKind::$kind, |limit| Query::Records { limit, order_id }, page)
+                .page(WorkerKind::$kind, |limit, offset| Query::Records { limit, offset, order_id }, page)
                 .await?;
             Ok(ok_json(&list))
         }

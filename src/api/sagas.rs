@@ -42,8 +42,9 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
     let views = state
         .orchestrators
         .page(
-            |limit| Op::Sagas {
+            |limit, offset| Op::Sagas {
                 limit,
+                offset,
                 state: filter,
             },
             page,

@@ -22,6 +22,7 @@ use super::contract::responses::{
 };
 use super::error::ApiError;
 use crate::domain::{CustomerId, OrderId, OrderStatus, SagaId};
+use crate::messages::partition_key;
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::store::{self, IdempotencyKey, KeyUse, SagaStore, Stored};
 use crate::orchestrator::{
@@ -33,7 +34,7 @@ use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Admission, Event, Refusal, SagaState};
 use crate::storage::Page;
 use crate::transport::amqp::AmqpTransport;
-use crate::transport::{Topology, Transport};
+use crate::transport::{QueueName, Route, Topology, Transport};
 
 /// How long a client should wait before trying again after a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -83,6 +84,8 @@ pub enum Op {
     #[serde(rename_all = "camelCase")]
     Orders {
         limit: i64,
+        #[serde(default)]
+        offset: i64,
         customer_id: Option<i64>,
     },
     Saga {
@@ -90,6 +93,8 @@ pub enum Op {
     },
     Sagas {
         limit: i64,
+        #[serde(default)]
+        offset: i64,
         state: Option<SagaState>,
     },
     Customer {
@@ -97,6 +102,8 @@ pub enum Op {
     },
     Customers {
         limit: i64,
+        #[serde(default)]
+        offset: i64,
     },
     CreateCustomer {
         name: String,
@@ -106,6 +113,8 @@ pub enum Op {
     },
     Reviews {
         limit: i64,
+        #[serde(default)]
+        offset: i64,
     },
     CreateReview {
         username: String,
@@ -198,10 +207,10 @@ fn key_reused(id: OrderId) -> ApiError {
     .with_extra(json!({ "orderId": id }))
 }
 
-fn first(limit: i64) -> Page {
+fn page_of(limit: i64, offset: i64) -> Page {
     Page {
         limit: limit.max(0),
-        offset: 0,
+        offset: offset.max(0),
     }
 }
 
@@ -285,21 +294,29 @@ pub async fn execute(local: &Local, op: Op) -> Result<Done, ApiError> {
             let row = found.ok_or_else(|| not_found_order(raw))?;
             Done::ok(order_view(&row))
         }
-        Op::Orders { limit, customer_id } => {
+        Op::Orders {
+            limit,
+            offset,
+            customer_id,
+        } => {
             let customer = customer_id.and_then(|c| CustomerId::new(c).ok());
             let sagas = local
                 .sagas
                 .db()
-                .read(move |c| store::list_sagas(c, first(limit), None, customer))
+                .read(move |c| store::list_sagas(c, page_of(limit, offset), None, customer))
                 .await?;
             Done::ok(sagas.iter().map(order_view).collect::<Vec<_>>())
         }
         Op::Saga { id: raw } => saga_detail(local, raw).await,
-        Op::Sagas { limit, state } => {
+        Op::Sagas {
+            limit,
+            offset,
+            state,
+        } => {
             let sagas = local
                 .sagas
                 .db()
-                .read(move |c| store::list_sagas(c, first(limit), state, None))
+                .read(move |c| store::list_sagas(c, page_of(limit, offset), state, None))
                 .await?;
             let views: Vec<SagaView> = sagas
                 .iter()
@@ -323,11 +340,11 @@ pub async fn execute(local: &Local, op: Op) -> Result<Done, ApiError> {
                     Done::ok,
                 )
         }
-        Op::Customers { limit } => {
+        Op::Customers { limit, offset } => {
             let list = local
                 .sagas
                 .db()
-                .read(move |c| store::list_customers(c, first(limit)))
+                .read(move |c| store::list_customers(c, page_of(limit, offset)))
                 .await?;
             Done::ok(list)
         }
@@ -345,11 +362,11 @@ pub async fn execute(local: &Local, op: Op) -> Result<Done, ApiError> {
                 .await?;
             Done::with(StatusCode::CREATED, created)
         }
-        Op::Reviews { limit } => {
+        Op::Reviews { limit, offset } => {
             let list = local
                 .sagas
                 .db()
-                .read(move |c| store::list_reviews(c, first(limit)))
+                .read(move |c| store::list_reviews(c, page_of(limit, offset)))
                 .await?;
             Done::ok(list)
         }
@@ -409,7 +426,13 @@ async fn saga_detail(local: &Local, raw: i64) -> Result<Done, ApiError> {
         &local.topology,
         &local.management_url,
     );
-    Done::ok(SagaView::detailed(&local.def, &saga, &history, in_flight))
+    let mut view = SagaView::detailed(&local.def, &saga, &history, in_flight);
+    for (step, d) in view.steps.iter_mut().zip(&local.def.steps) {
+        let route = Route::Command(d.worker, partition_key(d.worker, &saga.order));
+        step.queue =
+            QueueName::of(&route, local.topology.partitions).map(|q| local.topology.queue(q));
+    }
+    Done::ok(view)
 }
 
 async fn place(
@@ -577,6 +600,12 @@ impl Orchestrators {
 
     /// Executes `op` at the owner of `partition`.
     pub async fn call(&self, partition: Partition, op: Op) -> Result<Answer, ApiError> {
+        self.ask(partition, op).await.map_err(ApiError::from)
+    }
+
+    /// Executes `op` at the owner of `partition`, telling "nobody owns it"
+    /// (nothing was delivered) from "no answer" (it may have been done).
+    pub async fn ask(&self, partition: Partition, op: Op) -> Result<Answer, crate::rpc::AskError> {
         if let Some((local, owned)) = &self.local
             && owned.contains(&partition.index())
         {
@@ -588,10 +617,10 @@ impl Orchestrators {
         }
         let what = format!("orchestrator {partition}");
         let Some(amqp) = &self.amqp else {
-            return Err(crate::rpc::AskError::NoOwner(what).into());
+            return Err(crate::rpc::AskError::NoOwner(what));
         };
         let body = serde_json::to_vec(&op)
-            .map_err(|e| ApiError::unavailable(format!("encoding a request: {e}"), 1))?;
+            .map_err(|e| crate::rpc::AskError::Failed(what.clone(), e.to_string()))?;
         let key = Topology::rpc_key(OwnerRole::Orchestrator, partition);
         // Placing an order waits for the payment at the owner.
         let wait = self.order_timeout + Duration::from_secs(15);
@@ -599,9 +628,25 @@ impl Orchestrators {
             .request(&key, body, wait)
             .await
             .map_err(|e| crate::rpc::AskError::from_transport(what.clone(), e))?;
-        serde_json::from_slice(&raw).map_err(|e| {
-            crate::rpc::AskError::Failed(what, format!("undecodable answer: {e}")).into()
-        })
+        serde_json::from_slice(&raw)
+            .map_err(|e| crate::rpc::AskError::Failed(what, format!("undecodable answer: {e}")))
+    }
+
+    /// Creates something any owner may take (a customer, a review): the
+    /// next partition in turn, and the one after it while nobody owns a
+    /// partition (nothing was delivered there, so nothing is done twice).
+    pub async fn create(&self, op: Op) -> Result<Done, ApiError> {
+        let mut last = None;
+        for _ in 0..self.count.get() {
+            match self.ask(self.next_partition(), op.clone()).await {
+                Err(e @ crate::rpc::AskError::NoOwner(_)) => last = Some(e),
+                Err(e) => return Err(e.into()),
+                Ok(answer) => return answer.result.map_err(ApiError::from),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| crate::rpc::AskError::NoOwner("any orchestrator".into()))
+            .into())
     }
 
     /// Executes `op` at the owner of `partition`: its answer.
@@ -617,15 +662,31 @@ impl Orchestrators {
         self.one(self.count.of(key), op).await
     }
 
-    /// A list from every owner, merged into one page ordered by id.
-    pub async fn page(&self, op: impl Fn(i64) -> Op, page: Page) -> Result<Vec<Value>, ApiError> {
-        let wanted = page.offset.saturating_add(page.limit);
+    /// A list from every owner, merged into one page ordered by id. An
+    /// owner of every partition answers the page itself; several owners each
+    /// answer their first `offset + limit` rows, merged here, which is served
+    /// up to [`crate::rpc::MAX_GATHERED`] rows deep.
+    pub async fn page(
+        &self,
+        op: impl Fn(i64, i64) -> Op,
+        page: Page,
+    ) -> Result<Vec<Value>, ApiError> {
+        let first = self.count.of(1);
+        let answer = self.call(first, op(page.limit, page.offset)).await?;
+        if answer.owned.len() == usize::from(self.count.get()) {
+            let body = answer.result.map_err(ApiError::from)?.body;
+            return Ok(match body {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            });
+        }
+        let wanted = crate::rpc::gathered_depth(page).map_err(ApiError::bad_request)?;
         let mut uncovered: std::collections::BTreeSet<u16> =
             self.count.all().map(Partition::index).collect();
         let mut lists = Vec::new();
         while let Some(&next) = uncovered.iter().next() {
             let partition = self.count.of(i64::from(next));
-            let answer = self.call(partition, op(wanted)).await?;
+            let answer = self.call(partition, op(wanted, 0)).await?;
             uncovered.remove(&next);
             for p in &answer.owned {
                 uncovered.remove(p);
@@ -659,7 +720,22 @@ pub async fn serve(
                         "undecodable request: {e}"
                     )))),
                 };
-                serde_json::to_vec(&Answer { owned, result }).unwrap_or_default()
+                let body = serde_json::to_vec(&Answer {
+                    owned: owned.clone(),
+                    result,
+                })
+                .unwrap_or_default();
+                if body.len() <= crate::rpc::MAX_ANSWER_BYTES {
+                    return body;
+                }
+                let too_big = ApiError::bad_request(
+                    "the answer is too large to send between processes; ask for a smaller page",
+                );
+                serde_json::to_vec(&Answer {
+                    owned,
+                    result: Err(WireError::from(&too_big)),
+                })
+                .unwrap_or_default()
             }
         },
     )

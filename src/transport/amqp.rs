@@ -107,6 +107,24 @@ type Waiters =
 struct RpcChannel {
     channel: Channel,
     waiters: Waiters,
+    /// False once its answers stopped coming (the consumer ended).
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Forgets a request's waiter however the request ends (answered, timed
+/// out, or its caller gone).
+struct Waiting {
+    waiters: Waiters,
+    id: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 fn unavailable(e: lapin::Error) -> TransportError {
@@ -466,18 +484,18 @@ impl AmqpTransport {
         body: Vec<u8>,
         wait: Duration,
     ) -> Result<Vec<u8>, TransportError> {
-        let (channel, waiters) = self.rpc_channel().await?;
+        let (channel, waiters) = tokio::time::timeout(CONFIRM_TIMEOUT, self.rpc_channel())
+            .await
+            .map_err(|_| TransportError::Timeout)??;
         let id = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = tokio::sync::oneshot::channel();
         waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), tx);
-        let forget = || {
-            waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+        let _waiting = Waiting {
+            waiters: waiters.clone(),
+            id: id.clone(),
         };
         let props = BasicProperties::default()
             .with_correlation_id(id.clone().into())
@@ -501,19 +519,13 @@ impl AmqpTransport {
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = confirmed {
-            forget();
-            return Err(e);
-        }
+        confirmed?;
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(TransportError::Unavailable(
                 "the connection closed before the answer came".into(),
             )),
-            Err(_) => {
-                forget();
-                Err(TransportError::Timeout)
-            }
+            Err(_) => Err(TransportError::Timeout),
         }
     }
 
@@ -524,6 +536,7 @@ impl AmqpTransport {
         if let Some((g, rpc)) = slot.as_ref()
             && *g == generation
             && rpc.channel.status().connected()
+            && rpc.alive.load(std::sync::atomic::Ordering::SeqCst)
         {
             return Ok((rpc.channel.clone(), rpc.waiters.clone()));
         }
@@ -555,6 +568,8 @@ impl AmqpTransport {
             .map_err(unavailable)?;
         let waiters: Waiters = Arc::default();
         let routed = waiters.clone();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = alive.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = answers.next().await {
                 let id = d
@@ -568,7 +583,9 @@ impl AmqpTransport {
                     let _ = w.send(d.data);
                 }
             }
-            // The channel is gone: every waiter learns at once.
+            // The channel is gone: every waiter learns at once, and the
+            // next request opens another.
+            flag.store(false, std::sync::atomic::Ordering::SeqCst);
             routed.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
         *slot = Some((
@@ -576,6 +593,7 @@ impl AmqpTransport {
             RpcChannel {
                 channel: channel.clone(),
                 waiters: waiters.clone(),
+                alive,
             },
         ));
         Ok((channel, waiters))

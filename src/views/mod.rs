@@ -115,6 +115,9 @@ fn binds(kind: ViewKind, event_type: &str) -> bool {
         .any(|p| crate::transport::topic_matches(p, event_type))
 }
 
+/// How often a read model without events records its position.
+const POSITION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Most events applied in one transaction.
 const LOG_BATCH: usize = 256;
 
@@ -195,6 +198,10 @@ pub async fn consume_log(
     }
     let start = positions.iter().map(|(_, _, p)| *p).min().unwrap_or(0);
     let next = Arc::new(std::sync::atomic::AtomicI64::new(start));
+    let mut saved_at: Vec<std::time::Instant> = positions
+        .iter()
+        .map(|_| std::time::Instant::now())
+        .collect();
     let mut deliveries = amqp.read_event_log(next.clone());
     loop {
         let first = tokio::select! {
@@ -252,10 +259,15 @@ pub async fn consume_log(
             ack_batch(settled).await;
             continue;
         };
-        for ((kind, db, from), events) in positions.iter_mut().zip(per_model) {
-            if !events.is_empty() {
+        for (((kind, db, from), events), saved) in
+            positions.iter_mut().zip(per_model).zip(saved_at.iter_mut())
+        {
+            // A read model with nothing in the batch still records where it
+            // is now and then, so a restart does not replay the log for it.
+            if !events.is_empty() || (saved.elapsed() > POSITION_EVERY && last + 1 > *from) {
                 commit_batch(*kind, db, events, last + 1).await;
                 *from = last + 1;
+                *saved = std::time::Instant::now();
             }
         }
         next.store(last + 1, std::sync::atomic::Ordering::SeqCst);

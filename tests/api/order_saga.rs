@@ -187,6 +187,8 @@ async fn the_same_idempotency_key_returns_the_same_order(app: &TestApp) {
     assert_eq!(orders.as_array().map(Vec::len), Some(2));
     app.wait_state(first["id"].as_i64().expect("id"), "Completed")
         .await;
+    app.wait_state(other["id"].as_i64().expect("id"), "Completed")
+        .await;
     let (_, pays) = app.get("/pays").await;
     assert_eq!(
         pays.as_array().map(Vec::len),

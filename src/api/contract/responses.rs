@@ -120,6 +120,10 @@ pub struct StepView {
     pub next_attempt_at: Option<String>,
     /// When the current attempt times out, while one is awaited.
     pub times_out_at: Option<String>,
+    /// The worker's command queue for this order (its partition's), in the
+    /// detailed view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 /// One line of a saga's history.
@@ -228,6 +232,7 @@ impl SagaView {
                     error: s.error.clone(),
                     next_attempt_at: time(s.attempt_at.filter(|a| *a > now)),
                     times_out_at: time(s.deadline),
+                    queue: None,
                 }
             })
             .collect();
