@@ -240,6 +240,30 @@ impl Owned {
     }
 }
 
+/// Where the next new thing goes, among partitions any owner may take: round
+/// robin from partition 1, so one client creating one thing after another
+/// gets ids 1, 2, 3, ... (each owner gives the next id in its partitions), as
+/// the seed's scripts expect. Cheap to clone; clones share the turn.
+#[derive(Debug, Clone)]
+pub struct RoundRobin {
+    count: PartitionCount,
+    turn: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RoundRobin {
+    pub fn new(count: PartitionCount) -> Self {
+        RoundRobin {
+            count,
+            turn: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+
+    pub fn next(&self) -> Partition {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count.of(i64::try_from(turn % 65_536).unwrap_or(1))
+    }
+}
+
 /// The partitions as compact text: `0-3,6`.
 pub fn describe(parts: &[Partition]) -> String {
     let mut out: Vec<String> = Vec::new();

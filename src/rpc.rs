@@ -321,8 +321,8 @@ pub struct Owners {
     count: PartitionCount,
     local: HashMap<WorkerKind, LocalWorker>,
     amqp: Option<AmqpTransport>,
-    /// Where the next new thing goes (round robin from partition 1).
-    turn: Arc<std::sync::atomic::AtomicU64>,
+    /// Where the next new thing goes.
+    turns: crate::partition::RoundRobin,
 }
 
 impl Owners {
@@ -335,15 +335,13 @@ impl Owners {
             count,
             local,
             amqp,
-            turn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            turns: crate::partition::RoundRobin::new(count),
         }
     }
 
-    /// The partition for something new that any owner may take (round
-    /// robin from partition 1; see `Orchestrators::next_partition`).
+    /// The partition for something new that any owner may take.
     pub fn next_partition(&self) -> Partition {
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.count.of(i64::try_from(turn % 65_536).unwrap_or(1))
+        self.turns.next()
     }
 
     pub fn count(&self) -> PartitionCount {

@@ -341,10 +341,18 @@ fn a_placement_whose_answer_is_lost_is_answered_for_what_happened() {
             .json(&serde_json::json!({"qty": "1", "foodcaltalogid": "1", "customerid": "1"}))
             .timeout(Duration::from_secs(60))
             .send()
-            .map(|r| (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null)))
+            .map(|r| {
+                (
+                    r.status().as_u16(),
+                    r.json::<Value>().unwrap_or(Value::Null),
+                )
+            })
     });
     std::thread::sleep(Duration::from_millis(800));
-    assert!(cut_connections_of(&c, api.pid()) > 0, "the replica's connection was cut");
+    assert!(
+        cut_connections_of(&c, api.pid()) > 0,
+        "the replica's connection was cut"
+    );
     let (status, body) = placing.join().expect("thread").expect("an answer");
     // It asked the owner what became of the order: the order's own answer,
     // never a bare 503 for an order that was in fact paid.

@@ -565,8 +565,8 @@ pub struct Orchestrators {
     amqp: Option<AmqpTransport>,
     /// How long an answer may take (placing an order waits for its payment).
     pub order_timeout: Duration,
-    /// Where the next new thing goes (round robin from partition 1).
-    turn: Arc<std::sync::atomic::AtomicU64>,
+    /// Where the next new thing goes.
+    turns: crate::partition::RoundRobin,
 }
 
 impl Orchestrators {
@@ -581,17 +581,13 @@ impl Orchestrators {
             local,
             amqp,
             order_timeout,
-            turn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            turns: crate::partition::RoundRobin::new(count),
         }
     }
 
-    /// The partition for something new that any owner may take: round robin
-    /// from partition 1, so one client creating one thing after another gets
-    /// ids 1, 2, 3, ... (each owner gives the next id in its partitions), as
-    /// the seed's scripts expect.
+    /// The partition for something new that any owner may take.
     pub fn next_partition(&self) -> Partition {
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.count.of(i64::try_from(turn % 65_536).unwrap_or(1))
+        self.turns.next()
     }
 
     pub fn count(&self) -> PartitionCount {
