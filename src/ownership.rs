@@ -238,12 +238,46 @@ pub async fn claim_on_broker(
     home: &str,
     claims: &[Claim],
 ) -> anyhow::Result<()> {
+    // The broker may be coming back (a restart, a node moving): reading and
+    // writing the registry is retried for a while; a refusal is final.
+    let deadline = tokio::time::Instant::now() + REGISTRY_PATIENCE;
+    loop {
+        match settle_registry(amqp, count, home, claims).await {
+            Ok(()) => break,
+            Err(Settle::Refused(e)) => return Err(e),
+            Err(Settle::Broker(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "the registry is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(Settle::Broker(e)) => return Err(e),
+        }
+    }
+    take_leases(amqp, claims).await
+}
+
+/// How long start-up retries the registry while the broker is unavailable.
+const REGISTRY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Why the registry did not settle.
+enum Settle {
+    /// It says no (another count, another folder): final.
+    Refused(anyhow::Error),
+    /// The broker did not answer: worth another try.
+    Broker(anyhow::Error),
+}
+
+async fn settle_registry(
+    amqp: &AmqpTransport,
+    count: PartitionCount,
+    home: &str,
+    claims: &[Claim],
+) -> Result<(), Settle> {
     let namespace = amqp.topology().namespace.clone();
     // At most three rounds: record what is missing, then read again to
     // learn whose record came first.
     let mut settled = false;
     for _ in 0..3 {
-        let registry = read_all(amqp).await?;
+        let registry = read_all(amqp).await.map_err(Settle::Broker)?;
         match registry.partition_count {
             None => {
                 append(
@@ -253,14 +287,17 @@ pub async fn claim_on_broker(
                         by: who(),
                     },
                 )
-                .await?;
+                .await
+                .map_err(Settle::Broker)?;
                 continue;
             }
-            Some(n) if n != count.get() => bail!(
-                "the namespace `{namespace}` has {n} partitions (recorded when it was first \
+            Some(n) if n != count.get() => {
+                return Err(Settle::Refused(anyhow::anyhow!(
+                    "the namespace `{namespace}` has {n} partitions (recorded when it was first \
                  used); this process was started with HEARTY_PARTITION_COUNT={count}. The count \
                  of a namespace never changes: start with {n}, or use another namespace"
-            ),
+                )));
+            }
             Some(_) => {}
         }
         let mut missing = Vec::new();
@@ -269,12 +306,14 @@ pub async fn claim_on_broker(
                 .owners
                 .get(&(c.role.as_str().to_owned(), c.partition.index()))
             {
-                Some((owner, by)) if owner != home => bail!(
-                    "{c} of namespace `{namespace}` belongs to another data folder (home {owner}, \
+                Some((owner, by)) if owner != home => {
+                    return Err(Settle::Refused(anyhow::anyhow!(
+                        "{c} of namespace `{namespace}` belongs to another data folder (home {owner}, \
                      first claimed by {by}); this folder's home is {home}. A partition's state \
                      lives in one folder: start this process with that folder, or leave {c} \
                      out of HEARTY_PARTITIONS"
-                ),
+                    )));
+                }
                 Some(_) => {}
                 None => missing.push(c),
             }
@@ -293,12 +332,21 @@ pub async fn claim_on_broker(
                     by: who(),
                 },
             )
-            .await?;
+            .await
+            .map_err(Settle::Broker)?;
         }
     }
     if !settled {
-        bail!("the registry stream of `{namespace}` did not settle; try again");
+        return Err(Settle::Broker(anyhow::anyhow!(
+            "the registry stream of `{namespace}` did not settle"
+        )));
     }
+    Ok(())
+}
+
+/// Takes the leases of `claims`, waiting as a standby while another
+/// process holds one.
+async fn take_leases(amqp: &AmqpTransport, claims: &[Claim]) -> anyhow::Result<()> {
     if claims.is_empty() {
         return Ok(());
     }

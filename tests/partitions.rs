@@ -95,6 +95,30 @@ fn partitions_of_another_folder_and_another_count_are_refused() {
     );
 }
 
+/// Waits (bounded) until the management API lists a connection of `pid`
+/// (it learns of new connections a few seconds late).
+fn wait_listed(c: &Cluster, pid: u32) {
+    c.wait("the management API to list the connection", || {
+        c.rt_block_on(async {
+            let list: Value = reqwest::Client::new()
+                .get(format!("{}/api/connections", management_url()))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .expect("management API")
+                .json()
+                .await
+                .expect("JSON");
+            let suffix = format!("(pid {pid})");
+            list.as_array().into_iter().flatten().any(|conn| {
+                conn["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(&suffix))
+            })
+        })
+    });
+}
+
 /// Closes the broker connections of the process `pid` (as a network cut
 /// would); answers how many it closed.
 fn cut_connections_of(c: &Cluster, pid: u32) -> usize {
@@ -331,6 +355,7 @@ fn a_placement_whose_answer_is_lost_is_answered_for_what_happened() {
     let _pay = c.start("pay", &[("HEARTY_PAY_LATENCY", "2s")]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
     c.seed(&api, 100);
+    wait_listed(&c, api.pid());
     // The API replica loses its broker connection while the owner is
     // placing the order (the payment takes 2 s): the request's answer is
     // lost with it.

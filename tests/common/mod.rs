@@ -377,11 +377,24 @@ impl Cluster {
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
         self.rt.block_on(async {
-            let mut req = self.client.request(method, url).bearer_auth(TOKEN);
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let res = req.send().await.expect("request");
+            let send = || {
+                let mut req = self
+                    .client
+                    .request(method.clone(), url.clone())
+                    .bearer_auth(TOKEN);
+                if let Some(b) = &body {
+                    req = req.json(b);
+                }
+                req.send()
+            };
+            // A pooled connection the server closed as idle at the moment it
+            // was reused fails before anything was sent: a GET is asked again.
+            let res = match send().await {
+                Err(e) if method == reqwest::Method::GET && e.is_request() => {
+                    send().await.expect("request")
+                }
+                other => other.expect("request"),
+            };
             let status = res.status().as_u16();
             let retry_after = res
                 .headers()
