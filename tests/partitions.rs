@@ -13,6 +13,22 @@ fn management_url() -> String {
     std::env::var("HEARTY_TEST_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
 }
 
+/// Whether the management API (which these tests use to cut connections)
+/// is missing: said loudly, and only allowed outside CI.
+fn management_missing() -> bool {
+    let probe = reqwest::blocking::get(format!("{}/api/overview", management_url()));
+    if probe.is_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the RabbitMQ management API is not reachable at {}",
+        management_url()
+    );
+    eprintln!("\n!!! SKIPPED: no RabbitMQ management API. In CI this is a failure.\n");
+    true
+}
+
 /// Places `n` orders of one cake and waits until each is completed.
 fn complete_orders(c: &Cluster, api: &Service, n: usize) -> Vec<i64> {
     let ids: Vec<i64> = (0..n)
@@ -167,9 +183,7 @@ fn cut_connections_of(c: &Cluster, pid: u32) -> usize {
 #[test]
 fn an_owner_cut_off_from_the_broker_is_fenced_when_another_took_over() {
     let Some(c) = Cluster::new() else { return };
-    let probe = reqwest::blocking::get(format!("{}/api/overview", management_url()));
-    if probe.is_err() && std::env::var_os("CI").is_none() {
-        eprintln!("\n!!! SKIPPED: no RabbitMQ management API. In CI this is a failure.\n");
+    if management_missing() {
         return;
     }
     let api = c.start("api,orchestrator", &[]);
@@ -345,9 +359,7 @@ fn api_replicas_over_partitioned_owners_answer_alike_and_survive_an_owner_kill()
 #[test]
 fn a_placement_whose_answer_is_lost_is_answered_for_what_happened() {
     let Some(c) = Cluster::new() else { return };
-    let probe = reqwest::blocking::get(format!("{}/api/overview", management_url()));
-    if probe.is_err() && std::env::var_os("CI").is_none() {
-        eprintln!("\n!!! SKIPPED: no RabbitMQ management API. In CI this is a failure.\n");
+    if management_missing() {
         return;
     }
     let api = c.start("api", &[]);
