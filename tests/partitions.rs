@@ -111,27 +111,37 @@ fn partitions_of_another_folder_and_another_count_are_refused() {
     );
 }
 
+/// The management API's names of the broker connections of process `pid`
+/// (each is named `hearty <roles> (pid N)`).
+async fn connections_of(client: &reqwest::Client, pid: u32) -> Vec<String> {
+    let list: Value = client
+        .get(format!("{}/api/connections", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("management API")
+        .json()
+        .await
+        .expect("JSON");
+    let suffix = format!("(pid {pid})");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|conn| {
+            conn["client_properties"]["connection_name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(&suffix))
+        })
+        .filter_map(|conn| conn["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Waits (bounded) until the management API lists a connection of `pid`
 /// (it learns of new connections a few seconds late).
 fn wait_listed(c: &Cluster, pid: u32) {
+    let client = reqwest::Client::new();
     c.wait("the management API to list the connection", || {
-        c.rt_block_on(async {
-            let list: Value = reqwest::Client::new()
-                .get(format!("{}/api/connections", management_url()))
-                .basic_auth("guest", Some("guest"))
-                .send()
-                .await
-                .expect("management API")
-                .json()
-                .await
-                .expect("JSON");
-            let suffix = format!("(pid {pid})");
-            list.as_array().into_iter().flatten().any(|conn| {
-                conn["client_properties"]["connection_name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with(&suffix))
-            })
-        })
+        c.rt_block_on(async { !connections_of(&client, pid).await.is_empty() })
     });
 }
 
@@ -140,25 +150,8 @@ fn wait_listed(c: &Cluster, pid: u32) {
 fn cut_connections_of(c: &Cluster, pid: u32) -> usize {
     c.rt_block_on(async {
         let client = reqwest::Client::new();
-        let list: Value = client
-            .get(format!("{}/api/connections", management_url()))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("management API")
-            .json()
-            .await
-            .expect("JSON");
-        let suffix = format!("(pid {pid})");
         let mut closed = 0;
-        for conn in list.as_array().into_iter().flatten() {
-            let named = conn["client_properties"]["connection_name"]
-                .as_str()
-                .unwrap_or("");
-            if !named.ends_with(&suffix) {
-                continue;
-            }
-            let name = conn["name"].as_str().unwrap_or("");
+        for name in connections_of(&client, pid).await {
             let url = format!(
                 "{}/api/connections/{}",
                 management_url(),
