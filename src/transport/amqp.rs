@@ -37,6 +37,7 @@ use lapin::{
 
 use super::{
     DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
+    event_log,
 };
 use crate::domain::WorkerKind;
 use crate::partition::PartitionCount;
@@ -800,7 +801,10 @@ impl AmqpTransport {
     }
 
     /// Publishes a dead letter (a copy with its reason) and waits for the confirm.
-    async fn publish_dead_letter(&self, letter: DeadLetter) -> Result<(), TransportError> {
+    pub(crate) async fn publish_dead_letter(
+        &self,
+        letter: DeadLetter,
+    ) -> Result<(), TransportError> {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
@@ -1061,17 +1065,20 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
     ch.queue_declare(t.registry().into(), queue_opts, stream_args)
         .await?;
     // Every domain event, kept: each read-model replica reads it from its
-    // own offset, so a new one catches up by itself.
+    // own offset, so a new one catches up by itself. Publishers append to it
+    // directly, in batches (`event_log`); the binding to the events exchange
+    // that versions before batches made is removed, or every event would be
+    // in the log twice (harmless to the versioned read models, but twice
+    // the broker's work).
     let mut stream_args = FieldTable::default();
     stream_args.insert("x-queue-type".into(), string_arg("stream"));
     let log = t.queue(QueueName::EventLog);
     ch.queue_declare(log.clone().into(), queue_opts, stream_args)
         .await?;
-    ch.queue_bind(
+    ch.queue_unbind(
         log.into(),
         t.events_exchange().into(),
         "#".into(),
-        QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await?;
@@ -1123,13 +1130,66 @@ impl Transport for AmqpTransport {
                 .await;
                 pending.push((what, sent));
             }
-            join_all(pending.into_iter().map(|(what, sent)| async move {
-                match sent {
-                    Ok(confirm) => settle_confirm(what, confirm).await,
-                    Err(e) => Err(e),
+            // The events also go to the event log, a batch per entry (see
+            // `event_log`): an event counts as published once both its own
+            // message and its batch are confirmed.
+            let events: Vec<(usize, &Outgoing)> = batch
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| matches!(m.route, Route::Event(_)))
+                .collect();
+            let log = self.inner.topology.queue(QueueName::EventLog);
+            let mut logged = Vec::new();
+            for chunk in events.chunks(event_log::MAX_BATCH) {
+                let members: Vec<&Outgoing> = chunk.iter().map(|(_, m)| *m).collect();
+                let entry = Outgoing {
+                    message_id: format!("log.{}+{}", members[0].message_id, members.len()),
+                    correlation_id: members[0].correlation_id.clone(),
+                    message_type: event_log::BATCH_TYPE.to_owned(),
+                    route: Route::Event(String::new()),
+                    body: event_log::encode(&members),
+                };
+                let what = format!("{} via {log}", entry.message_id);
+                let sent = Self::publish_one(
+                    ch,
+                    String::new(),
+                    log.clone(),
+                    true,
+                    &entry.body,
+                    Self::properties(&entry, None),
+                )
+                .await;
+                logged.push((
+                    chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                    what,
+                    sent,
+                ));
+            }
+            let (mut results, log_results) = futures_util::join!(
+                join_all(pending.into_iter().map(|(what, sent)| async move {
+                    match sent {
+                        Ok(confirm) => settle_confirm(what, confirm).await,
+                        Err(e) => Err(e),
+                    }
+                })),
+                join_all(logged.into_iter().map(|(members, what, sent)| async move {
+                    let r = match sent {
+                        Ok(confirm) => settle_confirm(what, confirm).await,
+                        Err(e) => Err(e),
+                    };
+                    (members, r)
+                }))
+            );
+            for (members, r) in log_results {
+                if let Err(e) = r {
+                    for i in members {
+                        if results[i].is_ok() {
+                            results[i] = Err(e.clone());
+                        }
+                    }
                 }
-            }))
-            .await
+            }
+            results
         }
         .boxed()
     }

@@ -12,6 +12,7 @@
 
 pub mod amqp;
 pub mod consume;
+pub mod event_log;
 pub mod memory;
 pub mod poison;
 
@@ -322,6 +323,7 @@ impl Delivery {
 }
 
 /// A message on its way to the dead-letter queue.
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,

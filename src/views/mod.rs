@@ -30,8 +30,9 @@ use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, StorageResult};
 use crate::transport::amqp::AmqpTransport;
 use crate::transport::consume::consume_each;
+use crate::transport::event_log::{self, Logged};
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
-use crate::transport::{Delivery, QueueName, Transport, TransportError};
+use crate::transport::{DeadLetter, Delivery, QueueName, Transport, TransportError};
 
 /// Where a read model is in the event log (RabbitMQ): the offset of the
 /// next event to read, committed with the events applied before it.
@@ -232,28 +233,41 @@ pub async fn consume_log(
                 continue;
             }
             last = Some(offset);
-            let event_type = d.message_type.clone().unwrap_or_default();
-            let wanted: Vec<usize> = positions
-                .iter()
-                .enumerate()
-                .filter(|(_, (kind, _, from))| offset >= *from && binds(*kind, &event_type))
-                .map(|(i, _)| i)
-                .collect();
-            if wanted.is_empty() {
-                settled.push(d);
-                continue;
-            }
-            match DomainEvent::decode(&d.body) {
-                Ok(event) => {
-                    for i in wanted {
-                        per_model[i].push(event.clone());
-                    }
-                    settled.push(d);
+            let entries = match log_entries(&d) {
+                Ok(entries) => entries,
+                Err(reason) => {
+                    dead_letter(d, &reason).await;
+                    continue;
                 }
-                // Never defaulted into a read model: a copy goes to the
-                // dead-letter queue with the reason (the log keeps it).
-                Err(reason) => dead_letter(d, &reason).await,
+            };
+            for entry in entries {
+                let wanted: Vec<usize> = positions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (kind, _, from))| {
+                        offset >= *from && binds(*kind, &entry.message_type)
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                match DomainEvent::decode(&entry.body) {
+                    Ok(event) => {
+                        for i in wanted {
+                            per_model[i].push(event.clone());
+                        }
+                    }
+                    // Never defaulted into a read model: a copy goes to the
+                    // dead-letter queue with the reason (the log keeps it).
+                    Err(reason) => {
+                        if !dead_letter_copy(&amqp, entry, &reason, &mut shutdown).await {
+                            return Ok(());
+                        }
+                    }
+                }
             }
+            settled.push(d);
         }
         let Some(last) = last else {
             ack_batch(settled).await;
@@ -272,6 +286,52 @@ pub async fn consume_log(
         }
         next.store(last + 1, std::sync::atomic::Ordering::SeqCst);
         ack_batch(settled).await;
+    }
+}
+
+/// The events of one entry of the log: a batch, or (written before
+/// batches) one event with its properties on the message.
+fn log_entries(d: &Delivery) -> Result<Vec<Logged>, String> {
+    if d.message_type.as_deref() == Some(event_log::BATCH_TYPE) {
+        return event_log::decode(&d.body);
+    }
+    Ok(vec![Logged {
+        message_id: d.message_id.clone().unwrap_or_default(),
+        correlation_id: d.correlation_id.clone().unwrap_or_default(),
+        message_type: d.message_type.clone().unwrap_or_default(),
+        body: d.body.clone(),
+    }])
+}
+
+/// Puts a copy of one event of the log, with its reason, in the
+/// dead-letter queue; tried again until the broker confirms it, since the
+/// reader's position moves past it afterwards. `false`: shut down first.
+async fn dead_letter_copy(
+    amqp: &AmqpTransport,
+    entry: Logged,
+    reason: &str,
+    shutdown: &mut Shutdown,
+) -> bool {
+    inc(&METRICS.dead_letters_total);
+    tracing::warn!(msg = %entry.message_id, reason, "dead-lettering an event of the log");
+    let letter = DeadLetter {
+        message_id: Some(entry.message_id),
+        correlation_id: Some(entry.correlation_id),
+        message_type: Some(entry.message_type),
+        body: entry.body,
+        reason: reason.to_owned(),
+    };
+    loop {
+        match amqp.publish_dead_letter(letter.clone()).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot dead-letter an event of the log; trying again");
+                tokio::select! {
+                    _ = shutdown.recv() => return false,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -272,3 +272,88 @@ on_both_transports!(
     Options::default(),
     malformed_events_are_dead_lettered
 );
+
+/// The event log as older versions wrote it (one event per entry, its
+/// properties on the message) is still read; an entry that is not a
+/// readable batch goes to the dead-letter queue whole, and the reader goes
+/// on past it.
+#[actix_web::test]
+async fn the_event_log_reads_single_events_and_dead_letters_an_unreadable_batch() {
+    use futures_util::StreamExt;
+    use lapin::options::BasicPublishOptions;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let Some(app) =
+        crate::helpers::spawn_app(crate::helpers::Broker::RabbitMq, Options::default()).await
+    else {
+        return;
+    };
+    let conn = Connection::connect(&crate::helpers::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    let log = format!("{}.events.log", app.namespace);
+    let publish = |id: &str, kind: &str, body: Vec<u8>| {
+        let ch = ch.clone();
+        let (log, id, kind) = (log.clone(), id.to_owned(), kind.to_owned());
+        async move {
+            ch.basic_publish(
+                "".into(),
+                log.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                BasicProperties::default()
+                    .with_message_id(id.into())
+                    .with_type(kind.into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        }
+    };
+    publish(
+        "not-a-batch",
+        "hearty.events.batch",
+        b"{\"events\":1}".to_vec(),
+    )
+    .await;
+    let single = catalog_event(93, 1, 4);
+    publish(&single.message_id, &single.message_type, single.body).await;
+    app.wait_view(
+        "/foodCatalogViews",
+        93,
+        "projected from a single-event entry",
+        |f| f["stock"] == 4,
+    )
+    .await;
+    let mut dead = app
+        .transport()
+        .consume(hearty::transport::QueueName::DeadLetter)
+        .await
+        .expect("consume the dead-letter queue");
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(d) = dead.next().await {
+            let ours = d.message_id.as_deref() == Some("not-a-batch");
+            let _ = d.ack().await;
+            if ours {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "the unreadable entry is in the dead-letter queue"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    app.stop().await;
+}
