@@ -23,6 +23,7 @@ use crate::storage::{Db, outbox};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpSettings, AmqpTransport};
 use crate::transport::memory::MemoryTransport;
+use crate::transport::nodes::BrokerNodes;
 use crate::views;
 use crate::workers::{self, Faults, Knobs, WorkerActor};
 
@@ -49,6 +50,12 @@ pub fn load_definition(path: &Path) -> anyhow::Result<SagaDefinition> {
 pub struct Running {
     /// Where HTTP listens (the real port when the configured one was 0).
     pub http_addr: SocketAddr,
+    /// Readiness fails while set (see [`Running::drain`]).
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How long [`Running::drain`] keeps serving: the configured drain for
+    /// a process serving the API, zero otherwise (an owner hands its
+    /// partitions over by stopping promptly).
+    drain: std::time::Duration,
     /// The manager's token (configured or generated).
     pub manager_token: Option<Secret>,
     server: actix_web::dev::ServerHandle,
@@ -70,10 +77,31 @@ impl Running {
         self.transport.clone()
     }
 
+    /// The first half of a graceful stop of a process serving the API:
+    /// `/health/ready` answers 503 from now on while every request is still
+    /// served, for the drain period, so a load balancer (its health checks,
+    /// or Kubernetes' endpoints) moves the traffic away before the process
+    /// stops listening. Then [`Running::stop`].
+    pub async fn drain(&self) {
+        if self.drain.is_zero() {
+            return;
+        }
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(drain = ?self.drain, "draining: not ready any more, still serving");
+        tokio::time::sleep(self.drain).await;
+    }
+
     /// Graceful shutdown: stop taking requests and deliveries, let the
     /// work in flight finish (bounded), flush the outboxes, close the broker
     /// connection. Unacked deliveries go back to their queues.
     pub async fn stop(self) {
+        if let Some(a) = &self.amqp {
+            // Partition owners: requests for their partitions wait for the
+            // next owner from now on, and the ones queued get answered.
+            a.stop_taking_requests(std::time::Duration::from_secs(5))
+                .await;
+        }
         self.trigger.trigger();
         self.server.stop(true).await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -171,17 +199,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (amqp, transport): (Option<AmqpTransport>, Arc<dyn Transport>) = match &config.amqp_url {
         Some(url) => {
+            let nodes =
+                BrokerNodes::parse(url).map_err(|e| anyhow::anyhow!("HEARTY_AMQP_URL {e}"))?;
             let t = AmqpTransport::connect(&AmqpSettings {
-                url: url.clone(),
+                // Replicated queues by default on a cluster.
+                quorum_queues: config.quorum_queues.unwrap_or(nodes.is_cluster()),
+                nodes: nodes.clone(),
                 namespace: config.namespace.clone(),
                 prefetch: config.prefetch,
                 connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
-                quorum_queues: config.quorum_queues,
                 connect_wait: config.broker_wait,
                 partitions: count,
             })
             .await
-            .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))?;
+            .with_context(|| format!("connecting to RabbitMQ at {nodes}"))?;
             // The namespace's partition count, this folder's claims, then the
             // leases (a standby waits here): before any consumer starts.
             crate::ownership::claim_on_broker(&t, count, &home, &claims).await?;
@@ -411,14 +442,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let manager_token = api_state.as_ref().map(|s| s.manager_token.clone());
     let api_data = api_state.map(web::Data::new);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probes = web::Data::new(api::ops_probes(
         dbs.clone(),
         transport.clone(),
         breakers.clone(),
+        draining.clone(),
     ));
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(probes.clone())
+            .wrap_fn(|req, srv| {
+                // Work, not probes: a load balancer's health checks do not count.
+                let path = req.path();
+                if !path.starts_with("/health/") && path != "/metrics" {
+                    crate::metrics::inc(&crate::metrics::METRICS.http_requests_total);
+                }
+                actix_web::dev::Service::call(srv, req)
+            })
             .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("hearty::http"));
         if let Some(state) = &api_data {
             app = app.app_data(state.clone()).configure(api::routes);
@@ -447,6 +488,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(%http_addr, "listening");
     Ok(Running {
         http_addr,
+        draining,
+        drain: if runs_api {
+            config.drain
+        } else {
+            std::time::Duration::ZERO
+        },
         manager_token,
         server: handle,
         trigger,
@@ -478,18 +525,6 @@ fn spawn_relay(
     ended
 }
 
-/// A broker URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Runs until `shutdown` resolves (SIGTERM/Ctrl-C in the binary).
 pub async fn run(
     config: Config,
@@ -511,23 +546,12 @@ pub async fn run(
         why = running.fenced() => Some(why),
     };
     tracing::info!("shutting down");
+    if fenced.is_none() {
+        running.drain().await;
+    }
     running.stop().await;
     match fenced {
         None => Ok(()),
         Some(why) => Err(anyhow::anyhow!("stopped: fenced off its partitions: {why}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_print() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
     }
 }

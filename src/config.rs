@@ -204,7 +204,9 @@ pub struct Config {
     #[arg(long, env = "HEARTY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// RabbitMQ URL; unset = in-process transport.
+    /// RabbitMQ URL, or a comma-separated list of the nodes of one
+    /// cluster; unset = in-process transport.
+    // Checked at start-up (`app::start`), where a refusal can hide the password.
     #[arg(long, env = "HEARTY_AMQP_URL")]
     pub amqp_url: Option<String>,
 
@@ -283,11 +285,18 @@ pub struct Config {
     )]
     pub saga_file: PathBuf,
 
-    /// Declare quorum queues (replicated, with a delivery limit) for a
-    /// clustered broker. A namespace's queues cannot change type: use a new
+    /// Declare quorum queues (replicated, with a delivery limit): `true` or
+    /// `false`; unset = quorum queues when HEARTY_AMQP_URL names more than
+    /// one node. A namespace's queues cannot change type: use a new
     /// namespace (or delete the old queues) when switching.
-    #[arg(long, env = "HEARTY_QUORUM_QUEUES", default_value_t = false)]
-    pub quorum_queues: bool,
+    #[arg(long, env = "HEARTY_QUORUM_QUEUES")]
+    pub quorum_queues: Option<bool>,
+
+    /// On SIGTERM, how long a process serving the API keeps serving with
+    /// `/health/ready` failing before it stops (the preStop pattern: the
+    /// load balancer moves away first). `0s`: stop at once.
+    #[arg(long, env = "HEARTY_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
 
     /// How long start-up waits for an unreachable broker before it fails.
     #[arg(long, env = "HEARTY_BROKER_WAIT", default_value = "30s", value_parser = parse_duration)]

@@ -109,6 +109,7 @@ metrics! {
     dead_letters_total: "Messages moved to the dead-letter queue.",
     redeliveries_total: "Deliveries the broker marked as redelivered.",
     events_projected_total: "Domain events applied to a read model.",
+    http_requests_total: "HTTP requests this process received, besides /health/* and /metrics.",
     actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
 }
 

@@ -120,6 +120,41 @@ impl AskError {
     }
 }
 
+/// How long a request waits for a partition to have an owner again — an
+/// owner restarting in place, or a standby taking over — before the API
+/// answers 503 `owner_unavailable`. A rolling restart of an owner takes a
+/// few seconds; a request meanwhile is late, not failed.
+pub const OWNER_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs `ask` again while nobody owns its partition (nothing was delivered,
+/// so asking again does nothing twice), for at most [`OWNER_WAIT`].
+pub async fn waiting_for_owner<T, F, Fut>(mut ask: F) -> Result<T, AskError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AskError>>,
+{
+    use backon::BackoffBuilder;
+    let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .without_max_times()
+        .build();
+    loop {
+        match ask().await {
+            Err(AskError::NoOwner(what)) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(1));
+                if tokio::time::Instant::now() + wait > deadline {
+                    return Err(AskError::NoOwner(what));
+                }
+                tracing::debug!(owner = %what, ?wait, "no owner yet; waiting for one");
+                tokio::time::sleep(wait).await;
+            }
+            answered => return answered,
+        }
+    }
+}
+
 /// A worker role run by this process: its database and partitions.
 #[derive(Clone)]
 pub struct LocalWorker {
@@ -381,6 +416,21 @@ impl Owners {
         }
     }
 
+    /// Like [`Owners::ask`], waiting a while for an owner when nobody owns
+    /// the partition right now (over RabbitMQ; an in-process owner is
+    /// always there).
+    pub async fn ask_waiting(
+        &self,
+        kind: WorkerKind,
+        partition: Partition,
+        query: Query,
+    ) -> Result<Answer, AskError> {
+        if self.amqp.is_none() {
+            return self.ask(kind, partition, query).await;
+        }
+        waiting_for_owner(|| self.ask(kind, partition, query.clone())).await
+    }
+
     /// Creates something any owner of `kind` may take: the next partition
     /// in turn, and the one after it while nobody owns a partition (nothing
     /// was delivered there).
@@ -409,7 +459,7 @@ impl Owners {
         query: Query,
     ) -> Result<Value, AskError> {
         let what = format!("{kind} {partition}");
-        self.ask(kind, partition, query)
+        self.ask_waiting(kind, partition, query)
             .await?
             .result
             .map_err(|e| AskError::Failed(what, e))
@@ -425,7 +475,7 @@ impl Owners {
                 .all()
                 .nth(usize::from(next))
                 .unwrap_or_else(|| unreachable!("partition {next} is below the count"));
-            let answer = self.ask(kind, partition, query.clone()).await?;
+            let answer = self.ask_waiting(kind, partition, query.clone()).await?;
             uncovered.remove(&next);
             for p in &answer.owned {
                 uncovered.remove(p);
@@ -450,7 +500,7 @@ impl Owners {
     ) -> Result<Vec<Value>, AskError> {
         let first = self.count.of(1);
         let answer = self
-            .ask(kind, first, query(page.limit, page.offset))
+            .ask_waiting(kind, first, query(page.limit, page.offset))
             .await?;
         if answer.owned.len() == usize::from(self.count.get()) {
             let body = answer

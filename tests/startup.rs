@@ -67,6 +67,13 @@ fn bad_settings_are_refused_with_their_names() {
         ("HEARTY_NAMESPACE", "has space", "namespace"),
         ("HEARTY_PAY_DECLINE_ABOVE", "lots", "amount"),
         ("HEARTY_FAIL_COMPENSATIONS", "pay=often", "count"),
+        (
+            "HEARTY_AMQP_URL",
+            "amqp://a:5672,http://u:secret@b",
+            "not an amqp:// or amqps:// URL",
+        ),
+        ("HEARTY_AMQP_URL", " , ", "names no RabbitMQ node"),
+        ("HEARTY_DRAIN", "soon", "duration"),
     ] {
         let out = hearty()
             .arg("serve")
@@ -76,6 +83,7 @@ fn bad_settings_are_refused_with_their_names() {
         assert!(!out.status.success(), "{var}={value} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(word), "{var}={value}: {err}");
+        assert!(!err.contains("secret"), "a password was printed: {err}");
     }
 }
 

@@ -260,11 +260,17 @@ pub fn ok_json<T: serde::Serialize>(v: &T) -> HttpResponse {
 }
 
 /// Readiness probes of a process.
-pub fn ops_probes(dbs: Vec<Db>, transport: Arc<dyn Transport>, breakers: Breakers) -> ops::Probes {
+pub fn ops_probes(
+    dbs: Vec<Db>,
+    transport: Arc<dyn Transport>,
+    breakers: Breakers,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) -> ops::Probes {
     ops::Probes {
         dbs,
         transport,
         breakers,
+        draining,
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Probes {
     pub transport: Arc<dyn Transport>,
     /// Shown in the readiness detail and the metrics.
     pub breakers: Breakers,
+    /// Set when the process is stopping: readiness fails at once, so a load
+    /// balancer moves away while requests are still served (the drain).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn routes() -> impl HttpServiceFactory {
@@ -64,8 +67,12 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
         });
     }
     let broker_ok = probes.transport.is_ready();
+    let draining = probes.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let ok = storage_ok && broker_ok && !draining;
     let body = Ready {
-        status: if storage_ok && broker_ok {
+        status: if draining {
+            "draining"
+        } else if ok {
             "ready"
         } else {
             "unavailable"
@@ -82,7 +89,7 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
             .map(|b| (b.step.clone(), b.state().as_str().to_owned()))
             .collect(),
     };
-    if storage_ok && broker_ok {
+    if ok {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable()

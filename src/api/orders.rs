@@ -243,7 +243,7 @@ async fn learn_outcome(
             key: key.clone(),
             order: draft,
         };
-        match orchestrators.ask(partition, replay).await {
+        match orchestrators.ask_waiting(partition, replay).await {
             Ok(answer) => match answer.result {
                 Ok(done) if done.status == StatusCode::NO_CONTENT.as_u16() => {
                     return Err(ApiError::unavailable(

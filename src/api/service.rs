@@ -594,9 +594,26 @@ impl Orchestrators {
         self.count
     }
 
-    /// Executes `op` at the owner of `partition`.
+    /// Executes `op` at the owner of `partition`, waiting a while for one
+    /// when nobody owns it right now.
     pub async fn call(&self, partition: Partition, op: Op) -> Result<Answer, ApiError> {
-        self.ask(partition, op).await.map_err(ApiError::from)
+        self.ask_waiting(partition, op)
+            .await
+            .map_err(ApiError::from)
+    }
+
+    /// Like [`Orchestrators::ask`], waiting a while for an owner when
+    /// nobody owns the partition right now (over RabbitMQ; an in-process
+    /// owner is always there).
+    pub async fn ask_waiting(
+        &self,
+        partition: Partition,
+        op: Op,
+    ) -> Result<Answer, crate::rpc::AskError> {
+        if self.amqp.is_none() {
+            return self.ask(partition, op).await;
+        }
+        crate::rpc::waiting_for_owner(|| self.ask(partition, op.clone())).await
     }
 
     /// Executes `op` at the owner of `partition`, telling "nobody owns it"

@@ -38,6 +38,7 @@ use lapin::{
 use super::{
     DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Topology, Transport, TransportError,
     event_log,
+    nodes::{self, BrokerNodes},
 };
 use crate::domain::WorkerKind;
 use crate::partition::PartitionCount;
@@ -52,7 +53,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Settings of the AMQP transport.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    pub url: String,
+    /// The broker: one node, or the nodes of one cluster.
+    pub nodes: BrokerNodes,
     pub namespace: String,
     /// Unacknowledged deliveries per consumer.
     pub prefetch: u16,
@@ -83,6 +85,8 @@ struct Inner {
     /// Bumped at every (re)connection; consumers wait on it.
     generation: watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
+    /// The index of the node the live connection goes to.
+    node: std::sync::atomic::AtomicUsize,
     /// The leases (exclusive queues) this process holds: declared again on
     /// every new connection.
     leases: std::sync::Mutex<Vec<(String, String)>>,
@@ -235,18 +239,47 @@ fn with_heartbeat(url: &str) -> String {
     }
 }
 
+/// Connects to the first node, from node `first` on, that accepts a
+/// connection; returns it with that node's index.
+async fn connect_any(
+    settings: &AmqpSettings,
+    first: usize,
+) -> Result<(Connection, usize), TransportError> {
+    let mut last = TransportError::Unavailable("no RabbitMQ node tried".into());
+    for (i, url) in settings.nodes.from(first) {
+        let url_with_heartbeat = with_heartbeat(url);
+        let attempt = Connection::connect(
+            &url_with_heartbeat,
+            ConnectionProperties::default()
+                .with_connection_name(settings.connection_name.clone().into()),
+        );
+        match tokio::time::timeout(nodes::CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(c)) => {
+                if settings.nodes.is_cluster() {
+                    tracing::info!(node = %nodes::redact(url), "connected to RabbitMQ node");
+                }
+                return Ok((c, i));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(node = %nodes::redact(url), error = %e, "RabbitMQ node refused");
+                last = unavailable(e);
+            }
+            Err(_) => {
+                tracing::debug!(node = %nodes::redact(url), "RabbitMQ node did not answer");
+                last = TransportError::Timeout;
+            }
+        }
+    }
+    Err(last)
+}
+
 async fn open(
     settings: &AmqpSettings,
     topology: &Topology,
     leases: &[(String, String)],
-) -> Result<Live, OpenError> {
-    let connection = Connection::connect(
-        &with_heartbeat(&settings.url),
-        ConnectionProperties::default()
-            .with_connection_name(settings.connection_name.clone().into()),
-    )
-    .await
-    .map_err(unavailable)?;
+    first_node: usize,
+) -> Result<(Live, usize), OpenError> {
+    let (connection, node) = connect_any(settings, first_node).await?;
     let channel = connection.create_channel().await.map_err(unavailable)?;
     declare(&channel, topology, settings.quorum_queues)
         .await
@@ -265,10 +298,13 @@ async fn open(
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(unavailable)?;
-    Ok(Live {
-        connection: Arc::new(connection),
-        publisher: channel,
-    })
+    Ok((
+        Live {
+            connection: Arc::new(connection),
+            publisher: channel,
+        },
+        node,
+    ))
 }
 
 impl AmqpTransport {
@@ -284,9 +320,11 @@ impl AmqpTransport {
             .with_max_delay(Duration::from_secs(2))
             .without_max_times()
             .build();
-        let live = loop {
-            match open(settings, &topology, &[]).await {
-                Ok(live) => break live,
+        // Processes spread over the nodes of a cluster.
+        let first = rand::random::<u32>() as usize % settings.nodes.len();
+        let (live, node) = loop {
+            match open(settings, &topology, &[], first).await {
+                Ok(opened) => break opened,
                 Err(OpenError::Fenced(held)) => {
                     unreachable!("no lease is asked for at first: {held}")
                 }
@@ -308,6 +346,7 @@ impl AmqpTransport {
                 live: std::sync::RwLock::new(Some(live)),
                 generation,
                 closed: std::sync::atomic::AtomicBool::new(false),
+                node: std::sync::atomic::AtomicUsize::new(node),
                 leases: std::sync::Mutex::new(Vec::new()),
                 rpc: tokio::sync::Mutex::new(None),
                 fenced: watch::channel(None).0,
@@ -367,15 +406,21 @@ impl AmqpTransport {
                     return;
                 }
                 let leases = self.leases();
+                // The next node first: the last one just went away.
+                let next = self.inner.node.load(std::sync::atomic::Ordering::SeqCst) + 1;
                 let attempt = tokio::time::timeout(
-                    CONFIRM_TIMEOUT,
-                    open(&self.inner.settings, &self.inner.topology, &leases),
+                    CONFIRM_TIMEOUT
+                        + nodes::CONNECT_TIMEOUT * self.inner.settings.nodes.len() as u32,
+                    open(&self.inner.settings, &self.inner.topology, &leases, next),
                 );
                 match attempt
                     .await
                     .unwrap_or(Err(OpenError::Broker(TransportError::Timeout)))
                 {
-                    Ok(live) => {
+                    Ok((live, node)) => {
+                        self.inner
+                            .node
+                            .store(node, std::sync::atomic::Ordering::SeqCst);
                         *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
                         self.inner.generation.send_modify(|g| *g += 1);
                         tracing::info!("reconnected to RabbitMQ");
@@ -714,6 +759,66 @@ impl AmqpTransport {
     }
 
     /// Closes the connection cleanly and stops reconnecting.
+    /// The first step of handing this process's partitions over: their
+    /// lease queues no longer receive requests (unbound from the requests
+    /// exchange, so a new request is unroutable at once and its asker waits
+    /// for the next owner), and the requests already queued are answered —
+    /// waited for until the lease queues are empty and nothing is in
+    /// flight, twice in a row, at most `within`. The leases themselves are
+    /// held until [`AmqpTransport::close`].
+    pub async fn stop_taking_requests(&self, within: Duration) {
+        let leases = self.leases();
+        let Some(live) = self.live() else { return };
+        if leases.is_empty() {
+            return;
+        }
+        let Ok(ch) = live.connection.create_channel().await else {
+            return;
+        };
+        for (name, key) in &leases {
+            if let Err(e) = ch
+                .queue_unbind(
+                    name.clone().into(),
+                    self.inner.topology.rpc_exchange().into(),
+                    key.clone().into(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                tracing::warn!(queue = %name, error = %e, "cannot stop the requests to a lease");
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let mut quiet = 0;
+        while quiet < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut queued = 0;
+            for (name, _) in &leases {
+                match ch
+                    .queue_declare(
+                        name.clone().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                {
+                    Ok(q) => queued += q.message_count(),
+                    Err(_) => return,
+                }
+            }
+            quiet = if queued == 0 && crate::metrics::in_flight() == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+        }
+        let _ = ch.close(200, "requests handed over".into()).await;
+    }
+
     pub async fn close(&self) {
         self.inner
             .closed
@@ -726,7 +831,8 @@ impl AmqpTransport {
 
     /// Deletes every exchange and queue of a namespace (tests and tear-down).
     pub async fn delete_namespace(url: &str, namespace: &str) -> Result<(), TransportError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        let nodes = BrokerNodes::parse(url).map_err(TransportError::Unavailable)?;
+        let connection = Connection::connect(nodes.get(0), ConnectionProperties::default())
             .await
             .map_err(unavailable)?;
         let ch = connection.create_channel().await.map_err(unavailable)?;
@@ -1083,7 +1189,13 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
     )
     .await?;
     let dead = t.queue(QueueName::DeadLetter);
-    ch.queue_declare(dead.clone().into(), queue_opts, FieldTable::default())
+    let mut dead_args = FieldTable::default();
+    if quorum {
+        // On a cluster a classic queue lives on one node: with that node
+        // down it could not even be declared, and no process would start.
+        dead_args.insert("x-queue-type".into(), string_arg("quorum"));
+    }
+    ch.queue_declare(dead.clone().into(), queue_opts, dead_args)
         .await?;
     ch.queue_bind(
         dead.into(),

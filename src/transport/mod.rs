@@ -14,6 +14,7 @@ pub mod amqp;
 pub mod consume;
 pub mod event_log;
 pub mod memory;
+pub mod nodes;
 pub mod poison;
 
 use std::fmt;

@@ -141,7 +141,7 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
     config.delivery_latency = opts.delivery_latency.map(|l| l.parse().expect("latency"));
     config.coupon_latency = opts.coupon_latency.map(|l| l.parse().expect("latency"));
     config.fail_compensations = opts.fail_compensations.unwrap_or("").into();
-    config.quorum_queues = opts.quorum_queues;
+    config.quorum_queues = Some(opts.quorum_queues);
     if let Some(t) = opts.order_timeout {
         config.order_timeout = hearty::saga::definition::parse_duration(t).expect("duration");
     }

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use hearty::partition::PartitionCount;
 use hearty::transport::amqp::{AmqpSettings, AmqpTransport};
+use hearty::transport::nodes::BrokerNodes;
 use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
+
 
 pub const TOKEN: &str = "fault-test-token";
 
@@ -59,6 +61,8 @@ pub fn amqp_url() -> String {
 /// namespace is deleted when the test ends, even on panic.
 pub struct Cluster {
     pub namespace: String,
+    /// The broker's URL (or the comma-separated nodes of a cluster).
+    pub url: String,
     pub dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     client: reqwest::Client,
@@ -66,10 +70,9 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.rt.block_on(AmqpTransport::delete_namespace(
-            &amqp_url(),
-            &self.namespace,
-        ));
+        let _ = self
+            .rt
+            .block_on(AmqpTransport::delete_namespace(&self.url, &self.namespace));
     }
 }
 
@@ -177,17 +180,22 @@ impl Service {
 impl Cluster {
     /// `None` when RabbitMQ is unreachable outside CI (said loudly).
     pub fn new() -> Option<Self> {
+        Self::on(&amqp_url())
+    }
+
+    /// A cluster of processes on the broker at `url` (one node or several).
+    pub fn on(url: &str) -> Option<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let namespace = format!("hearty-fault-{:016x}", rand::random::<u64>());
         let probe = rt.block_on(AmqpTransport::connect(&AmqpSettings {
-            url: amqp_url(),
+            nodes: BrokerNodes::parse(url).expect("HEARTY_TEST_AMQP_URL"),
             namespace: namespace.clone(),
             prefetch: 1,
             connection_name: "fault test probe".into(),
-            quorum_queues: false,
+            quorum_queues: BrokerNodes::parse(url).is_ok_and(|n| n.is_cluster()),
             connect_wait: Duration::from_millis(500),
             partitions: PartitionCount::default(),
         }));
@@ -196,7 +204,7 @@ impl Cluster {
             Err(e) if std::env::var_os("CI").is_none() => {
                 eprintln!(
                     "\n!!! SKIPPED: RabbitMQ is not reachable at {} ({e}). In CI this is a failure.\n",
-                    amqp_url()
+                    url
                 );
                 return None;
             }
@@ -204,6 +212,7 @@ impl Cluster {
         }
         Some(Cluster {
             namespace,
+            url: url.to_owned(),
             dir: tempfile::tempdir().expect("tempdir"),
             rt,
             client: reqwest::Client::builder()
@@ -211,6 +220,13 @@ impl Cluster {
                 .build()
                 .expect("client"),
         })
+    }
+
+    /// The URL of the broker's first node.
+    pub fn first_node(&self) -> String {
+        BrokerNodes::parse(&self.url)
+            .map(|n| n.get(0).to_owned())
+            .unwrap_or_else(|_| self.url.clone())
     }
 
     pub fn rt_block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -225,10 +241,12 @@ impl Cluster {
     pub fn queue_depths(&self) -> Vec<(String, u32)> {
         use lapin::options::QueueDeclareOptions;
         self.rt.block_on(async {
-            let conn =
-                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-                    .await
-                    .expect("connect");
+            let conn = lapin::Connection::connect(
+                &self.first_node(),
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            .expect("connect");
             let mut out = Vec::new();
             let topology = Topology::new(&self.namespace, PartitionCount::default());
             let names = QueueName::all(PartitionCount::default())
@@ -307,7 +325,7 @@ impl Cluster {
         }
         cmd.arg("serve")
             .env("HEARTY_ROLES", roles)
-            .env("HEARTY_AMQP_URL", amqp_url())
+            .env("HEARTY_AMQP_URL", &self.url)
             .env("HEARTY_NAMESPACE", &self.namespace)
             .env("HEARTY_DATA_DIR", self.data_dir_of(roles, env))
             .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
@@ -495,11 +513,11 @@ impl Cluster {
     pub fn publish(&self, msg: Outgoing) {
         self.rt.block_on(async {
             let t = AmqpTransport::connect(&AmqpSettings {
-                url: amqp_url(),
+                nodes: BrokerNodes::parse(&self.url).expect("HEARTY_TEST_AMQP_URL"),
                 namespace: self.namespace.clone(),
                 prefetch: 1,
                 connection_name: "fault test publisher".into(),
-                quorum_queues: false,
+                quorum_queues: BrokerNodes::parse(&self.url).is_ok_and(|n| n.is_cluster()),
                 connect_wait: Duration::from_millis(500),
                 partitions: PartitionCount::default(),
             })
@@ -515,10 +533,12 @@ impl Cluster {
     pub fn dead_letter(&self) -> Option<(String, String)> {
         use lapin::options::BasicGetOptions;
         self.rt.block_on(async {
-            let conn =
-                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-                    .await
-                    .expect("connect");
+            let conn = lapin::Connection::connect(
+                &self.first_node(),
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            .expect("connect");
             let ch = conn.create_channel().await.expect("channel");
             let got = ch
                 .basic_get(

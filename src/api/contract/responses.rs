@@ -419,7 +419,8 @@ pub struct BrokerHealth {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
-    /// `ready` or `unavailable`.
+    /// `ready`, `unavailable`, or `draining` (stopping: still serving for
+    /// the drain period, but no longer ready).
     pub status: String,
     pub storage: Vec<StorageHealth>,
     pub broker: BrokerHealth,

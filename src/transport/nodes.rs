@@ -1,0 +1,124 @@
+//! The nodes of one RabbitMQ cluster, as `HEARTY_AMQP_URL` names them: one
+//! URL, or a comma-separated list of URLs of the nodes of one cluster.
+//!
+//! A process connects to one reachable node, trying them in turn, and moves
+//! to the next when its node goes away (see `AmqpTransport`). With more
+//! than one node, queues are quorum queues by default: they replicate
+//! across the nodes, so the loss of one node loses no message.
+
+use std::fmt;
+
+/// How long one node may take to accept a connection before the next one
+/// is tried.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerNodes(Vec<String>);
+
+impl BrokerNodes {
+    /// Reads `amqp://…` or `amqp://a,amqp://b,amqp://c`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let nodes: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if nodes.is_empty() {
+            return Err("names no RabbitMQ node".into());
+        }
+        for node in &nodes {
+            if !(node.starts_with("amqp://") || node.starts_with("amqps://")) {
+                return Err(format!(
+                    "`{}` is not an amqp:// or amqps:// URL (several nodes are separated by commas)",
+                    redact(node)
+                ));
+            }
+        }
+        Ok(BrokerNodes(nodes))
+    }
+
+    /// More than one node: a cluster, whose queues should replicate.
+    pub fn is_cluster(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URL of node `i` (modulo the number of nodes).
+    pub fn get(&self, i: usize) -> &str {
+        &self.0[i % self.0.len()]
+    }
+
+    /// Every node, from node `first` on, wrapping around.
+    pub fn from(&self, first: usize) -> impl Iterator<Item = (usize, &str)> {
+        let n = self.0.len();
+        (0..n).map(move |k| {
+            let i = (first + k) % n;
+            (i, self.0[i].as_str())
+        })
+    }
+}
+
+impl fmt::Display for BrokerNodes {
+    /// The nodes without their passwords.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(|n| redact(n)).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+/// A broker URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_url_or_a_list() {
+        let one = BrokerNodes::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("one");
+        assert!(!one.is_cluster());
+        let three =
+            BrokerNodes::parse("amqp://a:5672, amqp://b:5673 ,amqp://c:5674,").expect("list");
+        assert!(three.is_cluster());
+        assert_eq!(three.len(), 3);
+        let order: Vec<usize> = three.from(2).map(|(i, _)| i).collect();
+        assert_eq!(order, [2, 0, 1]);
+        assert_eq!(three.get(4), "amqp://b:5673");
+    }
+
+    #[test]
+    fn anything_else_is_refused_without_its_password() {
+        assert!(BrokerNodes::parse(" , ").is_err());
+        let e = BrokerNodes::parse("amqp://a,http://u:secret@b").expect_err("http");
+        assert!(e.contains("u:***@b"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
+        let nodes = BrokerNodes::parse("amqp://u:p@a,amqp://u:p@b").expect("list");
+        assert_eq!(nodes.to_string(), "amqp://u:***@a,amqp://u:***@b");
+    }
+}
