@@ -2,7 +2,8 @@
 //! file, starts each of its Hearty services as a `hearty serve` process
 //! with that service's environment and its own folder per volume (Docker
 //! does not run here; the broker is the local RabbitMQ), and runs the seed's
-//! flow through the API replicas it declares.
+//! flow through its gateway (HAProxy with the file the compose file mounts)
+//! and the API replicas it declares.
 
 mod common;
 
@@ -97,9 +98,50 @@ fn the_compose_file_declares_the_scale_out_shape() {
         !parts.contains(&"all"),
         "orchestrator owners split the partitions: {parts:?}"
     );
-    for role in ["pay", "kitchen", "delivery", "coupon"] {
-        assert!(!with(role).is_empty(), "a {role} worker");
+    for role in ["pay", "kitchen", "delivery", "coupon", "views"] {
+        assert!(!with(role).is_empty(), "a {role} process");
     }
+    // The broker is a three-node cluster, and every process knows its nodes.
+    for d in &services {
+        let nodes = d
+            .env
+            .get("HEARTY_AMQP_URL")
+            .map_or(0, |u| u.split(',').count());
+        assert_eq!(nodes, 3, "{} is given the three RabbitMQ nodes", d.name);
+    }
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        .expect("docker-compose.yml");
+    let mut doc: Value = serde_yaml_ng::from_str(&text).expect("valid YAML");
+    doc.apply_merge().expect("merge keys resolve");
+    let all = doc["services"].as_mapping().expect("services");
+    let rabbits = all
+        .values()
+        .filter(|s| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("rabbitmq:"))
+        })
+        .count();
+    assert_eq!(rabbits, 3, "three RabbitMQ nodes");
+    // The gateway: HAProxy on 8080 with the shipped configuration, the only
+    // published HTTP port (the API replicas sit behind it).
+    let gateway = &all["gateway"];
+    assert!(
+        gateway["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("haproxy:"))
+    );
+    assert_eq!(gateway["ports"][0].as_str(), Some("8080:8080"));
+    assert!(
+        gateway["volumes"][0]
+            .as_str()
+            .is_some_and(|v| v.starts_with("./deploy/haproxy/haproxy.cfg:")),
+        "the gateway runs deploy/haproxy/haproxy.cfg"
+    );
+    assert!(
+        services.iter().all(|d| !d.published),
+        "API replicas are reached through the gateway"
+    );
     // Shared nothing: no two services on one volume, every one has its own.
     let mut owners: HashMap<&str, &str> = HashMap::new();
     for d in &services {
@@ -116,7 +158,7 @@ fn the_compose_file_declares_the_scale_out_shape() {
 fn the_compose_services_run_the_seed_flow() {
     let Some(c) = Cluster::new() else { return };
     let services = hearty_services();
-    let mut running: Vec<(String, Service, bool)> = Vec::new();
+    let mut running: Vec<(String, Service, Option<String>)> = Vec::new();
     // Owners first, API replicas last (they ask the owners).
     let mut ordered: Vec<&Declared> = services.iter().collect();
     ordered.sort_by_key(|d| roles(d).iter().any(|r| r == "api"));
@@ -141,37 +183,50 @@ fn the_compose_services_run_the_seed_flow() {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         env.push(("HEARTY_DATA_DIR", &folder));
+        // The gateway's backends listen on ports of their own.
+        let is_api = roles(d).iter().any(|r| r == "api");
+        let addr = format!("127.0.0.1:{}", common::deploy::free_port());
+        if is_api {
+            env.push(("HEARTY_HTTP_ADDR", &addr));
+        }
         let roles = d
             .env
             .get("HEARTY_ROLES")
             .cloned()
             .unwrap_or_else(|| "all".into());
         let svc = c.start(&roles, &env);
-        running.push((d.name.clone(), svc, d.published));
+        running.push((d.name.clone(), svc, is_api.then_some(addr)));
     }
     let apis: Vec<&Service> = running
         .iter()
-        .filter(|(_, _, published)| *published)
+        .filter(|(_, _, addr)| addr.is_some())
         .map(|(_, s, _)| s)
         .collect();
-    assert!(apis.len() >= 2, "the published API replicas run");
+    assert!(apis.len() >= 2, "the API replicas run");
     let (first, second) = (apis[0], apis[1]);
+    let backends: Vec<String> = running.iter().filter_map(|(_, _, a)| a.clone()).collect();
+    for api in &apis {
+        c.wait_ready(api);
+    }
+    // Writes through the gateway (when HAProxy is installed; CI has it).
+    let gateway = c.gateway(&backends);
+    let front = gateway.as_ref().unwrap_or(first);
 
     // The seed's flow, as its httpie commands send it (ids 1, 1, 1).
     let (s, v, _) = c.post(
-        first,
+        front,
         "/customers",
         json!({"name": "yang", "phone": "01011", "address": "korea11", "age": "27"}),
     );
     assert_eq!((s, v["id"].as_i64()), (201, Some(1)), "{v}");
     let (s, v, _) = c.post(
-        second,
+        front,
         "/foodCatalogs",
         json!({"name": "cake", "stock": "100", "price": "4.0"}),
     );
     assert_eq!((s, v["id"].as_i64()), (201, Some(1)), "{v}");
     let (s, v, _) = c.post(
-        first,
+        front,
         "/orders",
         json!({"qty": "10", "foodcaltalogid": "1", "customerid": "1"}),
     );
@@ -191,7 +246,7 @@ fn the_compose_services_run_the_seed_flow() {
     // The manager cancels through the other replica: compensated, stock back.
     let (s, v, _) = c.request(
         reqwest::Method::DELETE,
-        format!("{}/kitchens/1", second.base),
+        format!("{}/kitchens/1", front.base),
         None,
     );
     assert_eq!(s, 202, "{v}");

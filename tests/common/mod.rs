@@ -14,6 +14,8 @@ use hearty::transport::nodes::BrokerNodes;
 use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
 
+pub mod deploy;
+pub mod rabbit;
 
 pub const TOKEN: &str = "fault-test-token";
 
