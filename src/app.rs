@@ -99,8 +99,10 @@ impl Running {
         if let Some(a) = &self.amqp {
             // Partition owners: requests for their partitions wait for the
             // next owner from now on, and the ones queued get answered.
-            a.stop_taking_requests(std::time::Duration::from_secs(5))
-                .await;
+            a.stop_taking_requests(std::time::Duration::from_secs(5), || {
+                crate::rpc::requests_in_flight() > 0
+            })
+            .await;
         }
         self.trigger.trigger();
         self.server.stop(true).await;
@@ -204,6 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let t = AmqpTransport::connect(&AmqpSettings {
                 // Replicated queues by default on a cluster.
                 quorum_queues: config.quorum_queues.unwrap_or(nodes.is_cluster()),
+                adopt_queue_type: config.quorum_queues.is_none(),
                 nodes: nodes.clone(),
                 namespace: config.namespace.clone(),
                 prefetch: config.prefetch,
@@ -308,6 +311,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // their own offsets; in one process, from the in-process queues), and
     // answers from them.
     let mut view_dbs = std::collections::HashMap::new();
+    // Over RabbitMQ, set once the read models caught up with the event log.
+    let mut caught_up = None;
     if runs_api || roles.has(Role::Views) {
         let arbiter = actix::Arbiter::new();
         let mut models = Vec::new();
@@ -328,8 +333,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         if let Some(amqp) = amqp.clone() {
             let s = shutdown.clone();
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            caught_up = Some(flag.clone());
             arbiter.spawn(async move {
-                if let Err(e) = views::consume_log(models, amqp, s).await {
+                if let Err(e) = views::consume_log(models, amqp, s, flag).await {
                     tracing::error!(error = %e, "event log reader stopped");
                 }
             });
@@ -448,6 +455,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         transport.clone(),
         breakers.clone(),
         draining.clone(),
+        caught_up,
     ));
     let server = HttpServer::new(move || {
         let mut app = App::new()
@@ -469,7 +477,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         app.default_service(api::fallback())
     })
     .workers(2)
-    .shutdown_timeout(5)
+    // A request in flight at the stop may be waiting for an owner (up to
+    // `rpc::OWNER_WAIT`) and then for its answer: it gets this long to
+    // finish after the drain, not cut short.
+    .shutdown_timeout(30)
     .disable_signals()
     .bind(&config.http_addr)
     .with_context(|| format!("binding HTTP to {}", config.http_addr))?;

@@ -333,11 +333,36 @@ where
     .await
 }
 
+/// Requests this process is answering as an owner (received, answer not
+/// yet sent): an owner handing over waits for them.
+static REQUESTS_IN_FLIGHT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn requests_in_flight() -> i64 {
+    REQUESTS_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts one request as in flight until dropped.
+struct Answering;
+
+impl Answering {
+    fn start() -> Self {
+        REQUESTS_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answering
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        REQUESTS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn serve_one<F, Fut>(mut d: Delivery, amqp: &AmqpTransport, handle: F)
 where
     F: Fn(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = Vec<u8>>,
 {
+    let _answering = Answering::start();
     let (Some(reply_to), Some(correlation)) = (d.reply_to.clone(), d.correlation_id.clone()) else {
         crate::transport::poison::dead_letter(d, "a request without reply-to").await;
         return;
@@ -436,8 +461,10 @@ impl Owners {
     /// was delivered there).
     pub async fn create(&self, kind: WorkerKind, query: Query) -> Result<Value, AskError> {
         let mut last = None;
-        for _ in 0..self.count.get() {
-            let partition = self.next_partition();
+        // Each partition once, from this creation's turn on.
+        let first = i64::from(self.next_partition().index());
+        for k in 0..i64::from(self.count.get()) {
+            let partition = self.count.of(first + k);
             match self.ask(kind, partition, query.clone()).await {
                 Err(e @ AskError::NoOwner(_)) => last = Some(e),
                 Err(e) => return Err(e),

@@ -460,7 +460,12 @@ fn losing_a_broker_node_loses_no_order_and_doubles_none() {
     let mut victim = 0;
     for n in 0..120u32 {
         let key = format!("node-loss-{n}");
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "order {n} not placed within 120 s"
+            );
             let api = d.procs[if n % 2 == 0 { a } else { b }]
                 .svc
                 .as_ref()

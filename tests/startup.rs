@@ -69,7 +69,7 @@ fn bad_settings_are_refused_with_their_names() {
         ("HEARTY_FAIL_COMPENSATIONS", "pay=often", "count"),
         (
             "HEARTY_AMQP_URL",
-            "amqp://a:5672,http://u:secret@b",
+            "http://u:secret@b,amqp://a:5672",
             "not an amqp:// or amqps:// URL",
         ),
         ("HEARTY_AMQP_URL", " , ", "names no RabbitMQ node"),

@@ -265,12 +265,14 @@ pub fn ops_probes(
     transport: Arc<dyn Transport>,
     breakers: Breakers,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> ops::Probes {
     ops::Probes {
         dbs,
         transport,
         breakers,
         draining,
+        caught_up,
     }
 }
 

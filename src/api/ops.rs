@@ -20,6 +20,10 @@ pub struct Probes {
     /// Set when the process is stopping: readiness fails at once, so a load
     /// balancer moves away while requests are still served (the drain).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The read models' catch-up with the event log, when this process
+    /// reads it: not ready before, so a new replica never answers from
+    /// read models that miss what was logged before it started.
+    pub caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub fn routes() -> impl HttpServiceFactory {
@@ -68,12 +72,18 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     }
     let broker_ok = probes.transport.is_ready();
     let draining = probes.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let ok = storage_ok && broker_ok && !draining;
+    let current = probes
+        .caught_up
+        .as_ref()
+        .is_none_or(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+    let ok = storage_ok && broker_ok && current && !draining;
     let body = Ready {
         status: if draining {
             "draining"
         } else if ok {
             "ready"
+        } else if storage_ok && broker_ok {
+            "catching_up"
         } else {
             "unavailable"
         }

@@ -169,7 +169,8 @@ pub async fn place(
     let admit_within_ms = u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX);
     // Without a client's key, the next partition whose owner is there takes
     // it (an unroutable request delivered nothing: safe to move on).
-    let tries = if key.is_some() {
+    let key_given = key.is_some();
+    let tries = if key_given {
         1
     } else {
         orchestrators.count().get()
@@ -189,7 +190,14 @@ pub async fn place(
             key: Some(key.clone()),
             admit_within_ms,
         };
-        match orchestrators.ask(partition, place).await {
+        // With the client's key the partition is fixed: wait for its owner.
+        // Without one, an unowned partition passes the order to the next.
+        let asked = if key_given {
+            orchestrators.ask_waiting(partition, place).await
+        } else {
+            orchestrators.ask(partition, place).await
+        };
+        match asked {
             Ok(answer) => {
                 return answer
                     .result
@@ -198,7 +206,9 @@ pub async fn place(
             }
             Err(e @ AskError::NoOwner(_)) => {
                 last = Some(e);
-                partition = orchestrators.next_partition();
+                // The next partition (each once; the shared turn would let
+                // concurrent orders send this one back to unowned ones).
+                partition = orchestrators.count().of(i64::from(partition.index()) + 1);
             }
             // Delivered, or maybe: the order may exist. Ask its owner.
             Err(e) => return learn_outcome(orchestrators, partition, key, draft, e).await,

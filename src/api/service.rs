@@ -650,8 +650,11 @@ impl Orchestrators {
     /// partition (nothing was delivered there, so nothing is done twice).
     pub async fn create(&self, op: Op) -> Result<Done, ApiError> {
         let mut last = None;
-        for _ in 0..self.count.get() {
-            match self.ask(self.next_partition(), op.clone()).await {
+        // Each partition once, from this creation's turn on (the turn is
+        // shared with concurrent creations, so it is taken once).
+        let first = i64::from(self.next_partition().index());
+        for k in 0..i64::from(self.count.get()) {
+            match self.ask(self.count.of(first + k), op.clone()).await {
                 Err(e @ crate::rpc::AskError::NoOwner(_)) => last = Some(e),
                 Err(e) => return Err(e.into()),
                 Ok(answer) => return answer.result.map_err(ApiError::from),

@@ -62,6 +62,9 @@ pub struct AmqpSettings {
     pub connection_name: String,
     /// Declare quorum queues (with a delivery limit) instead of classic ones.
     pub quorum_queues: bool,
+    /// `quorum_queues` is only a default (not configured): a namespace
+    /// whose queues exist with the other type keeps them.
+    pub adopt_queue_type: bool,
     /// How long the first connection may wait for the broker.
     pub connect_wait: Duration,
     /// The namespace's partitions.
@@ -107,7 +110,16 @@ struct Live {
 
 /// Requests waiting for their answers, by correlation id.
 type Waiters =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>>;
+    Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Reply>>>>;
+
+/// What a request's waiter learns.
+enum Reply {
+    /// The owner's answer.
+    Answer(Vec<u8>),
+    /// The broker returned the request: no queue was bound for it, so it
+    /// was delivered nowhere.
+    Returned,
+}
 
 struct RpcChannel {
     channel: Channel,
@@ -280,10 +292,30 @@ async fn open(
     first_node: usize,
 ) -> Result<(Live, usize), OpenError> {
     let (connection, node) = connect_any(settings, first_node).await?;
-    let channel = connection.create_channel().await.map_err(unavailable)?;
-    declare(&channel, topology, settings.quorum_queues)
-        .await
-        .map_err(unavailable)?;
+    let mut channel = connection.create_channel().await.map_err(unavailable)?;
+    if let Err(e) = declare(&connection, &channel, topology, settings.quorum_queues).await {
+        // A namespace declared with the other queue type (before nodes were
+        // added, or by an older version) keeps its queues unless the type
+        // was configured: a queue's type cannot change in place.
+        let other_type = e.to_string().contains("x-queue-type");
+        if !(other_type && settings.adopt_queue_type) {
+            return Err(unavailable(e).into());
+        }
+        let kept = if settings.quorum_queues {
+            "classic"
+        } else {
+            "quorum"
+        };
+        tracing::warn!(
+            kept,
+            "the namespace's queues exist with the other type; keeping them \
+             (set HEARTY_QUORUM_QUEUES, on a new namespace, to change it)"
+        );
+        channel = connection.create_channel().await.map_err(unavailable)?;
+        declare(&connection, &channel, topology, !settings.quorum_queues)
+            .await
+            .map_err(unavailable)?;
+    }
     // The leases before the connection is handed out: a connection that
     // cannot hold them never consumes (consumers subscribe on it after).
     match take_leases(&connection, topology, leases).await {
@@ -507,6 +539,32 @@ impl AmqpTransport {
         }
     }
 
+    /// Appends a catch-up marker named `id` to the event log (see
+    /// `event_log::MARKER_TYPE`) and waits for the broker's confirm.
+    pub async fn append_log_marker(&self, id: &str) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let log = self.inner.topology.queue(QueueName::EventLog);
+        let marker = Outgoing {
+            message_id: id.to_owned(),
+            correlation_id: String::new(),
+            message_type: event_log::MARKER_TYPE.to_owned(),
+            route: Route::Event(String::new()),
+            body: b"[]".to_vec(),
+        };
+        let confirm = Self::publish_one(
+            &live.publisher,
+            String::new(),
+            log.clone(),
+            true,
+            &marker.body,
+            Self::properties(&marker, None),
+        )
+        .await?;
+        settle_confirm(format!("{id} via {log}"), confirm).await
+    }
+
     /// Reads the domain-event stream from offset `next` (kept up to date by
     /// the reader as it commits), again from there after a reconnection.
     pub fn read_event_log(
@@ -559,15 +617,39 @@ impl AmqpTransport {
             props,
         )
         .await;
-        let confirmed = match sent {
-            Ok(confirm) => {
-                settle_confirm(format!("request via {exchange}/{routing_key}"), confirm).await
+        let what = format!("request via {exchange}/{routing_key}");
+        // A returned request was delivered nowhere: asking again (or
+        // elsewhere) does nothing twice. But lapin hands a returned message
+        // to whichever confirm of the same acknowledgement it meets first,
+        // so the return on this confirm may be another request's, and this
+        // request's return may come on another's. Each is sent to the
+        // request it names (by correlation id); a request that learns
+        // nothing of the kind was delivered.
+        match tokio::time::timeout(CONFIRM_TIMEOUT, sent?).await {
+            Err(_) => return Err(TransportError::Timeout),
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Ok(Ok(Confirmation::Nack(_))) => return Err(TransportError::Nacked(what)),
+            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                let owner = returned
+                    .delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned());
+                if owner.as_deref() == Some(id.as_str()) {
+                    return Err(TransportError::Unroutable(what));
+                }
+                let other = owner
+                    .and_then(|o| waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&o));
+                if let Some(other) = other {
+                    let _ = other.send(Reply::Returned);
+                }
             }
-            Err(e) => Err(e),
-        };
-        confirmed?;
+        }
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(Reply::Answer(answer))) => Ok(answer),
+            Ok(Ok(Reply::Returned)) => Err(TransportError::Unroutable(what)),
             Ok(Err(_)) => Err(TransportError::Unavailable(
                 "the connection closed before the answer came".into(),
             )),
@@ -626,7 +708,7 @@ impl AmqpTransport {
                 let waiter =
                     id.and_then(|id| routed.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
                 if let Some(w) = waiter {
-                    let _ = w.send(d.data);
+                    let _ = w.send(Reply::Answer(d.data));
                 }
             }
             // The channel is gone: every waiter learns at once, and the
@@ -758,15 +840,15 @@ impl AmqpTransport {
         read.await
     }
 
-    /// Closes the connection cleanly and stops reconnecting.
     /// The first step of handing this process's partitions over: their
     /// lease queues no longer receive requests (unbound from the requests
     /// exchange, so a new request is unroutable at once and its asker waits
     /// for the next owner), and the requests already queued are answered —
-    /// waited for until the lease queues are empty and nothing is in
-    /// flight, twice in a row, at most `within`. The leases themselves are
-    /// held until [`AmqpTransport::close`].
-    pub async fn stop_taking_requests(&self, within: Duration) {
+    /// waited for until the lease queues are empty and `busy` (requests
+    /// being answered) is false, twice in a row 100 ms apart, at most
+    /// `within`. The leases themselves are held until
+    /// [`AmqpTransport::close`].
+    pub async fn stop_taking_requests(&self, within: Duration, busy: impl Fn() -> bool) {
         let leases = self.leases();
         let Some(live) = self.live() else { return };
         if leases.is_empty() {
@@ -810,15 +892,12 @@ impl AmqpTransport {
                     Err(_) => return,
                 }
             }
-            quiet = if queued == 0 && crate::metrics::in_flight() == 0 {
-                quiet + 1
-            } else {
-                0
-            };
+            quiet = if queued == 0 && !busy() { quiet + 1 } else { 0 };
         }
         let _ = ch.close(200, "requests handed over".into()).await;
     }
 
+    /// Closes the connection cleanly and stops reconnecting.
     pub async fn close(&self) {
         self.inner
             .closed
@@ -1085,7 +1164,12 @@ async fn settle_confirm(
 }
 
 /// Declares exchanges, queues and bindings; idempotent.
-async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> {
+async fn declare(
+    connection: &Connection,
+    ch: &Channel,
+    t: &Topology,
+    quorum: bool,
+) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -1189,14 +1273,32 @@ async fn declare(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> 
     )
     .await?;
     let dead = t.queue(QueueName::DeadLetter);
-    let mut dead_args = FieldTable::default();
-    if quorum {
-        // On a cluster a classic queue lives on one node: with that node
-        // down it could not even be declared, and no process would start.
-        dead_args.insert("x-queue-type".into(), string_arg("quorum"));
+    // An existing dead-letter queue is kept as it is (versions before
+    // clusters declared it classic even beside quorum queues). A new one on
+    // a cluster is a quorum queue: a classic queue lives on one node, and
+    // with that node down it could not even be declared.
+    let probe = connection.create_channel().await?;
+    let exists = probe
+        .queue_declare(
+            dead.clone().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if exists {
+        let _ = probe.close(200, "checked".into()).await;
+    } else {
+        let mut dead_args = FieldTable::default();
+        if quorum {
+            dead_args.insert("x-queue-type".into(), string_arg("quorum"));
+        }
+        ch.queue_declare(dead.clone().into(), queue_opts, dead_args)
+            .await?;
     }
-    ch.queue_declare(dead.clone().into(), queue_opts, dead_args)
-        .await?;
     ch.queue_bind(
         dead.into(),
         t.dead_letter_exchange().into(),

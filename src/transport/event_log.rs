@@ -17,6 +17,11 @@ use super::Outgoing;
 /// The AMQP `type` of a batch entry.
 pub const BATCH_TYPE: &str = "hearty.events.batch";
 
+/// The AMQP `type` of a catch-up marker: an entry without events that a
+/// starting reader appends and waits to read back; once it has, its read
+/// models hold everything logged before it started.
+pub const MARKER_TYPE: &str = "hearty.events.marker";
+
 /// Most events in one entry.
 pub const MAX_BATCH: usize = 256;
 

@@ -17,13 +17,29 @@ pub struct BrokerNodes(Vec<String>);
 
 impl BrokerNodes {
     /// Reads `amqp://…` or `amqp://a,amqp://b,amqp://c`.
+    /// A comma starts a new node only where an `amqp://` or `amqps://` URL
+    /// follows it (a password may hold a comma). Every node must name the
+    /// same virtual host: the namespace lives in one.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let nodes: Vec<String> = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut nodes: Vec<String> = Vec::new();
+        for part in raw.split(',') {
+            let trimmed = part.trim_start();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let starts_url = trimmed.starts_with("amqp://") || trimmed.starts_with("amqps://");
+            match nodes.last_mut() {
+                Some(last) if !starts_url => {
+                    last.push(',');
+                    last.push_str(part);
+                }
+                _ => nodes.push(part.trim().to_owned()),
+            }
+        }
+        for node in nodes.iter_mut() {
+            *node = node.trim().to_owned();
+        }
+        nodes.retain(|n| !n.is_empty());
         if nodes.is_empty() {
             return Err("names no RabbitMQ node".into());
         }
@@ -34,6 +50,13 @@ impl BrokerNodes {
                     redact(node)
                 ));
             }
+        }
+        let vhosts: Vec<&str> = nodes.iter().map(|n| vhost(n)).collect();
+        if vhosts.iter().any(|v| *v != vhosts[0]) {
+            return Err(format!(
+                "the nodes name different virtual hosts ({}): one namespace lives in one virtual host",
+                vhosts.join(", ")
+            ));
         }
         Ok(BrokerNodes(nodes))
     }
@@ -74,6 +97,19 @@ impl fmt::Display for BrokerNodes {
     }
 }
 
+/// The virtual host a URL names (its path, without the query), `/` when
+/// it names none.
+fn vhost(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split('?').next().unwrap_or(rest);
+    // After the authority (whose password may hold a slash, so after `@`).
+    let after_at = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    match after_at.split_once('/') {
+        Some((_, path)) if !path.is_empty() && !path.eq_ignore_ascii_case("%2f") => path,
+        _ => "/",
+    }
+}
+
 /// A broker URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -104,9 +140,31 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_in_a_password_stays_in_its_url() {
+        let nodes = BrokerNodes::parse("amqp://guest:gu,est@a:5672/%2f,amqp://guest:x@b:5672/%2f")
+            .expect("two nodes");
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes.get(0), "amqp://guest:gu,est@a:5672/%2f");
+        let one = BrokerNodes::parse("amqp://guest:gu,est-tail@127.0.0.1:5672/%2f").expect("one");
+        assert!(!one.is_cluster());
+    }
+
+    #[test]
+    fn every_node_names_the_same_virtual_host() {
+        let e = BrokerNodes::parse("amqp://u:p@a/%2f,amqp://u:p@b/prod").expect_err("two vhosts");
+        assert!(e.contains("virtual hosts"), "{e}");
+        assert!(!e.contains(":p@"), "{e}");
+        assert!(
+            BrokerNodes::parse("amqp://a,amqp://b/%2f").is_ok(),
+            "`/` either way"
+        );
+        assert!(BrokerNodes::parse("amqp://a?heartbeat=5,amqp://b").is_ok());
+    }
+
+    #[test]
     fn anything_else_is_refused_without_its_password() {
         assert!(BrokerNodes::parse(" , ").is_err());
-        let e = BrokerNodes::parse("amqp://a,http://u:secret@b").expect_err("http");
+        let e = BrokerNodes::parse("http://u:secret@b,amqp://a").expect_err("http");
         assert!(e.contains("u:***@b"), "{e}");
         assert!(!e.contains("secret"), "{e}");
     }

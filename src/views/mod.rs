@@ -187,12 +187,32 @@ async fn commit_batch(kind: ViewKind, db: &Db, events: Vec<DomainEvent>, next: i
 /// skips what lies before its own position. So a new replica replays the
 /// whole log, and a restarted one goes on where each read model committed,
 /// applying nothing twice.
+///
+/// `caught_up` is set once the reader has read back a marker it appended
+/// to the log when it started: from then on its read models hold
+/// everything logged before the process started (the process is ready).
 pub async fn consume_log(
     models: Vec<(ViewKind, Db)>,
     amqp: AmqpTransport,
     mut shutdown: Shutdown,
+    caught_up: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), TransportError> {
     use futures_util::{FutureExt, StreamExt};
+    let marker = format!(
+        "catch-up.{}.{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    {
+        let (amqp, marker) = (amqp.clone(), marker.clone());
+        actix::spawn(async move {
+            // Until the broker confirms it (it may be reconnecting).
+            while let Err(e) = amqp.append_log_marker(&marker).await {
+                tracing::debug!(error = %e, "cannot append the catch-up marker yet");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+    }
     let mut positions = Vec::new();
     for (kind, db) in &models {
         positions.push((*kind, db.clone(), log_position(db).await));
@@ -233,10 +253,29 @@ pub async fn consume_log(
                 continue;
             }
             last = Some(offset);
+            if d.message_type.as_deref() == Some(event_log::MARKER_TYPE) {
+                if d.message_id.as_deref() == Some(marker.as_str()) {
+                    caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!(offset, "read models caught up with the event log");
+                }
+                settled.push(d);
+                continue;
+            }
             let entries = match log_entries(&d) {
                 Ok(entries) => entries,
+                // The whole entry, copied until the broker confirms it: the
+                // position moves past it afterwards.
                 Err(reason) => {
-                    dead_letter(d, &reason).await;
+                    let whole = Logged {
+                        message_id: d.message_id.clone().unwrap_or_default(),
+                        correlation_id: d.correlation_id.clone().unwrap_or_default(),
+                        message_type: d.message_type.clone().unwrap_or_default(),
+                        body: d.body.clone(),
+                    };
+                    if !dead_letter_copy(&amqp, whole, &reason, &mut shutdown).await {
+                        return Ok(());
+                    }
+                    settled.push(d);
                     continue;
                 }
             };

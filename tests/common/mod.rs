@@ -198,6 +198,7 @@ impl Cluster {
             prefetch: 1,
             connection_name: "fault test probe".into(),
             quorum_queues: BrokerNodes::parse(url).is_ok_and(|n| n.is_cluster()),
+            adopt_queue_type: false,
             connect_wait: Duration::from_millis(500),
             partitions: PartitionCount::default(),
         }));
@@ -520,6 +521,7 @@ impl Cluster {
                 prefetch: 1,
                 connection_name: "fault test publisher".into(),
                 quorum_queues: BrokerNodes::parse(&self.url).is_ok_and(|n| n.is_cluster()),
+                adopt_queue_type: false,
                 connect_wait: Duration::from_millis(500),
                 partitions: PartitionCount::default(),
             })

@@ -419,8 +419,10 @@ pub struct BrokerHealth {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
-    /// `ready`, `unavailable`, or `draining` (stopping: still serving for
-    /// the drain period, but no longer ready).
+    /// `ready`; `catching_up` (a new or restarted process whose read models
+    /// have not yet read the event log up to its start); `unavailable`; or
+    /// `draining` (stopping: still serving for the drain period, but no
+    /// longer ready).
     pub status: String,
     pub storage: Vec<StorageHealth>,
     pub broker: BrokerHealth,
