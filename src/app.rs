@@ -56,6 +56,9 @@ pub struct Running {
     /// a process serving the API, zero otherwise (an owner hands its
     /// partitions over by stopping promptly).
     drain: std::time::Duration,
+    /// How long placing an order may wait for its payment (an owner
+    /// handing over lets such a request finish).
+    order_timeout: std::time::Duration,
     /// The manager's token (configured or generated).
     pub manager_token: Option<Secret>,
     server: actix_web::dev::ServerHandle,
@@ -99,10 +102,11 @@ impl Running {
         if let Some(a) = &self.amqp {
             // Partition owners: requests for their partitions wait for the
             // next owner from now on, and the ones queued get answered.
-            a.stop_taking_requests(std::time::Duration::from_secs(5), || {
-                crate::rpc::requests_in_flight() > 0
-            })
-            .await;
+            // Placing an order waits for its payment (HEARTY_ORDER_TIMEOUT):
+            // its answer gets that long, and more.
+            let within = self.order_timeout + std::time::Duration::from_secs(10);
+            a.stop_taking_requests(within, || crate::rpc::requests_in_flight() > 0)
+                .await;
         }
         self.trigger.trigger();
         self.server.stop(true).await;
@@ -478,9 +482,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
     .workers(2)
     // A request in flight at the stop may be waiting for an owner (up to
-    // `rpc::OWNER_WAIT`) and then for its answer: it gets this long to
-    // finish after the drain, not cut short.
-    .shutdown_timeout(30)
+    // `rpc::OWNER_WAIT`, 15 s) and then for its answer (a placement: the
+    // order timeout and 15 s): it gets this long to finish after the
+    // drain, not cut short.
+    .shutdown_timeout(45)
     .disable_signals()
     .bind(&config.http_addr)
     .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
@@ -500,6 +505,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         draining,
+        order_timeout: config.order_timeout,
         drain: if runs_api {
             config.drain
         } else {

@@ -113,10 +113,10 @@ fn the_manifests_agree_with_the_service() {
         let name = d["metadata"]["name"].as_str().unwrap_or("?").to_owned();
         let pod = &d["spec"]["template"]["spec"];
         let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
-        // The drain, then up to 30 s for requests in flight, then the stop.
+        // The drain, then up to 45 s for requests in flight, then the stop.
         assert!(
-            grace >= drain + 30 + 10,
-            "{name}: grace {grace} s < drain {drain} s + 30 s of requests + 10 s to stop"
+            grace >= drain + 45 + 10,
+            "{name}: grace {grace} s < drain {drain} s + 45 s of requests + 10 s to stop"
         );
         let container = &pod["containers"][0];
         assert_eq!(

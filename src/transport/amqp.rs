@@ -1278,7 +1278,7 @@ async fn declare(
     // a cluster is a quorum queue: a classic queue lives on one node, and
     // with that node down it could not even be declared.
     let probe = connection.create_channel().await?;
-    let exists = probe
+    let found = probe
         .queue_declare(
             dead.clone().into(),
             QueueDeclareOptions {
@@ -1287,11 +1287,22 @@ async fn declare(
             },
             FieldTable::default(),
         )
-        .await
-        .is_ok();
-    if exists {
-        let _ = probe.close(200, "checked".into()).await;
-    } else {
+        .await;
+    let exists = match &found {
+        Ok(_) => {
+            let _ = probe.close(200, "checked".into()).await;
+            true
+        }
+        // It exists, as a classic queue on a node that is down (declared
+        // before the cluster): the process starts anyway; dead letters
+        // wait (their deliveries are handed back) until the node is back.
+        Err(e) if !e.to_string().contains("no queue") => {
+            tracing::warn!(queue = %dead, error = %e, "the dead-letter queue is not available");
+            return Ok(());
+        }
+        Err(_) => false,
+    };
+    if !exists {
         let mut dead_args = FieldTable::default();
         if quorum {
             dead_args.insert("x-queue-type".into(), string_arg("quorum"));

@@ -23,28 +23,24 @@ impl BrokerNodes {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut nodes: Vec<String> = Vec::new();
         for part in raw.split(',') {
-            let trimmed = part.trim_start();
-            if trimmed.is_empty() {
-                continue;
-            }
-            let starts_url = trimmed.starts_with("amqp://") || trimmed.starts_with("amqps://");
             match nodes.last_mut() {
-                Some(last) if !starts_url => {
+                Some(last) if !is_url(part) => {
                     last.push(',');
                     last.push_str(part);
                 }
-                _ => nodes.push(part.trim().to_owned()),
+                _ => nodes.push(part.to_owned()),
             }
         }
         for node in nodes.iter_mut() {
-            *node = node.trim().to_owned();
+            // A list may end with a comma.
+            *node = node.trim().trim_end_matches(',').trim_end().to_owned();
         }
         nodes.retain(|n| !n.is_empty());
         if nodes.is_empty() {
             return Err("names no RabbitMQ node".into());
         }
         for node in &nodes {
-            if !(node.starts_with("amqp://") || node.starts_with("amqps://")) {
+            if !is_url(node) {
                 return Err(format!(
                     "`{}` is not an amqp:// or amqps:// URL (several nodes are separated by commas)",
                     redact(node)
@@ -97,13 +93,22 @@ impl fmt::Display for BrokerNodes {
     }
 }
 
+/// Whether `s` starts an AMQP URL (the scheme in any case).
+fn is_url(s: &str) -> bool {
+    let s = s.trim_start().as_bytes();
+    let starts =
+        |scheme: &[u8]| s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme);
+    starts(b"amqp://") || starts(b"amqps://")
+}
+
 /// The virtual host a URL names (its path, without the query), `/` when
 /// it names none.
 fn vhost(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.split('?').next().unwrap_or(rest);
-    // After the authority (whose password may hold a slash, so after `@`).
+    // After the credentials (a password may hold `/` or `?`), then without
+    // the query.
     let after_at = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let after_at = after_at.split('?').next().unwrap_or(after_at);
     match after_at.split_once('/') {
         Some((_, path)) if !path.is_empty() && !path.eq_ignore_ascii_case("%2f") => path,
         _ => "/",
@@ -147,6 +152,18 @@ mod tests {
         assert_eq!(nodes.get(0), "amqp://guest:gu,est@a:5672/%2f");
         let one = BrokerNodes::parse("amqp://guest:gu,est-tail@127.0.0.1:5672/%2f").expect("one");
         assert!(!one.is_cluster());
+    }
+
+    #[test]
+    fn odd_passwords_stay_whole() {
+        let nodes = BrokerNodes::parse("amqp://u:a,,b@h/%2f,AMQP://u:p@k/%2f,").expect("two");
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes.get(0), "amqp://u:a,,b@h/%2f");
+        assert_eq!(nodes.get(1), "AMQP://u:p@k/%2f");
+        // A `/` or `?` in a password is not a vhost or a query.
+        let e = BrokerNodes::parse("amqp://u:ab/cd?e@a/%2f,amqp://u:x@b/prod").expect_err("vhosts");
+        assert!(!e.contains("cd"), "{e}");
+        assert!(BrokerNodes::parse("amqp://u:ab/cd?e@a/%2f,amqp://u:x@b").is_ok());
     }
 
     #[test]

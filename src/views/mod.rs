@@ -207,8 +207,12 @@ pub async fn consume_log(
         let (amqp, marker) = (amqp.clone(), marker.clone());
         actix::spawn(async move {
             // Until the broker confirms it (it may be reconnecting).
+            let mut failures = 0u32;
             while let Err(e) = amqp.append_log_marker(&marker).await {
-                tracing::debug!(error = %e, "cannot append the catch-up marker yet");
+                failures += 1;
+                if failures.is_multiple_of(20) {
+                    tracing::warn!(error = %e, failures, "cannot append the catch-up marker; not ready until it is");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         });
@@ -242,11 +246,27 @@ pub async fn consume_log(
         let mut per_model: Vec<Vec<DomainEvent>> = positions.iter().map(|_| Vec::new()).collect();
         let mut settled = Vec::new();
         let mut last = None;
+        let mut marker_read = false;
         for d in batch {
             let Some(offset) = d.stream_offset else {
                 settled.push(d);
                 continue;
             };
+            // This reader's own marker counts wherever it is: a log behind
+            // the read models' positions (recreated under them) must not
+            // keep the process from ever being ready.
+            if d.message_type.as_deref() == Some(event_log::MARKER_TYPE)
+                && d.message_id.as_deref() == Some(marker.as_str())
+            {
+                marker_read = true;
+                if offset < next.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!(
+                        offset,
+                        "the event log ends before this process's read models' positions: \
+                         was it recreated? (start on new folders to rebuild them)"
+                    );
+                }
+            }
             // Read again after a reconnection: already handled.
             if offset < next.load(std::sync::atomic::Ordering::SeqCst) {
                 settled.push(d);
@@ -254,10 +274,6 @@ pub async fn consume_log(
             }
             last = Some(offset);
             if d.message_type.as_deref() == Some(event_log::MARKER_TYPE) {
-                if d.message_id.as_deref() == Some(marker.as_str()) {
-                    caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::info!(offset, "read models caught up with the event log");
-                }
                 settled.push(d);
                 continue;
             }
@@ -308,8 +324,15 @@ pub async fn consume_log(
             }
             settled.push(d);
         }
+        // Ready only once the events before the marker are committed.
+        let mark_ready = |read: bool| {
+            if read && !caught_up.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!("read models caught up with the event log");
+            }
+        };
         let Some(last) = last else {
             ack_batch(settled).await;
+            mark_ready(marker_read);
             continue;
         };
         for (((kind, db, from), events), saved) in
@@ -324,6 +347,7 @@ pub async fn consume_log(
             }
         }
         next.store(last + 1, std::sync::atomic::Ordering::SeqCst);
+        mark_ready(marker_read);
         ack_batch(settled).await;
     }
 }
