@@ -21,11 +21,17 @@ struct Declared {
     published: bool,
 }
 
-fn hearty_services() -> Vec<Declared> {
+/// `docker-compose.yml`, its merge keys resolved.
+fn compose_file() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
         .expect("docker-compose.yml");
     let mut doc: Value = serde_yaml_ng::from_str(&text).expect("valid YAML");
     doc.apply_merge().expect("merge keys resolve");
+    doc
+}
+
+fn hearty_services() -> Vec<Declared> {
+    let doc = compose_file();
     let services = doc["services"].as_mapping().expect("services");
     let mut out = Vec::new();
     for (name, svc) in services {
@@ -109,10 +115,7 @@ fn the_compose_file_declares_the_scale_out_shape() {
             .map_or(0, |u| u.split(',').count());
         assert_eq!(nodes, 3, "{} is given the three RabbitMQ nodes", d.name);
     }
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-        .expect("docker-compose.yml");
-    let mut doc: Value = serde_yaml_ng::from_str(&text).expect("valid YAML");
-    doc.apply_merge().expect("merge keys resolve");
+    let doc = compose_file();
     let all = doc["services"].as_mapping().expect("services");
     let rabbits = all
         .values()

@@ -114,6 +114,16 @@ impl<'a> Deployment<'a> {
             .unwrap_or_else(|| panic!("no process {name}"))
     }
 
+    /// The data folder of process `i`.
+    fn folder(&self, i: usize) -> String {
+        self.procs[i]
+            .env
+            .iter()
+            .find(|(k, _)| k == "HEARTY_DATA_DIR")
+            .map(|(_, v)| v.clone())
+            .expect("every process has its folder")
+    }
+
     fn svc(&self, name: &str) -> &Service {
         self.procs[self.index(name)].svc.as_ref().expect("running")
     }
@@ -352,12 +362,7 @@ fn partitions_move_to_another_owner_under_siege_without_a_failed_request() {
     };
     seed(&c, &gateway);
     // A standby for orchestrator-a: a second process on its folder.
-    let folder = d.procs[d.index("orchestrator-a")]
-        .env
-        .iter()
-        .find(|(k, _)| k == "HEARTY_DATA_DIR")
-        .map(|(_, v)| v.clone())
-        .expect("folder");
+    let folder = d.folder(d.index("orchestrator-a"));
     let standby = c.spawn(
         "orchestrator",
         &[("HEARTY_PARTITIONS", "0-3"), ("HEARTY_DATA_DIR", &folder)],
@@ -371,12 +376,7 @@ fn partitions_move_to_another_owner_under_siege_without_a_failed_request() {
     // another "node": the owner stops, its volume is attached elsewhere
     // (here: the folder copied to a new place), a new process starts there.
     let kitchen = d.index("kitchen-a");
-    let old_folder = d.procs[kitchen]
-        .env
-        .iter()
-        .find(|(k, _)| k == "HEARTY_DATA_DIR")
-        .map(|(_, v)| v.clone())
-        .expect("folder");
+    let old_folder = d.folder(kitchen);
     let moved_at = Instant::now();
     d.procs[kitchen].svc.take().expect("running").terminate();
     let new_folder = c.dir.path().join("data").join("kitchen-a-moved");

@@ -282,13 +282,7 @@ pub async fn consume_log(
                 // The whole entry, copied until the broker confirms it: the
                 // position moves past it afterwards.
                 Err(reason) => {
-                    let whole = Logged {
-                        message_id: d.message_id.clone().unwrap_or_default(),
-                        correlation_id: d.correlation_id.clone().unwrap_or_default(),
-                        message_type: d.message_type.clone().unwrap_or_default(),
-                        body: d.body.clone(),
-                    };
-                    if !dead_letter_copy(&amqp, whole, &reason, &mut shutdown).await {
+                    if !dead_letter_copy(&amqp, as_logged(&d), &reason, &mut shutdown).await {
                         return Ok(());
                     }
                     settled.push(d);
@@ -358,12 +352,17 @@ fn log_entries(d: &Delivery) -> Result<Vec<Logged>, String> {
     if d.message_type.as_deref() == Some(event_log::BATCH_TYPE) {
         return event_log::decode(&d.body);
     }
-    Ok(vec![Logged {
+    Ok(vec![as_logged(d)])
+}
+
+/// An entry of the log taken whole, with its message's properties.
+fn as_logged(d: &Delivery) -> Logged {
+    Logged {
         message_id: d.message_id.clone().unwrap_or_default(),
         correlation_id: d.correlation_id.clone().unwrap_or_default(),
         message_type: d.message_type.clone().unwrap_or_default(),
         body: d.body.clone(),
-    }])
+    }
 }
 
 /// Puts a copy of one event of the log, with its reason, in the
