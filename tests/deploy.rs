@@ -258,6 +258,25 @@ fn assert_invariants(c: &Cluster, d: &Deployment, api: &Service, created: u64, c
     assert!(failed.is_empty(), "invariants failed: {failed:?}");
 }
 
+/// siege saw no failed transaction and no answer but `201` (more than
+/// `at_least` of them), availability 100 %: how many orders it placed.
+fn assert_no_failed_request(result: &common::deploy::Siege, at_least: u64) -> u64 {
+    assert!(result.transactions > at_least, "siege ran: {result:?}");
+    assert_eq!(result.failed, 0, "failed transactions: {result:?}");
+    assert_eq!(result.errors(), 0, "answers >= 400: {result:?}");
+    assert!(
+        (result.availability - 100.0).abs() < f64::EPSILON,
+        "availability {}",
+        result.availability
+    );
+    let created = result.codes.get(&201).copied().unwrap_or(0);
+    assert_eq!(
+        created, result.transactions,
+        "every answer was a 201: {result:?}"
+    );
+    created
+}
+
 #[test]
 fn a_rolling_restart_of_every_process_under_siege_fails_no_request() {
     let _serial = one_at_a_time();
@@ -291,19 +310,7 @@ fn a_rolling_restart_of_every_process_under_siege_fails_no_request() {
         result.summary,
         result.codes
     );
-    assert!(result.transactions > 50, "siege ran: {result:?}");
-    assert_eq!(result.failed, 0, "failed transactions: {result:?}");
-    assert_eq!(result.errors(), 0, "answers >= 400: {result:?}");
-    assert!(
-        (result.availability - 100.0).abs() < f64::EPSILON,
-        "availability {}",
-        result.availability
-    );
-    let created = result.codes.get(&201).copied().unwrap_or(0);
-    assert_eq!(
-        created, result.transactions,
-        "every answer was a 201: {result:?}"
-    );
+    let created = assert_no_failed_request(&result, 50);
     assert_invariants(&c, &d, d.svc("api-1"), created, CLIENTS);
 }
 
@@ -331,9 +338,7 @@ fn a_replica_started_under_siege_takes_work_and_fails_no_request() {
     std::thread::sleep(Duration::from_secs(8));
     let result = siege.finish();
     eprintln!("scale out: {:?} codes {:?}", result.summary, result.codes);
-    assert!(result.transactions > 20, "siege ran: {result:?}");
-    assert_eq!(result.failed, 0, "failed transactions: {result:?}");
-    assert_eq!(result.errors(), 0, "answers >= 400: {result:?}");
+    let created = assert_no_failed_request(&result, 20);
     let served = c.metric(d.svc("api-3"), "hearty_http_requests_total");
     let projected = c.metric(d.svc("views-3"), "hearty_events_projected_total");
     eprintln!("scale out: api-3 served {served} requests, views-3 projected {projected} events");
@@ -342,11 +347,6 @@ fn a_replica_started_under_siege_takes_work_and_fails_no_request() {
     assert!(
         projected > 0.0,
         "the new read models caught up: {projected}"
-    );
-    let created = result.codes.get(&201).copied().unwrap_or(0);
-    assert_eq!(
-        created, result.transactions,
-        "every answer was a 201: {result:?}"
     );
     assert_invariants(&c, &d, d.svc("api-1"), created, CLIENTS);
 }
@@ -416,14 +416,7 @@ fn partitions_move_to_another_owner_under_siege_without_a_failed_request() {
     std::thread::sleep(Duration::from_secs(3));
     let result = siege.finish();
     eprintln!("handover: {:?} codes {:?}", result.summary, result.codes);
-    assert!(result.transactions > 20, "siege ran: {result:?}");
-    assert_eq!(result.failed, 0, "failed transactions: {result:?}");
-    assert_eq!(result.errors(), 0, "answers >= 400: {result:?}");
-    let created = result.codes.get(&201).copied().unwrap_or(0);
-    assert_eq!(
-        created, result.transactions,
-        "every answer was a 201: {result:?}"
-    );
+    let created = assert_no_failed_request(&result, 20);
     assert_invariants(&c, &d, d.svc("api-1"), created, CLIENTS);
 }
 

@@ -217,10 +217,32 @@ on_both_transports!(
     read_models_rebuild_from_scratch
 );
 
+/// Whether the message `id` reaches the dead-letter queue within 30 s (the
+/// messages taken off on the way are acked).
+async fn dead_lettered(app: &TestApp, id: &str) -> bool {
+    use futures_util::StreamExt;
+    let mut dead = app
+        .transport()
+        .consume(hearty::transport::QueueName::DeadLetter)
+        .await
+        .expect("consume the dead-letter queue");
+    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(d) = dead.next().await {
+            let ours = d.message_id.as_deref() == Some(id);
+            let _ = d.ack().await;
+            if ours {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    found == Ok(true)
+}
+
 /// A malformed event (a renamed field, as a producer on another contract
 /// would send) is dead-lettered, never projected with a default.
 async fn malformed_events_are_dead_lettered(app: &TestApp) {
-    use futures_util::StreamExt;
     let mut bad = catalog_event(91, 1, 5);
     let mut body: serde_json::Value = serde_json::from_slice(&bad.body).expect("json");
     body["data"]["price"] = body["data"]["priceCents"].take();
@@ -244,25 +266,8 @@ async fn malformed_events_are_dead_lettered(app: &TestApp) {
             .is_some_and(|a| a.iter().all(|v| v["id"] != 91)),
         "the malformed event was projected: {views}"
     );
-    let mut dead = app
-        .transport()
-        .consume(hearty::transport::QueueName::DeadLetter)
-        .await
-        .expect("consume the dead-letter queue");
-    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(d) = dead.next().await {
-            let ours = d.message_id.as_deref() == Some("catalog.stockChanged.91.v1.malformed");
-            let _ = d.ack().await;
-            if ours {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        found,
-        Ok(true),
+    assert!(
+        dead_lettered(app, "catalog.stockChanged.91.v1.malformed").await,
         "the malformed event is in the dead-letter queue"
     );
 }
@@ -279,7 +284,6 @@ on_both_transports!(
 /// on past it.
 #[actix_web::test]
 async fn the_event_log_reads_single_events_and_dead_letters_an_unreadable_batch() {
-    use futures_util::StreamExt;
     use lapin::options::BasicPublishOptions;
     use lapin::{BasicProperties, Connection, ConnectionProperties};
     let Some(app) =
@@ -333,25 +337,8 @@ async fn the_event_log_reads_single_events_and_dead_letters_an_unreadable_batch(
         |f| f["stock"] == 4,
     )
     .await;
-    let mut dead = app
-        .transport()
-        .consume(hearty::transport::QueueName::DeadLetter)
-        .await
-        .expect("consume the dead-letter queue");
-    let found = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(d) = dead.next().await {
-            let ours = d.message_id.as_deref() == Some("not-a-batch");
-            let _ = d.ack().await;
-            if ours {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        found,
-        Ok(true),
+    assert!(
+        dead_lettered(&app, "not-a-batch").await,
         "the unreadable entry is in the dead-letter queue"
     );
     let _ = conn.close(200, "bye".into()).await;
