@@ -205,22 +205,6 @@ fn full(d: &mut Deployment) {
     d.add("api-2", "api", &[]);
 }
 
-/// The seed's customer and a cake with plenty of stock, through `api`.
-fn seed(c: &Cluster, api: &Service) {
-    let (s, v, _) = c.post(
-        api,
-        "/customers",
-        json!({"name": "yang", "phone": "01011", "address": "korea11", "age": "27"}),
-    );
-    assert_eq!(s, 201, "{v}");
-    let (s, v, _) = c.post(
-        api,
-        "/foodCatalogs",
-        json!({"name": "cake", "stock": INITIAL_STOCK.to_string(), "price": "4.0"}),
-    );
-    assert_eq!(s, 201, "{v}");
-}
-
 /// Asserts the invariants of the quiet deployment, and that it answered
 /// `created` orders with 201 — one saga for each, plus at most `cut`
 /// more: the requests in flight when siege was interrupted (placed, but
@@ -286,7 +270,7 @@ fn a_rolling_restart_of_every_process_under_siege_fails_no_request() {
     let Some(gateway) = c.gateway(&d.api_addresses()) else {
         return;
     };
-    seed(&c, &gateway);
+    c.seed(&gateway, INITIAL_STOCK);
     let Some(siege) = SiegeRun::start(&gateway.base, CLIENTS as u32, 0.5) else {
         return;
     };
@@ -328,7 +312,7 @@ fn a_replica_started_under_siege_takes_work_and_fails_no_request() {
     let Some(gateway) = c.gateway(&backends) else {
         return;
     };
-    seed(&c, &gateway);
+    c.seed(&gateway, INITIAL_STOCK);
     let Some(siege) = SiegeRun::start(&gateway.base, CLIENTS as u32, 0.5) else {
         return;
     };
@@ -360,7 +344,7 @@ fn partitions_move_to_another_owner_under_siege_without_a_failed_request() {
     let Some(gateway) = c.gateway(&d.api_addresses()) else {
         return;
     };
-    seed(&c, &gateway);
+    c.seed(&gateway, INITIAL_STOCK);
     // A standby for orchestrator-a: a second process on its folder.
     let folder = d.folder(d.index("orchestrator-a"));
     let standby = c.spawn(
@@ -440,7 +424,7 @@ fn losing_a_broker_node_loses_no_order_and_doubles_none() {
     d.add("api-1", "api", &[]);
     d.add("api-2", "api", &[]);
     let (a, b) = (d.index("api-1"), d.index("api-2"));
-    seed(&c, d.procs[a].svc.as_ref().expect("api-1"));
+    c.seed(d.procs[a].svc.as_ref().expect("api-1"), INITIAL_STOCK);
 
     // Orders stream in, each with its own key, sent again (same key) until
     // answered 201: every order meant is placed, and never twice.
