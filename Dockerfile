@@ -3,8 +3,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY bench ./bench
 COPY sagas ./sagas
-RUN cargo build --release --locked
+RUN cargo build --release --locked -p hearty
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -21,7 +21,6 @@
 
 pub(crate) mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -35,7 +34,7 @@ pub mod partition;
 pub(crate) mod rpc;
 pub mod saga;
 pub(crate) mod shutdown;
-pub(crate) mod storage;
+pub mod storage;
 pub mod transport;
 pub mod views;
 pub(crate) mod workers;

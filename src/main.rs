@@ -31,8 +31,6 @@ enum Command {
         )]
         url: String,
     },
-    /// Benchmark: throughput, latency, ceiling, memory, recovery (BENCHMARKS.md).
-    Bench(Box<hearty::bench::BenchArgs>),
     /// Manage the read models.
     Views {
         #[command(subcommand)]
@@ -85,24 +83,6 @@ fn main() -> std::process::ExitCode {
                 SagasCommand::Show { id } => hearty::cli::sagas_show(&url, &id),
             };
             out.map(|text| print!("{text}"))
-        }
-        Command::Bench(args) => {
-            let json = args.json;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build();
-            rt.map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(hearty::bench::run(*args)))
-                .map(|report| {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&report).unwrap_or_default()
-                        );
-                    } else {
-                        print!("{}", hearty::bench::summary(&report));
-                    }
-                })
         }
         Command::Views {
             command: ViewsCommand::Rebuild { data_dir },

@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::oneshot;
 
-use crate::storage::Db;
+use hearty::storage::Db;
 
 /// What one ceiling run measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

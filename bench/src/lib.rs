@@ -1,4 +1,4 @@
-//! `hearty bench`: drives orders over HTTP exactly as customers would and
+//! `hearty-bench`: drives orders over HTTP exactly as customers would and
 //! measures, beside the broker's own ceiling in the same run:
 //! throughput of completed sagas, `POST /orders` and order-to-`Completed`
 //! latency at full and at half load, cancellation throughput, resident
@@ -20,13 +20,22 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::saga::definition::parse_duration;
+use hearty::saga::definition::parse_duration;
 
 const TOKEN: &str = "bench-manager-token";
 
-/// Settings of `hearty bench`.
-#[derive(Debug, Clone, clap::Args)]
+/// Settings of `hearty-bench`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "hearty-bench",
+    version,
+    about = "Benchmark of Hearty: throughput, latency, the broker's ceiling, memory, recovery (BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
+    /// The `hearty` binary to start (default: the one next to this one,
+    /// as `cargo build --release --workspace` leaves it).
+    #[arg(long, env = "HEARTY_BIN")]
+    pub hearty: Option<PathBuf>,
     /// Target a running service instead of starting one (memory and
     /// recovery are then skipped: they need to own the process).
     #[arg(long)]
@@ -326,7 +335,7 @@ async fn full_load(
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let completed_before = completed(&mut conn, via_api).await?;
-    let window_start_wall = crate::domain::Millis::now();
+    let window_start_wall = hearty::domain::Millis::now();
     let service = service_pid.map(|p| p.to_string());
     let cpu_before = (
         cpu_seconds("self"),
@@ -337,7 +346,7 @@ async fn full_load(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let completed_after = completed(&mut conn, via_api).await?;
-    let window_end_wall = crate::domain::Millis::now();
+    let window_end_wall = hearty::domain::Millis::now();
     let cpu_after = (
         cpu_seconds("self"),
         service.as_deref().and_then(cpu_seconds),
@@ -381,7 +390,7 @@ async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> an
     let errors = Arc::new(AtomicU64::new(0));
     let mut conn = http::Conn::new(base, None)?;
     let completed_before = completed(&mut conn, via_api).await?;
-    let wall_start = crate::domain::Millis::now();
+    let wall_start = hearty::domain::Millis::now();
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
     // A pool of idle connections, so the open loop does not pay for connects.
@@ -421,7 +430,7 @@ async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> an
     // Let the last sagas finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let completed_after = completed(&mut conn, via_api).await?;
-    let wall_end = crate::domain::Millis::now();
+    let wall_end = hearty::domain::Millis::now();
     pb.finish_and_clear();
     let to_completed = completion_latencies(&mut conn, wall_start, wall_end).await?;
     Ok(Load {
@@ -440,8 +449,8 @@ async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> an
 /// `createdAt` and the time of their `Completed` history line.
 async fn completion_latencies(
     conn: &mut http::Conn,
-    from: crate::domain::Millis,
-    to: crate::domain::Millis,
+    from: hearty::domain::Millis,
+    to: hearty::domain::Millis,
 ) -> anyhow::Result<Latency> {
     let sagas = get_json(conn, "/sagas?state=Completed&limit=100000").await?;
     let parse = |v: &Value| v.as_str().and_then(parse_rfc3339);
@@ -650,15 +659,32 @@ fn machine() -> Value {
     json!({ "cores": cores, "memory": mem, "cpu": cpu })
 }
 
+/// The `hearty` binary: the one named, or the one beside this binary.
+fn hearty_binary(named: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let exe = match named {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary's folder")?
+            .join("hearty"),
+    };
+    anyhow::ensure!(
+        exe.is_file(),
+        "{} does not exist: build it first (`cargo build --release --workspace`) or name it with --hearty",
+        exe.display()
+    );
+    Ok(exe)
+}
+
 /// Runs the whole benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    let exe = std::env::current_exe()?;
+    let exe = hearty_binary(args.hearty.as_deref())?;
     let namespace = format!("bench-{:08x}", rand::random::<u32>());
     let tmp = std::env::temp_dir().join(&namespace);
     std::fs::create_dir_all(&tmp)?;
     let result = run_in(&exe, &args, &namespace, &tmp).await;
     let _ =
-        crate::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
+        hearty::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
@@ -729,7 +755,7 @@ async fn run_in(
         let (m, r) =
             memory_and_recovery(exe, args, &format!("{namespace}-mem"), &tmp.join("memory"))
                 .await?;
-        let _ = crate::transport::amqp::AmqpTransport::delete_namespace(
+        let _ = hearty::transport::amqp::AmqpTransport::delete_namespace(
             &args.amqp_url,
             &format!("{namespace}-mem"),
         )
@@ -842,7 +868,7 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        let m = crate::domain::Millis(1_795_000_000_123);
+        let m = hearty::domain::Millis(1_795_000_000_123);
         assert_eq!(parse_rfc3339(&m.to_rfc3339()), Some(m.0));
     }
 }
