@@ -68,7 +68,6 @@ pub struct Running {
     /// The threads of workers, views and relays.
     arbiters: Vec<actix::Arbiter>,
     transport: Arc<dyn Transport>,
-    amqp: Option<AmqpTransport>,
     dbs: Vec<Db>,
     /// The data folder's locks of the owned partitions, released last.
     locks: crate::ownership::FolderLocks,
@@ -99,13 +98,14 @@ impl Running {
     /// work in flight finish (bounded), flush the outboxes, close the broker
     /// connection. Unacked deliveries go back to their queues.
     pub async fn stop(self) {
-        if let Some(a) = &self.amqp {
+        if let Some(leases) = self.transport.leases() {
             // Partition owners: requests for their partitions wait for the
             // next owner from now on, and the ones queued get answered.
             // Placing an order waits for its payment (HEARTY_ORDER_TIMEOUT):
             // its answer gets that long, and more.
             let within = self.order_timeout + std::time::Duration::from_secs(10);
-            a.stop_taking_requests(within, || crate::rpc::requests_in_flight() > 0)
+            leases
+                .stop_taking_requests(within, &|| crate::rpc::requests_in_flight() > 0)
                 .await;
         }
         self.trigger.trigger();
@@ -124,11 +124,9 @@ impl Running {
         for db in &self.dbs {
             db.close();
         }
-        if let Some(a) = self.amqp {
-            // Closing the connection gives the leases up at once: a standby
-            // takes the partitions over without waiting for a timeout.
-            a.close().await;
-        }
+        // Closing the connection gives the leases up at once: a standby
+        // takes the partitions over without waiting for a timeout.
+        self.transport.close().await;
         drop(self.transport);
         drop(self.locks);
     }
@@ -136,8 +134,8 @@ impl Running {
     /// Resolves when another process has taken this one's partitions (it
     /// was cut off from the broker meanwhile): it must stop acting.
     pub async fn fenced(&self) -> String {
-        match &self.amqp {
-            Some(a) => a.fenced().await,
+        match self.transport.leases() {
+            Some(leases) => leases.fenced().await,
             None => std::future::pending().await,
         }
     }
@@ -203,7 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
 
-    let (amqp, transport): (Option<AmqpTransport>, Arc<dyn Transport>) = match &config.amqp_url {
+    let transport: Arc<dyn Transport> = match &config.amqp_url {
         Some(url) => {
             let nodes =
                 BrokerNodes::parse(url).map_err(|e| anyhow::anyhow!("HEARTY_AMQP_URL {e}"))?;
@@ -222,11 +220,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_context(|| format!("connecting to RabbitMQ at {nodes}"))?;
             // The namespace's partition count, this folder's claims, then the
             // leases (a standby waits here): before any consumer starts.
-            crate::ownership::claim_on_broker(&t, count, &home, &claims).await?;
-            (Some(t.clone()), Arc::new(t))
+            crate::ownership::claim_on_broker(&t, t.topology(), count, &home, &claims).await?;
+            Arc::new(t)
         }
-        None => (None, Arc::new(MemoryTransport::new(count))),
+        None => Arc::new(MemoryTransport::new(count)),
     };
+    let shared = transport.requests().is_some();
     if !claims.is_empty() {
         tracing::info!(partitions = %crate::partition::describe(&owned), "owning partitions");
     }
@@ -293,11 +292,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             db,
             owned: owned_set.clone(),
         };
-        if let Some(amqp) = &amqp {
+        if shared {
             // Requests for this worker's partitions (from API processes).
             let arbiter = actix::Arbiter::new();
             for &p in &owned {
-                let (w, a, s) = (worker.clone(), amqp.clone(), shutdown.clone());
+                let (w, a, s) = (worker.clone(), transport.clone(), shutdown.clone());
                 arbiter.spawn(async move {
                     if let Err(e) = crate::rpc::serve(kind, p, w, count, a, s).await {
                         tracing::error!(worker = %kind, partition = %p, error = %e, "request server stopped");
@@ -308,7 +307,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         local_workers.insert(kind, worker);
     }
-    let owners = crate::rpc::Owners::new(count, local_workers, amqp.clone());
+    let owners = crate::rpc::Owners::new(count, local_workers, transport.clone());
 
     // Read models: every process serving the API keeps its own, fed by the
     // events (over RabbitMQ, it reads the event log once for all of them from
@@ -323,7 +322,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         for kind in ViewKind::ALL {
             let db = views::open(&config, kind)
                 .with_context(|| format!("opening the {} view", kind.as_str()))?;
-            if amqp.is_none() {
+            if !shared {
                 let (d, t, s) = (db.clone(), transport.clone(), shutdown.clone());
                 arbiter.spawn(async move {
                     if let Err(e) = views::consume(kind, d, t, s).await {
@@ -335,12 +334,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             dbs.push(db.clone());
             view_dbs.insert(kind, db);
         }
-        if let Some(amqp) = amqp.clone() {
-            let s = shutdown.clone();
+        if shared {
+            let (t, s) = (transport.clone(), shutdown.clone());
             let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
             caught_up = Some(flag.clone());
             arbiter.spawn(async move {
-                if let Err(e) = views::consume_log(models, amqp, s, flag).await {
+                if let Err(e) = views::consume_log(models, t, s, flag).await {
                     tracing::error!(error = %e, "event log reader stopped");
                 }
             });
@@ -402,13 +401,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             order_timeout: config.order_timeout,
         });
         let indexes: Vec<u16> = owned.iter().map(|p| p.index()).collect();
-        if let Some(amqp) = &amqp {
+        if shared {
             // Requests for this orchestrator's partitions (from API processes).
             for &p in &owned {
                 let (l, o, a, s) = (
                     local.clone(),
                     indexes.clone(),
-                    amqp.clone(),
+                    transport.clone(),
                     shutdown.clone(),
                 );
                 actix::spawn(async move {
@@ -435,7 +434,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             orchestrators: api::service::Orchestrators::new(
                 count,
                 local_orchestrator,
-                amqp.clone(),
+                transport.clone(),
                 config.order_timeout,
             ),
             owners,
@@ -518,7 +517,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         relays,
         arbiters,
         transport,
-        amqp,
         dbs,
         locks,
     })

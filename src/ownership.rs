@@ -33,8 +33,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::partition::{OwnerRole, Partition, PartitionCount};
-use crate::transport::Topology;
-use crate::transport::amqp::AmqpTransport;
+use crate::transport::{Lease, Leases, Topology};
 
 /// One (role, partition) a process wants to own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -209,7 +208,7 @@ fn who() -> String {
     format!("pid {} on {host}", std::process::id())
 }
 
-async fn read_all(amqp: &AmqpTransport) -> anyhow::Result<Registry> {
+async fn read_all(amqp: &dyn Leases) -> anyhow::Result<Registry> {
     let marker = format!("hello.{:032x}", rand::random::<u128>());
     let hello = serde_json::to_vec(&Record::Hello { by: who() })?;
     amqp.append_registry(&hello, &marker)
@@ -222,7 +221,7 @@ async fn read_all(amqp: &AmqpTransport) -> anyhow::Result<Registry> {
     Ok(Registry::fold(&bodies))
 }
 
-async fn append(amqp: &AmqpTransport, record: &Record) -> anyhow::Result<()> {
+async fn append(amqp: &dyn Leases, record: &Record) -> anyhow::Result<()> {
     let id = format!("record.{:032x}", rand::random::<u128>());
     amqp.append_registry(&serde_json::to_vec(record)?, &id)
         .await
@@ -233,7 +232,8 @@ async fn append(amqp: &AmqpTransport, record: &Record) -> anyhow::Result<()> {
 /// the registry (refusing a partition another folder holds), then takes the
 /// leases of `claims`, waiting as a standby while another process holds one.
 pub async fn claim_on_broker(
-    amqp: &AmqpTransport,
+    amqp: &dyn Leases,
+    topology: &Topology,
     count: PartitionCount,
     home: &str,
     claims: &[Claim],
@@ -242,7 +242,7 @@ pub async fn claim_on_broker(
     // writing the registry is retried for a while; a refusal is final.
     let deadline = tokio::time::Instant::now() + REGISTRY_PATIENCE;
     loop {
-        match settle_registry(amqp, count, home, claims).await {
+        match settle_registry(amqp, topology, count, home, claims).await {
             Ok(()) => break,
             Err(Settle::Refused(e)) => return Err(e),
             Err(Settle::Broker(e)) if tokio::time::Instant::now() < deadline => {
@@ -252,7 +252,7 @@ pub async fn claim_on_broker(
             Err(Settle::Broker(e)) => return Err(e),
         }
     }
-    take_leases(amqp, claims).await
+    take_leases(amqp, topology, claims).await
 }
 
 /// How long start-up retries the registry while the broker is unavailable.
@@ -267,12 +267,13 @@ enum Settle {
 }
 
 async fn settle_registry(
-    amqp: &AmqpTransport,
+    amqp: &dyn Leases,
+    topology: &Topology,
     count: PartitionCount,
     home: &str,
     claims: &[Claim],
 ) -> Result<(), Settle> {
-    let namespace = amqp.topology().namespace.clone();
+    let namespace = topology.namespace.clone();
     // At most three rounds: record what is missing, then read again to
     // learn whose record came first.
     let mut settled = false;
@@ -346,17 +347,19 @@ async fn settle_registry(
 
 /// Takes the leases of `claims`, waiting as a standby while another
 /// process holds one.
-async fn take_leases(amqp: &AmqpTransport, claims: &[Claim]) -> anyhow::Result<()> {
+async fn take_leases(
+    amqp: &dyn Leases,
+    topology: &Topology,
+    claims: &[Claim],
+) -> anyhow::Result<()> {
     if claims.is_empty() {
         return Ok(());
     }
-    let leases: Vec<(String, String)> = claims
+    let leases: Vec<Lease> = claims
         .iter()
-        .map(|c| {
-            (
-                amqp.topology().lease(c.role.as_str(), c.partition),
-                Topology::rpc_key(c.role, c.partition),
-            )
+        .map(|c| Lease {
+            queue: topology.lease(c.role.as_str(), c.partition),
+            routing_key: Topology::rpc_key(c.role, c.partition),
         })
         .collect();
     let mut polls = 0u32;

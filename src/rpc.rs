@@ -23,9 +23,8 @@ use crate::domain::{FoodId, Money, OrderId, WorkerKind};
 use crate::partition::{OwnerRole, Partition, PartitionCount};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, Page, StorageError};
-use crate::transport::amqp::AmqpTransport;
 use crate::transport::consume::consume_each;
-use crate::transport::{Delivery, QueueName, Topology, Transport, TransportError};
+use crate::transport::{QueueName, Received, Topology, Transport, TransportError};
 use crate::workers::{coupon, delivery, kitchen, pay};
 
 /// The deepest page (`offset + limit`) gathered from several owners: each
@@ -270,7 +269,7 @@ pub async fn serve(
     partition: Partition,
     local: LocalWorker,
     count: PartitionCount,
-    amqp: AmqpTransport,
+    amqp: Arc<dyn Transport>,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
     let owned: Vec<u16> = local.owned.iter().copied().collect();
@@ -312,7 +311,7 @@ pub async fn serve(
 pub async fn serve_requests<F, Fut>(
     role: OwnerRole,
     partition: Partition,
-    amqp: AmqpTransport,
+    amqp: Arc<dyn Transport>,
     shutdown: Shutdown,
     handle: F,
 ) -> Result<(), TransportError>
@@ -320,9 +319,8 @@ where
     F: Fn(Vec<u8>) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = Vec<u8>> + 'static,
 {
-    let transport: Arc<dyn Transport> = Arc::new(amqp.clone());
     consume_each(
-        transport,
+        amqp.clone(),
         QueueName::Lease(role, partition),
         shutdown,
         move |d, _failures| {
@@ -357,7 +355,7 @@ impl Drop for Answering {
     }
 }
 
-async fn serve_one<F, Fut>(mut d: Delivery, amqp: &AmqpTransport, handle: F)
+async fn serve_one<F, Fut>(mut d: Received, amqp: &Arc<dyn Transport>, handle: F)
 where
     F: Fn(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = Vec<u8>>,
@@ -368,7 +366,13 @@ where
         return;
     };
     let body = handle(std::mem::take(&mut d.body)).await;
-    if let Err(e) = amqp.respond(&reply_to, &correlation, body).await {
+    let answered = match amqp.requests() {
+        Some(r) => r.respond(&reply_to, &correlation, body).await,
+        None => Err(TransportError::Unavailable(
+            "this transport carries no requests".into(),
+        )),
+    };
+    if let Err(e) = answered {
         tracing::warn!(error = %e, "cannot answer a request");
     }
     // Requests are not redelivered: an asker that got no answer asks again.
@@ -380,7 +384,7 @@ where
 pub struct Owners {
     count: PartitionCount,
     local: HashMap<WorkerKind, LocalWorker>,
-    amqp: Option<AmqpTransport>,
+    transport: Arc<dyn Transport>,
     /// Where the next new thing goes.
     turns: crate::partition::RoundRobin,
 }
@@ -389,12 +393,12 @@ impl Owners {
     pub fn new(
         count: PartitionCount,
         local: HashMap<WorkerKind, LocalWorker>,
-        amqp: Option<AmqpTransport>,
+        transport: Arc<dyn Transport>,
     ) -> Self {
         Owners {
             count,
             local,
-            amqp,
+            transport,
             turns: crate::partition::RoundRobin::new(count),
         }
     }
@@ -429,7 +433,7 @@ impl Owners {
                 result,
             });
         }
-        let Some(amqp) = &self.amqp else {
+        let Some(amqp) = self.transport.requests() else {
             return Err(AskError::NoOwner(what));
         };
         let body = serde_json::to_vec(&query).unwrap_or_default();
@@ -450,7 +454,7 @@ impl Owners {
         partition: Partition,
         query: Query,
     ) -> Result<Answer, AskError> {
-        if self.amqp.is_none() {
+        if self.transport.requests().is_none() {
             return self.ask(kind, partition, query).await;
         }
         waiting_for_owner(|| self.ask(kind, partition, query.clone())).await

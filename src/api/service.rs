@@ -33,7 +33,6 @@ use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Admission, Event, Refusal, SagaState};
 use crate::storage::Page;
-use crate::transport::amqp::AmqpTransport;
 use crate::transport::{QueueName, Route, Topology, Transport};
 
 /// How long a client should wait before trying again after a 503.
@@ -562,7 +561,7 @@ pub struct Orchestrators {
     count: PartitionCount,
     /// This process's orchestrator and the partitions it owns.
     local: Option<(Arc<Local>, Vec<u16>)>,
-    amqp: Option<AmqpTransport>,
+    transport: Arc<dyn Transport>,
     /// How long an answer may take (placing an order waits for its payment).
     pub order_timeout: Duration,
     /// Where the next new thing goes.
@@ -573,13 +572,13 @@ impl Orchestrators {
     pub fn new(
         count: PartitionCount,
         local: Option<(Arc<Local>, Vec<u16>)>,
-        amqp: Option<AmqpTransport>,
+        transport: Arc<dyn Transport>,
         order_timeout: Duration,
     ) -> Self {
         Orchestrators {
             count,
             local,
-            amqp,
+            transport,
             order_timeout,
             turns: crate::partition::RoundRobin::new(count),
         }
@@ -610,7 +609,7 @@ impl Orchestrators {
         partition: Partition,
         op: Op,
     ) -> Result<Answer, crate::rpc::AskError> {
-        if self.amqp.is_none() {
+        if self.transport.requests().is_none() {
             return self.ask(partition, op).await;
         }
         crate::rpc::waiting_for_owner(|| self.ask(partition, op.clone())).await
@@ -629,7 +628,7 @@ impl Orchestrators {
             });
         }
         let what = format!("orchestrator {partition}");
-        let Some(amqp) = &self.amqp else {
+        let Some(amqp) = self.transport.requests() else {
             return Err(crate::rpc::AskError::NoOwner(what));
         };
         let body = serde_json::to_vec(&op)
@@ -719,7 +718,7 @@ pub async fn serve(
     partition: Partition,
     local: Arc<Local>,
     owned: Vec<u16>,
-    amqp: AmqpTransport,
+    amqp: Arc<dyn Transport>,
     shutdown: crate::shutdown::Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
     crate::rpc::serve_requests(

@@ -31,7 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::StorageError;
 use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
-use crate::transport::{Delivery, QueueName, Transport, TransportError};
+use crate::transport::{QueueName, Received, Transport, TransportError};
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
 use store::{Created, IdempotencyKey, SagaStore, Stored};
 
@@ -346,7 +346,7 @@ pub async fn consume_replies(
 
 async fn handle_reply(
     orchestrator: Addr<Orchestrator>,
-    delivery: Delivery,
+    delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
     let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {

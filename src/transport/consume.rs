@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use super::poison::FailureCounts;
-use super::{Delivery, QueueName, Transport, TransportError};
+use super::{QueueName, Received, Transport, TransportError};
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 
@@ -23,7 +23,7 @@ pub async fn consume_each<F, Fut>(
     handle: F,
 ) -> Result<(), TransportError>
 where
-    F: Fn(Delivery, Arc<FailureCounts>) -> Fut,
+    F: Fn(Received, Arc<FailureCounts>) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let mut deliveries = transport.consume(queue).await?;

@@ -14,7 +14,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{
-    DeadLetter, Delivery, Outgoing, QueueName, Route, Settle, Transport, TransportError,
+    DeadLetter, Outgoing, QueueName, Received, Route, Settle, Transport, TransportError,
     topic_matches,
 };
 use crate::domain::ViewKind;
@@ -121,7 +121,7 @@ impl Transport for MemoryTransport {
     fn consume(
         &self,
         queue: QueueName,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>> {
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Received>, TransportError>> {
         // Requests between processes need a broker: in one process every
         // owner is local and asked directly.
         let Some(q) = self.queues.get(&queue) else {
@@ -141,7 +141,7 @@ impl Transport for MemoryTransport {
                 let dead = dead.clone();
                 async move {
                     let msg = rx.lock().await.recv().await?;
-                    let delivery = Delivery {
+                    let delivery = Received {
                         message_id: msg.message_id.clone(),
                         correlation_id: msg.correlation_id.clone(),
                         reply_to: None,

@@ -2,13 +2,15 @@
 //!
 //! - [`amqp::AmqpTransport`]: RabbitMQ through lapin. Durable, namespaced
 //!   topology; persistent messages; pipelined publisher confirms; manual acks
-//!   with a prefetch.
+//!   with a prefetch. It also offers what only a broker shared by several
+//!   processes can: [`Requests`] to partition owners, the [`Leases`] that
+//!   make one process an owner, and the [`EventLog`].
 //! - [`memory::MemoryTransport`]: in-process queues for the zero-setup
 //!   default. Not durable by itself; the outboxes and saga recovery make up
 //!   for that (see ARCHITECTURE.md).
 //!
 //! Callers never see AMQP types: they publish [`Outgoing`] messages to a
-//! [`Route`] and consume [`Delivery`]s from a [`QueueName`].
+//! [`Route`] and consume [`Received`]s from a [`QueueName`].
 
 pub mod amqp;
 pub mod consume;
@@ -19,6 +21,11 @@ pub mod poison;
 
 use std::fmt;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
@@ -250,9 +257,9 @@ pub struct Outgoing {
 }
 
 /// A received message. It must be settled with exactly one of
-/// [`Delivery::ack`] or [`Delivery::dead_letter`]; dropping it unsettled
+/// [`Received::ack`] or [`Received::dead_letter`]; dropping it unsettled
 /// hands it back to the queue for redelivery.
-pub struct Delivery {
+pub struct Received {
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,
     /// Where a request's answer goes (direct reply-to), if it is one.
@@ -266,9 +273,9 @@ pub struct Delivery {
     pub(crate) settle: Box<dyn Settle>,
 }
 
-impl fmt::Debug for Delivery {
+impl fmt::Debug for Received {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
+        f.debug_struct("Received")
             .field("message_id", &self.message_id)
             .field("message_type", &self.message_type)
             .field("redelivered", &self.redelivered)
@@ -276,7 +283,7 @@ impl fmt::Debug for Delivery {
     }
 }
 
-impl Delivery {
+impl Received {
     /// Acknowledges the message: call only after its effects are committed.
     pub async fn ack(self) -> Result<(), TransportError> {
         self.settle.ack().await
@@ -285,7 +292,7 @@ impl Delivery {
     /// Moves the message to the dead-letter queue with `reason` in its
     /// `x-hearty-reason` header.
     pub async fn dead_letter(self, reason: &str) -> Result<(), TransportError> {
-        let Delivery {
+        let Received {
             message_id,
             correlation_id,
             message_type,
@@ -306,12 +313,12 @@ impl Delivery {
 
     /// Acknowledges this message and every earlier one of its consumer not
     /// settled yet (`multiple`): one frame for a batch. The earlier ones
-    /// must be let go with [`Delivery::covered`].
+    /// must be let go with [`Received::covered`].
     pub async fn ack_through(self) -> Result<(), TransportError> {
         self.settle.ack_through().await
     }
 
-    /// Lets this message go as settled by a later [`Delivery::ack_through`]
+    /// Lets this message go as settled by a later [`Received::ack_through`]
     /// of the same consumer (nothing is sent for it).
     pub fn covered(self) {
         self.settle.covered();
@@ -369,13 +376,122 @@ pub trait Transport: Send + Sync + 'static {
     fn consume(
         &self,
         queue: QueueName,
-    ) -> BoxFuture<'_, Result<BoxStream<'static, Delivery>, TransportError>>;
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Received>, TransportError>>;
 
     /// Whether the transport can carry messages right now.
     fn is_ready(&self) -> bool;
 
     /// A short name for logs and health output.
     fn kind(&self) -> &'static str;
+
+    /// Request/reply to the owners of partitions in other processes. `None`
+    /// in-process: one process owns every partition and asks directly.
+    fn requests(&self) -> Option<&dyn Requests> {
+        None
+    }
+
+    /// The registry and the leases that make one process the owner of a
+    /// partition among many. `None` in-process (one process owns all).
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
+    /// The kept log of every domain event, read from an offset. `None`
+    /// in-process (read models read their own queues).
+    fn event_log(&self) -> Option<&dyn EventLog> {
+        None
+    }
+
+    /// Closes the connection (and with it the leases) at the end of a stop.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        futures_util::future::ready(()).boxed()
+    }
+}
+
+/// Request/reply to the owner of a partition, over a broker several
+/// processes share.
+pub trait Requests: Send + Sync {
+    /// Sends a request to the owner of the partition behind `routing_key`
+    /// (`pay.p3`) and waits for its answer, at most `wait`. No owner bound
+    /// (none running, or a standby only) is `Unroutable` at once: nothing was
+    /// delivered.
+    fn request<'a>(
+        &'a self,
+        routing_key: &'a str,
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>>;
+
+    /// Answers a received request (see [`Received::reply_to`]).
+    fn respond<'a>(
+        &'a self,
+        reply_to: &'a str,
+        correlation_id: &'a str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
+}
+
+/// The lease of one (role, partition): an exclusive queue of its owner's
+/// connection, bound to the requests exchange with the partition's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// `<ns>.pay.p3.owner`.
+    pub queue: String,
+    /// `pay.p3`.
+    pub routing_key: String,
+}
+
+/// Who owns what among processes sharing a broker: the registry stream and
+/// the leases (see `cluster::ownership`).
+pub trait Leases: Send + Sync {
+    /// Appends a record to the registry stream; `Ok` once confirmed.
+    fn append_registry<'a>(
+        &'a self,
+        record: &'a [u8],
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
+
+    /// Every record of the registry, from its first up to and including the
+    /// one with message id `until`.
+    fn read_registry<'a>(
+        &'a self,
+        until: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, TransportError>>;
+
+    /// Takes `leases`, all or none, and keeps them on every later
+    /// connection. Answers the queue of one another process holds, if any.
+    fn try_lease<'a>(
+        &'a self,
+        leases: &'a [Lease],
+    ) -> BoxFuture<'a, Result<Option<String>, TransportError>>;
+
+    /// Resolves, with the reason, once this process no longer owns its
+    /// partitions: it must stop acting.
+    fn fenced(&self) -> BoxFuture<'_, String>;
+
+    /// The first step of handing the partitions over: no new requests reach
+    /// the leases, the queued ones are answered (waiting while `busy`), at
+    /// most `within`. The leases go with [`Transport::close`].
+    fn stop_taking_requests<'a>(
+        &'a self,
+        within: Duration,
+        busy: &'a (dyn Fn() -> bool + Send + Sync),
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// The event log: every domain event, kept in a stream, in batches.
+pub trait EventLog: Send + Sync {
+    /// Reads the log from offset `next` (kept up to date by the reader as it
+    /// commits), again from there after a reconnection.
+    fn read(&self, next: Arc<AtomicI64>) -> BoxStream<'static, Received>;
+
+    /// Appends a catch-up marker named `id` (see `event_log::MARKER_TYPE`);
+    /// `Ok` once confirmed.
+    fn append_marker<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), TransportError>>;
+
+    /// Puts a copy of an entry (or of one event of it) in the dead-letter
+    /// queue with its reason; `Ok` once confirmed.
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), TransportError>>;
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! instead of blocking its queue or looping.
 
 use crate::metrics::{METRICS, inc};
-use crate::transport::Delivery;
+use crate::transport::Received;
 
 /// Deliveries of one message that failed, per message id, in this process.
 /// A message that fails [`MAX_DELIVERIES`] times is dead-lettered instead of
@@ -28,7 +28,7 @@ impl FailureCounts {
 }
 
 /// Moves a delivery to the dead-letter queue, counting it.
-pub async fn dead_letter(delivery: Delivery, reason: &str) {
+pub async fn dead_letter(delivery: Received, reason: &str) {
     inc(&METRICS.dead_letters_total);
     tracing::warn!(msg = ?delivery.message_id, saga = ?delivery.correlation_id, reason, "dead-lettering");
     if let Err(e) = delivery.dead_letter(reason).await {
@@ -40,7 +40,7 @@ pub async fn dead_letter(delivery: Delivery, reason: &str) {
 /// [`MAX_DELIVERIES`] times it is dead-lettered and the reason returned;
 /// before that it is handed back to its queue after a short, growing pause.
 pub async fn hand_back_or_dead_letter(
-    delivery: Delivery,
+    delivery: Received,
     failures: &FailureCounts,
     id: &str,
     error: &str,

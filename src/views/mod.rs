@@ -28,11 +28,10 @@ use crate::events::DomainEvent;
 use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, StorageResult};
-use crate::transport::amqp::AmqpTransport;
 use crate::transport::consume::consume_each;
 use crate::transport::event_log::{self, Logged};
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
-use crate::transport::{DeadLetter, Delivery, QueueName, Transport, TransportError};
+use crate::transport::{DeadLetter, EventLog, QueueName, Received, Transport, TransportError};
 
 /// Where a read model is in the event log (RabbitMQ): the offset of the
 /// next event to read, committed with the events applied before it.
@@ -82,7 +81,7 @@ pub async fn consume(
     .await
 }
 
-async fn project(kind: ViewKind, db: Db, delivery: Delivery, failures: Arc<FailureCounts>) {
+async fn project(kind: ViewKind, db: Db, delivery: Received, failures: Arc<FailureCounts>) {
     let event = match DomainEvent::decode(&delivery.body) {
         Ok(e) => e,
         Err(reason) => {
@@ -193,7 +192,7 @@ async fn commit_batch(kind: ViewKind, db: &Db, events: Vec<DomainEvent>, next: i
 /// everything logged before the process started (the process is ready).
 pub async fn consume_log(
     models: Vec<(ViewKind, Db)>,
-    amqp: AmqpTransport,
+    transport: Arc<dyn Transport>,
     mut shutdown: Shutdown,
     caught_up: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), TransportError> {
@@ -203,12 +202,20 @@ pub async fn consume_log(
         std::process::id(),
         rand::random::<u64>()
     );
+    let Some(log) = transport.event_log() else {
+        return Err(TransportError::Unavailable(
+            "this transport keeps no event log".into(),
+        ));
+    };
     {
-        let (amqp, marker) = (amqp.clone(), marker.clone());
+        let (transport, marker) = (transport.clone(), marker.clone());
         actix::spawn(async move {
+            let Some(log) = transport.event_log() else {
+                return;
+            };
             // Until the broker confirms it (it may be reconnecting).
             let mut failures = 0u32;
-            while let Err(e) = amqp.append_log_marker(&marker).await {
+            while let Err(e) = log.append_marker(&marker).await {
                 failures += 1;
                 if failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, failures, "cannot append the catch-up marker; not ready until it is");
@@ -227,7 +234,7 @@ pub async fn consume_log(
         .iter()
         .map(|_| std::time::Instant::now())
         .collect();
-    let mut deliveries = amqp.read_event_log(next.clone());
+    let mut deliveries = log.read(next.clone());
     loop {
         let first = tokio::select! {
             _ = shutdown.recv() => return Ok(()),
@@ -282,7 +289,7 @@ pub async fn consume_log(
                 // The whole entry, copied until the broker confirms it: the
                 // position moves past it afterwards.
                 Err(reason) => {
-                    if !dead_letter_copy(&amqp, as_logged(&d), &reason, &mut shutdown).await {
+                    if !dead_letter_copy(log, as_logged(&d), &reason, &mut shutdown).await {
                         return Ok(());
                     }
                     settled.push(d);
@@ -310,7 +317,7 @@ pub async fn consume_log(
                     // Never defaulted into a read model: a copy goes to the
                     // dead-letter queue with the reason (the log keeps it).
                     Err(reason) => {
-                        if !dead_letter_copy(&amqp, entry, &reason, &mut shutdown).await {
+                        if !dead_letter_copy(log, entry, &reason, &mut shutdown).await {
                             return Ok(());
                         }
                     }
@@ -348,7 +355,7 @@ pub async fn consume_log(
 
 /// The events of one entry of the log: a batch, or (written before
 /// batches) one event with its properties on the message.
-fn log_entries(d: &Delivery) -> Result<Vec<Logged>, String> {
+fn log_entries(d: &Received) -> Result<Vec<Logged>, String> {
     if d.message_type.as_deref() == Some(event_log::BATCH_TYPE) {
         return event_log::decode(&d.body);
     }
@@ -356,7 +363,7 @@ fn log_entries(d: &Delivery) -> Result<Vec<Logged>, String> {
 }
 
 /// An entry of the log taken whole, with its message's properties.
-fn as_logged(d: &Delivery) -> Logged {
+fn as_logged(d: &Received) -> Logged {
     Logged {
         message_id: d.message_id.clone().unwrap_or_default(),
         correlation_id: d.correlation_id.clone().unwrap_or_default(),
@@ -369,7 +376,7 @@ fn as_logged(d: &Delivery) -> Logged {
 /// dead-letter queue; tried again until the broker confirms it, since the
 /// reader's position moves past it afterwards. `false`: shut down first.
 async fn dead_letter_copy(
-    amqp: &AmqpTransport,
+    log: &dyn EventLog,
     entry: Logged,
     reason: &str,
     shutdown: &mut Shutdown,
@@ -384,7 +391,7 @@ async fn dead_letter_copy(
         reason: reason.to_owned(),
     };
     loop {
-        match amqp.publish_dead_letter(letter.clone()).await {
+        match log.dead_letter(letter.clone()).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot dead-letter an event of the log; trying again");
@@ -398,7 +405,7 @@ async fn dead_letter_copy(
 }
 
 /// Acks a batch of one consumer in one frame (the last, `multiple`).
-async fn ack_batch(mut settled: Vec<Delivery>) {
+async fn ack_batch(mut settled: Vec<Received>) {
     if let Some(last) = settled.pop() {
         for d in settled {
             d.covered();

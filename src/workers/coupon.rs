@@ -13,7 +13,7 @@ use crate::events::{CouponData, DomainEvent, Payload};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
-pub struct Coupon;
+pub struct CouponWorker;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS coupons (
@@ -49,7 +49,7 @@ fn status_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<CouponS
     Ok(raw.and_then(|s| s.parse().ok()))
 }
 
-impl WorkerLogic for Coupon {
+impl WorkerLogic for CouponWorker {
     fn kind(&self) -> WorkerKind {
         WorkerKind::Coupon
     }

@@ -14,7 +14,7 @@ use crate::events::{DeliveryData, DomainEvent, Payload};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
-pub struct Delivery {
+pub struct DeliveryWorker {
     pub mode: Mode,
 }
 
@@ -56,7 +56,7 @@ fn state_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<(Deliver
     Ok(raw.and_then(|(s, p)| s.parse().ok().map(|s| (s, p.is_some()))))
 }
 
-impl WorkerLogic for Delivery {
+impl WorkerLogic for DeliveryWorker {
     fn kind(&self) -> WorkerKind {
         WorkerKind::Delivery
     }

@@ -14,7 +14,7 @@ use crate::events::{DomainEvent, FoodData, Payload, TicketData};
 use crate::messages::{Direction, Progress, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
-pub struct Kitchen {
+pub struct KitchenWorker {
     pub mode: Mode,
 }
 
@@ -103,7 +103,7 @@ fn replies_for(status: KitchenStatus) -> Vec<ReplyOutcome> {
     }
 }
 
-impl WorkerLogic for Kitchen {
+impl WorkerLogic for KitchenWorker {
     fn kind(&self) -> WorkerKind {
         WorkerKind::Kitchen
     }

@@ -32,7 +32,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::{Db, StorageError, inbox, outbox};
 use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
-use crate::transport::{Delivery, Outgoing, QueueName, Route, Transport};
+use crate::transport::{Outgoing, QueueName, Received, Route, Transport};
 
 /// What applying a command came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +79,16 @@ impl Knobs {
 /// The logic of a worker kind.
 pub fn logic_for(kind: WorkerKind, knobs: Knobs) -> Arc<dyn WorkerLogic> {
     match kind {
-        WorkerKind::Pay => Arc::new(pay::Pay {
+        WorkerKind::Pay => Arc::new(pay::PayWorker {
             decline_above: knobs.pay_decline_above,
         }),
-        WorkerKind::Kitchen => Arc::new(kitchen::Kitchen {
+        WorkerKind::Kitchen => Arc::new(kitchen::KitchenWorker {
             mode: knobs.kitchen_mode,
         }),
-        WorkerKind::Delivery => Arc::new(delivery::Delivery {
+        WorkerKind::Delivery => Arc::new(delivery::DeliveryWorker {
             mode: knobs.delivery_mode,
         }),
-        WorkerKind::Coupon => Arc::new(coupon::Coupon),
+        WorkerKind::Coupon => Arc::new(coupon::CouponWorker),
     }
 }
 
@@ -337,7 +337,7 @@ pub async fn consume(
 
 async fn handle_delivery(
     worker: Addr<WorkerActor>,
-    delivery: Delivery,
+    delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
     let cmd: WorkerCommand = match serde_json::from_slice(&delivery.body) {

@@ -11,7 +11,7 @@ use crate::events::{DomainEvent, PayData, Payload};
 use crate::messages::{Direction, ReplyOutcome, WorkerCommand};
 use crate::storage::{Page, inbox, optional};
 
-pub struct Pay {
+pub struct PayWorker {
     /// Payments above this amount are declined.
     pub decline_above: Money,
 }
@@ -57,7 +57,7 @@ fn status_of(tx: &Connection, order: OrderId) -> rusqlite::Result<Option<PayStat
     Ok(raw.and_then(|s| s.parse().ok()))
 }
 
-impl WorkerLogic for Pay {
+impl WorkerLogic for PayWorker {
     fn kind(&self) -> WorkerKind {
         WorkerKind::Pay
     }

@@ -1,0 +1,144 @@
+//! The two streams: the registry (who owns what) and the event log
+//! (every domain event, in batches) — appends confirmed by the broker, and
+//! reads from an offset.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::mpsc;
+
+use super::publish::settle_confirm;
+use super::subscribe::tokio_stream_from;
+use super::{AmqpTransport, CONFIRM_TIMEOUT, string_arg, unavailable};
+use crate::transport::{Outgoing, QueueName, Received, Route, TransportError, event_log};
+
+impl AmqpTransport {
+    /// Appends a catch-up marker named `id` to the event log (see
+    /// `event_log::MARKER_TYPE`) and waits for the broker's confirm.
+    pub async fn append_log_marker(&self, id: &str) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let log = self.inner.topology.queue(QueueName::EventLog);
+        let marker = Outgoing {
+            message_id: id.to_owned(),
+            correlation_id: String::new(),
+            message_type: event_log::MARKER_TYPE.to_owned(),
+            route: Route::Event(String::new()),
+            body: b"[]".to_vec(),
+        };
+        let confirm = Self::publish_one(
+            &live.publisher,
+            String::new(),
+            log.clone(),
+            true,
+            &marker.body,
+            Self::properties(&marker, None),
+        )
+        .await?;
+        settle_confirm(format!("{id} via {log}"), confirm).await
+    }
+
+    /// Reads the domain-event stream from offset `next` (kept up to date by
+    /// the reader as it commits), again from there after a reconnection.
+    pub fn read_event_log(
+        &self,
+        next: Arc<std::sync::atomic::AtomicI64>,
+    ) -> BoxStream<'static, Received> {
+        let (tx, rx) = mpsc::channel(usize::from(self.inner.settings.prefetch.max(1)));
+        tokio::spawn(
+            self.clone()
+                .subscribe_forever(QueueName::EventLog, tx, Some(next)),
+        );
+        tokio_stream_from(rx)
+    }
+
+    /// Publishes `record` to the registry stream and waits for its confirm.
+    pub(crate) async fn append_registry(
+        &self,
+        record: &[u8],
+        id: &str,
+    ) -> Result<(), TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let out = Outgoing {
+            message_id: id.to_owned(),
+            correlation_id: String::new(),
+            message_type: "registry.record".into(),
+            route: Route::Reply(0),
+            body: record.to_vec(),
+        };
+        let queue = self.inner.topology.registry();
+        let confirm = Self::publish_one(
+            &live.publisher,
+            String::new(),
+            queue.clone(),
+            true,
+            &out.body,
+            Self::properties(&out, None),
+        )
+        .await?;
+        settle_confirm(format!("{id} via {queue}"), confirm).await
+    }
+
+    /// Reads the registry stream from its first record up to and including
+    /// the one with message id `until`, answering every record's body.
+    pub(crate) async fn read_registry(&self, until: &str) -> Result<Vec<Vec<u8>>, TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let read = async {
+            let ch = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(unavailable)?;
+            // A stream is read with a prefetch and acks (credit), from an offset.
+            ch.basic_qos(500, BasicQosOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), string_arg("first"));
+            let mut consumer = ch
+                .basic_consume(
+                    self.inner.topology.registry().into(),
+                    format!("registry-reader.{}", std::process::id()).into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut bodies = Vec::new();
+            // Bounded per record, not for the whole stream: a long registry
+            // still reads, a broker that stops answering does not hang.
+            while let Some(d) = tokio::time::timeout(CONFIRM_TIMEOUT, consumer.next())
+                .await
+                .map_err(|_| TransportError::Timeout)?
+            {
+                let d = d.map_err(unavailable)?;
+                let done = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|m| m.as_str() == until);
+                d.acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+                bodies.push(d.data);
+                if done {
+                    let _ = ch.close(200, "registry read".into()).await;
+                    return Ok(bodies);
+                }
+            }
+            Err(TransportError::Unavailable(
+                "the registry stream ended before its last record".into(),
+            ))
+        };
+        read.await
+    }
+}

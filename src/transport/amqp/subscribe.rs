@@ -1,0 +1,259 @@
+//! Consuming: one channel with a prefetch per subscription, subscribed
+//! again after every reconnection; deliveries settled with their broker.
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tokio::sync::mpsc;
+
+use super::{AmqpTransport, CONFIRM_TIMEOUT, Live, WATCH_INTERVAL, unavailable};
+use crate::transport::{DeadLetter, QueueName, Received, Settle, TransportError};
+
+impl AmqpTransport {
+    /// Forwards one subscription's deliveries into `tx`, subscribing again
+    /// after every reconnection, until `tx` is dropped or the transport closes.
+    pub(super) async fn subscribe_forever(
+        self,
+        queue: QueueName,
+        tx: mpsc::Sender<Received>,
+        from: Option<Arc<std::sync::atomic::AtomicI64>>,
+    ) {
+        let mut generations = self.inner.generation.subscribe();
+        loop {
+            if self.is_closed() || tx.is_closed() {
+                return;
+            }
+            let Some(live) = self.live() else {
+                // Reconnecting: wait for the next connection.
+                tokio::select! {
+                    _ = generations.changed() => {}
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = tx.closed() => return,
+                }
+                continue;
+            };
+            match self
+                .subscribe_once(&live, queue, &tx, from.as_deref())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(queue = %self.inner.topology.queue(queue), error = %e, "subscription lost; subscribing again");
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    /// One subscription on one channel. `Ok` = the receiver is gone.
+    async fn subscribe_once(
+        &self,
+        live: &Live,
+        queue: QueueName,
+        tx: &mpsc::Sender<Received>,
+        from: Option<&std::sync::atomic::AtomicI64>,
+    ) -> Result<(), TransportError> {
+        // A broker that goes away mid-handshake may never answer: bound
+        // every setup step, and give up this subscription as soon as the
+        // transport has reconnected (the old connection's stream may never
+        // end by itself).
+        let mut generations = self.inner.generation.subscribe();
+        generations.mark_unchanged();
+        let setup = async {
+            let ch = live
+                .connection
+                .create_channel()
+                .await
+                .map_err(unavailable)?;
+            ch.basic_qos(
+                self.inner.settings.prefetch.max(1),
+                BasicQosOptions::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+            let name = self.inner.topology.queue(queue);
+            let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
+            let mut args = FieldTable::default();
+            if let Some(next) = from {
+                // A stream is read from an offset: where this reader left
+                // off, again after every reconnection.
+                let next = next.load(std::sync::atomic::Ordering::SeqCst);
+                args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(next));
+            }
+            let consumer = ch
+                .basic_consume(
+                    name.into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, TransportError>((ch, consumer))
+        };
+        let (ch, mut consumer) = tokio::time::timeout(CONFIRM_TIMEOUT, setup)
+            .await
+            .map_err(|_| TransportError::Timeout)??;
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                _ = generations.changed() => {
+                    return Err(TransportError::Unavailable("reconnected; subscribing on the new connection".into()));
+                }
+                _ = tx.closed() => {
+                    let _ = ch.close(200, "consumer stopped".into()).await;
+                    return Ok(());
+                }
+            };
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(unavailable(e)),
+                None => {
+                    return Err(TransportError::Unavailable(
+                        "the consumer was cancelled".into(),
+                    ));
+                }
+            };
+            let props = &d.properties;
+            let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+            let stream_offset = props.headers().as_ref().and_then(|h| {
+                h.inner().iter().find_map(|(k, v)| match (k.as_str(), v) {
+                    ("x-stream-offset", AMQPValue::LongLongInt(o)) => Some(*o),
+                    ("x-stream-offset", AMQPValue::LongInt(o)) => Some(i64::from(*o)),
+                    _ => None,
+                })
+            });
+            let delivery = Received {
+                message_id: text(props.message_id()),
+                correlation_id: text(props.correlation_id()),
+                reply_to: text(props.reply_to()),
+                message_type: text(props.kind()),
+                body: d.data,
+                redelivered: d.redelivered,
+                stream_offset,
+                settle: Box::new(AmqpSettle {
+                    acker: Some(d.acker),
+                    transport: self.clone(),
+                }),
+            };
+            if tx.send(delivery).await.is_err() {
+                let _ = ch.close(200, "consumer stopped".into()).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A stream over a channel receiver.
+pub(super) fn tokio_stream_from(rx: mpsc::Receiver<Received>) -> BoxStream<'static, Received> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+        .boxed()
+}
+
+/// Settles one RabbitMQ delivery. Dropped unsettled, it is nacked with
+/// requeue so another consumer gets it.
+struct AmqpSettle {
+    acker: Option<lapin::Acker>,
+    transport: AmqpTransport,
+}
+
+impl Drop for AmqpSettle {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+impl Settle for AmqpSettle {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn ack_through(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn covered(mut self: Box<Self>) {
+        // Settled by a later `multiple` ack: not handed back when dropped.
+        self.acker = None;
+    }
+
+    fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        async move {
+            if let Some(a) = acker {
+                a.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn dead_letter(
+        mut self: Box<Self>,
+        letter: DeadLetter,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let acker = self.acker.take();
+        let transport = self.transport.clone();
+        async move {
+            // Publish the copy with its reason first and ack the original
+            // only once the copy is confirmed: a crash in between leaves a
+            // duplicate in the dead-letter queue, never a lost message.
+            if let Err(e) = transport.publish_dead_letter(letter).await {
+                if let Some(a) = acker {
+                    let _ = a
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await;
+                }
+                return Err(e);
+            }
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
