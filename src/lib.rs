@@ -8,20 +8,40 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: identifiers, money, quantities, status vocabularies.
-//! - [`saga`]: the saga definition (TOML in `sagas/`) and the pure state
-//!   machine `(saga, event) -> (saga', commands)`.
-//! - [`messages`]: the wire contract between orchestrator and workers.
-//! - [`transport`]: one trait, RabbitMQ and in-process implementations.
+//! The vocabulary, used by everything above it:
+//! - [`domain`]: identifiers, money, quantities, status vocabularies, time.
+//! - [`saga`]: the saga definition (TOML in `sagas/`), the pure state
+//!   machine `(saga, event) -> (saga', commands)`, the step breakers.
+//! - [`messages`]: the wire contract between orchestrator and workers;
+//!   [`events`]: the domain events the read models are fed with.
+//! - [`partition`]: how every stateful role's state is split: partitions,
+//!   the sets a process owns, and which partition a key belongs to.
+//!
+//! The machinery:
+//! - [`transport`]: one trait (RabbitMQ and in-process), with request/reply,
+//!   leases and the event log as capabilities of a shared broker.
 //! - [`storage`]: SQLite (one writer thread per file), inbox and outbox.
-//! - [`orchestrator`]: the saga actors, their registry and their store.
-//! - [`workers`]: the pay, kitchen, delivery and coupon actors.
-//! - [`api`]: the REST endpoints (actix-web).
-//! - [`app`]: wires the roles of one process together; [`config`] its settings.
+//! - [`cluster`]: who owns each partition (fenced), and the one client that
+//!   reaches the owner of a partition, in-process or over the broker.
+//!
+//! The roles, each the only one that knows its own state:
+//! - [`orchestrator`]: the saga actors, their registry, their store, and
+//!   the requests its owners answer.
+//! - [`workers`]: the pay, kitchen, delivery and coupon actors, their
+//!   records, and the requests their owners answer.
+//! - [`views`]: the read models, fed only by events.
+//! - [`api`]: the REST endpoints (actix-web): the only place that knows
+//!   HTTP; it turns requests into owners' requests and their outcomes into
+//!   answers.
+//!
+//! And the edges: [`app`] wires the roles of one process together, [`config`]
+//! is its settings, [`cli`] the `hearty sagas` client; [`metrics`],
+//! [`shutdown`] and [`failpoint`] serve them all.
 
 pub(crate) mod api;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub(crate) mod events;
@@ -29,9 +49,7 @@ pub(crate) mod failpoint;
 pub mod messages;
 pub(crate) mod metrics;
 pub(crate) mod orchestrator;
-pub mod ownership;
 pub mod partition;
-pub(crate) mod rpc;
 pub mod saga;
 pub(crate) mod shutdown;
 pub mod storage;

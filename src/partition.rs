@@ -86,6 +86,29 @@ impl PartitionCount {
     pub fn all(self) -> impl Iterator<Item = Partition> {
         (0..self.0).map(Partition)
     }
+
+    /// The partition of a text key (an `Idempotency-Key`): of its 64-bit
+    /// FNV-1a hash (the `fnv` crate), so every process sends a key to the
+    /// same partition. Part of the wire contract: keys stored by an owner
+    /// were routed by it.
+    pub fn of_text(self, key: &str) -> Partition {
+        use std::hash::Hasher as _;
+        let mut h = fnv::FnvHasher::default();
+        h.write(key.as_bytes());
+        self.of(i64::try_from(h.finish() >> 1).unwrap_or(0))
+    }
+
+    /// A fresh random key of ours (`hearty-<32 hex>`) that [`Self::of_text`]
+    /// places in `partition`: one in `count` random keys does, so this takes
+    /// `count` tries on average.
+    pub fn key_in(self, partition: Partition) -> String {
+        loop {
+            let key = format!("hearty-{:032x}", rand::random::<u128>());
+            if self.of_text(&key) == partition {
+                return key;
+            }
+        }
+    }
 }
 
 impl Default for PartitionCount {
@@ -300,6 +323,30 @@ mod tests {
         assert!(PartitionCount::new(0).is_err());
         assert!("300".parse::<PartitionCount>().is_err());
         assert_eq!("8".parse::<PartitionCount>(), Ok(c));
+    }
+
+    #[test]
+    fn text_keys_keep_their_partitions() {
+        // The hash of a key decides which owner keeps it: it must never
+        // change between versions. The reference: FNV-1a 64 as versions
+        // before the `fnv` crate wrote it by hand.
+        fn reference(key: &str) -> i64 {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in key.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            i64::try_from(h >> 1).unwrap_or(0)
+        }
+        let c = PartitionCount::new(8).expect("valid");
+        for key in ["", "a", "order-key-1", "hearty-00ff", "ключ", "~!@#"] {
+            assert_eq!(c.of_text(key), c.of(reference(key)), "{key}");
+        }
+        for p in c.all() {
+            let key = c.key_in(p);
+            assert!(key.starts_with("hearty-"));
+            assert_eq!(c.of_text(&key), p);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::contract::lenient::{IdField, QtyField};
 use super::contract::responses::ErrorBody;
-use super::{ops, orders, resources, sagas};
+use super::{catalog, customers, ops, orders, records, reviews, sagas};
 
 /// The manager's bearer token (`HEARTY_MANAGER_TOKEN`).
 struct ManagerAuth;
@@ -35,14 +35,14 @@ impl Modify for ManagerAuth {
         license(name = "MIT")
     ),
     paths(
-        resources::create_customer,
-        resources::list_customers,
-        resources::get_customer,
-        resources::create_food,
-        resources::list_foods,
-        resources::get_food,
-        resources::food_views,
-        resources::seed_delete_food_views,
+        customers::create_customer,
+        customers::list_customers,
+        customers::get_customer,
+        catalog::create_food,
+        catalog::list_foods,
+        catalog::get_food,
+        catalog::food_views,
+        catalog::seed_delete_food_views,
         orders::place,
         orders::list,
         orders::get,
@@ -51,17 +51,17 @@ impl Modify for ManagerAuth {
         orders::cooked,
         orders::picked_up,
         orders::delivered,
-        resources::list_pays,
-        resources::get_pay,
-        resources::list_kitchens,
-        resources::get_kitchen,
-        resources::list_deliveries,
-        resources::get_delivery,
-        resources::list_coupons,
-        resources::get_coupon,
-        resources::create_review,
-        resources::list_reviews,
-        resources::review_views,
+        records::list_pays,
+        records::get_pay,
+        records::list_kitchens,
+        records::get_kitchen,
+        records::list_deliveries,
+        records::get_delivery,
+        records::list_coupons,
+        records::get_coupon,
+        reviews::create_review,
+        reviews::list_reviews,
+        reviews::review_views,
         sagas::list,
         sagas::get,
         sagas::retry,

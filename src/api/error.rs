@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::orchestrator::OrchestratorError;
+use crate::cluster::owners::{AskError, Failure};
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone)]
@@ -99,40 +99,26 @@ impl From<StorageError> for ApiError {
     }
 }
 
-impl From<crate::rpc::AskError> for ApiError {
-    fn from(e: crate::rpc::AskError) -> Self {
-        if let crate::rpc::AskError::TooDeep(why) = e {
-            return ApiError::bad_request(why);
-        }
-        tracing::warn!(error = %e, "an owner could not answer a request");
-        ApiError {
-            error: "owner_unavailable".into(),
-            ..ApiError::unavailable(e.to_string(), 1)
-        }
-    }
-}
-
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        StorageError::from(e).into()
-    }
-}
-
-impl From<OrchestratorError> for ApiError {
-    fn from(e: OrchestratorError) -> Self {
+/// An owner that could not be asked, or could not answer: 503, ours; a page
+/// deeper than owners' lists are merged, or too large to send: 400.
+impl From<AskError> for ApiError {
+    fn from(e: AskError) -> Self {
         match e {
-            OrchestratorError::UnknownSaga(id) => ApiError::not_found(format!("no order {id}")),
-            e @ OrchestratorError::Quarantined(..) => {
-                ApiError::conflict("saga_quarantined", e.to_string())
-            }
-            e @ OrchestratorError::KeyReused(_) => ApiError::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
-            ),
-            other => {
-                tracing::warn!(error = %other, "orchestrator error in a request");
-                ApiError::unavailable(format!("the orchestrator is busy: {other}"), 1)
+            AskError::TooDeep(why) => ApiError::bad_request(why),
+            AskError::Failed {
+                failure: failure @ Failure::TooLarge,
+                ..
+            } => ApiError::bad_request(failure.to_string()),
+            AskError::Failed {
+                failure: Failure::Busy(why),
+                ..
+            } => ApiError::unavailable(why, 1),
+            e => {
+                tracing::warn!(error = %e, "an owner could not answer a request");
+                ApiError {
+                    error: "owner_unavailable".into(),
+                    ..ApiError::unavailable(e.to_string(), 1)
+                }
             }
         }
     }

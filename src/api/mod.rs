@@ -2,14 +2,19 @@
 //! error is a JSON `{error, detail}` with a 4xx status for the caller's
 //! mistakes.
 
+mod catalog;
 pub mod contract;
+mod customers;
 mod docs;
 pub mod error;
 mod ops;
+pub use ops::Probes;
 mod orders;
-mod resources;
+mod outcome;
+mod placing;
+mod records;
+mod reviews;
 mod sagas;
-pub mod service;
 mod ui;
 
 use std::sync::Arc;
@@ -19,20 +24,30 @@ use actix_web::dev::HttpServiceFactory;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::cluster::owners::{AskError, Keyed, Owners, Protocol};
 use crate::config::Secret;
+use crate::orchestrator::requests::{OrchestratorProtocol, Outcome, Request};
+use crate::partition::OwnerRole;
 use crate::saga::breaker::Breakers;
-use crate::storage::Db;
+use crate::saga::definition::SagaDefinition;
+use crate::storage::{Db, Page};
 use crate::transport::Transport;
+use crate::workers::requests::WorkerProtocol;
 use error::ApiError;
+
+/// The orchestrator's role, as the owner client names it.
+const ORCHESTRATOR: OwnerRole = OwnerRole::Orchestrator;
 
 /// What every handler can reach.
 pub struct ApiState {
-    /// The orchestrators of every partition (this process's, or others'
+    /// The owners of the orchestrator's partitions (this process, or others
     /// over request/reply): sagas, orders, customers, reviews.
-    pub orchestrators: service::Orchestrators,
+    pub orchestrators: Owners<OrchestratorProtocol>,
     /// The owners of the workers' partitions (this process, or others over
     /// request/reply): the workers' records and the food catalog.
-    pub owners: crate::rpc::Owners,
+    pub workers: Owners<WorkerProtocol>,
+    /// The saga definition, to show sagas' steps.
+    pub def: Arc<SagaDefinition>,
     pub manager_token: Secret,
     /// How long `POST /orders` waits for the payment.
     pub order_timeout: Duration,
@@ -53,6 +68,21 @@ pub struct ViewDbs {
 }
 
 impl ApiState {
+    /// Asks the owner of the partition of `key` (an order's, a saga's or a
+    /// customer's id).
+    async fn ask_orchestrator(&self, key: i64, request: Request) -> Result<Outcome, AskError> {
+        let at = self.orchestrators.partition_of(key);
+        self.orchestrators.one(ORCHESTRATOR, at, request).await
+    }
+
+    /// Creates something any orchestrator owner may take (a customer, a
+    /// review): the next partition whose owner is there.
+    async fn create(&self, request: Request) -> Result<Outcome, ApiError> {
+        let make = |_| request.clone();
+        let created = self.orchestrators.anywhere(ORCHESTRATOR, make).await;
+        created.map_err(|unanswered| unanswered.error.into())
+    }
+
     /// Checks the manager's bearer token in constant time: 401 without one,
     /// 403 with a wrong one.
     pub fn require_manager(&self, req: &HttpRequest) -> Result<(), ApiError> {
@@ -135,6 +165,15 @@ pub fn path_config() -> web::PathConfig {
         .error_handler(|err, _req| ApiError::not_found(format!("no such resource: {err}")).into())
 }
 
+/// An id of a path as a domain id; one that cannot be (0) names nothing.
+fn path_id<T>(
+    raw: i64,
+    what: &str,
+    make: impl Fn(i64) -> Result<T, crate::domain::DomainError>,
+) -> Result<T, ApiError> {
+    make(raw).map_err(|_| ApiError::not_found(format!("no {what} `{raw}`")))
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(format!(
         "no route {} {}",
@@ -187,18 +226,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn business() -> impl HttpServiceFactory {
     (
         resource("/customers", "POST, GET")
-            .route(web::post().to(resources::create_customer))
-            .route(web::get().to(resources::list_customers)),
-        resource("/customers/{id}", "GET").route(web::get().to(resources::get_customer)),
+            .route(web::post().to(customers::create_customer))
+            .route(web::get().to(customers::list_customers)),
+        resource("/customers/{id}", "GET").route(web::get().to(customers::get_customer)),
         resource("/foodCatalogs", "POST, GET")
-            .route(web::post().to(resources::create_food))
-            .route(web::get().to(resources::list_foods)),
-        resource("/foodCatalogs/{id}", "GET").route(web::get().to(resources::get_food)),
+            .route(web::post().to(catalog::create_food))
+            .route(web::get().to(catalog::list_foods)),
+        resource("/foodCatalogs/{id}", "GET").route(web::get().to(catalog::get_food)),
         // The seed checks stock with `http DELETE /foodCatalogViews`: read
         // models are never deleted over HTTP, so DELETE reads it too.
         resource("/foodCatalogViews", "GET, DELETE")
-            .route(web::get().to(resources::food_views))
-            .route(web::delete().to(resources::seed_delete_food_views)),
+            .route(web::get().to(catalog::food_views))
+            .route(web::delete().to(catalog::seed_delete_food_views)),
         resource("/orders", "POST, GET")
             .route(web::post().to(orders::place))
             .route(web::get().to(orders::list)),
@@ -209,13 +248,13 @@ fn business() -> impl HttpServiceFactory {
 
 fn records() -> impl HttpServiceFactory {
     (
-        resource("/pays", "GET").route(web::get().to(resources::list_pays)),
-        resource("/pays/{id}", "GET").route(web::get().to(resources::get_pay)),
-        resource("/kitchens", "GET").route(web::get().to(resources::list_kitchens)),
+        resource("/pays", "GET").route(web::get().to(records::list_pays)),
+        resource("/pays/{id}", "GET").route(web::get().to(records::get_pay)),
+        resource("/kitchens", "GET").route(web::get().to(records::list_kitchens)),
         // The seed's gateway list spells it `/kithens`.
-        resource("/kithens", "GET").route(web::get().to(resources::list_kitchens)),
+        resource("/kithens", "GET").route(web::get().to(records::list_kitchens)),
         resource("/kitchens/{id}", "GET, DELETE")
-            .route(web::get().to(resources::get_kitchen))
+            .route(web::get().to(records::get_kitchen))
             .route(web::delete().to(orders::cancel)),
         resource("/kitchens/{id}/cooked", "POST").route(web::post().to(orders::cooked)),
     )
@@ -223,12 +262,12 @@ fn records() -> impl HttpServiceFactory {
 
 fn more_records() -> impl HttpServiceFactory {
     (
-        resource("/deliveries", "GET").route(web::get().to(resources::list_deliveries)),
-        resource("/deliveries/{id}", "GET").route(web::get().to(resources::get_delivery)),
+        resource("/deliveries", "GET").route(web::get().to(records::list_deliveries)),
+        resource("/deliveries/{id}", "GET").route(web::get().to(records::get_delivery)),
         resource("/deliveries/{id}/pickedUp", "POST").route(web::post().to(orders::picked_up)),
         resource("/deliveries/{id}/delivered", "POST").route(web::post().to(orders::delivered)),
-        resource("/coupons", "GET").route(web::get().to(resources::list_coupons)),
-        resource("/coupons/{id}", "GET").route(web::get().to(resources::get_coupon)),
+        resource("/coupons", "GET").route(web::get().to(records::list_coupons)),
+        resource("/coupons/{id}", "GET").route(web::get().to(records::get_coupon)),
         resource("/sagas", "GET").route(web::get().to(sagas::list)),
         resource("/sagas/{id}", "GET").route(web::get().to(sagas::get)),
         resource("/sagas/{id}/retry", "POST").route(web::post().to(sagas::retry)),
@@ -238,11 +277,11 @@ fn more_records() -> impl HttpServiceFactory {
 fn reviews_and_ui() -> impl HttpServiceFactory {
     (
         resource("/reviews", "POST, GET")
-            .route(web::post().to(resources::create_review))
-            .route(web::get().to(resources::list_reviews)),
-        resource("/reviewViews", "GET").route(web::get().to(resources::review_views)),
+            .route(web::post().to(reviews::create_review))
+            .route(web::get().to(reviews::list_reviews)),
+        resource("/reviewViews", "GET").route(web::get().to(reviews::review_views)),
         // The seed spells it `/reviewView`.
-        resource("/reviewView", "GET").route(web::get().to(resources::review_views)),
+        resource("/reviewView", "GET").route(web::get().to(reviews::review_views)),
         resource("/ui", "GET").route(web::get().to(ui::page)),
         resource("/ui/", "GET").route(web::get().to(ui::page)),
         resource("/ui/config.json", "GET").route(web::get().to(ui::config)),
@@ -252,6 +291,19 @@ fn reviews_and_ui() -> impl HttpServiceFactory {
 /// The fallback of the whole app: unknown paths answer 404 JSON.
 pub fn fallback() -> actix_web::Route {
     web::to(not_found)
+}
+
+/// A page of a list that every owner of `role` holds a part of, each row
+/// shown as `V`.
+async fn listed<P: Protocol, T: Keyed, V: From<T> + serde::Serialize>(
+    owners: &Owners<P>,
+    role: OwnerRole,
+    request: impl Fn(Page) -> P::Request,
+    rows: impl Fn(P::Outcome) -> Option<Vec<T>>,
+    page: Page,
+) -> Result<HttpResponse, ApiError> {
+    let list = owners.page(role, request, rows, page).await?;
+    Ok(ok_json(&list.into_iter().map(V::from).collect::<Vec<_>>()))
 }
 
 /// Plain JSON 200.

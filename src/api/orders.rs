@@ -1,40 +1,21 @@
 //! Orders: placing one (waiting for its payment), reading them, the
 //! manager's cancellation and manual-mode progress.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page};
-use super::contract::responses::{CancelAccepted, ErrorBody, Order, ProgressAccepted};
+use super::contract::responses::{CancelAccepted, ErrorBody, MyOrder, Order, ProgressAccepted};
 use super::error::ApiError;
-use super::service::{Done, Op, RETRY_AFTER_SECS};
-use super::{ApiState, ok_json};
-use crate::domain::{CustomerId, FoodId, Money, OrderId, Qty, WorkerKind};
+use super::{ApiState, ORCHESTRATOR, ok_json, outcome, placing};
+use crate::domain::{CustomerId, FoodId, IdempotencyKey, Money, OrderId, OrderStatus, Qty};
 use crate::messages::{OrderDetails, Progress};
-use crate::orchestrator::store::IdempotencyKey;
-use crate::rpc::AskError;
-use crate::rpc::Query;
-use crate::views::my_orders::MyOrder;
-use serde::Deserialize as _;
-use serde_json::json;
+use crate::orchestrator::requests::{Outcome, Request};
+use crate::saga::machine::SagaState;
 
 type State = web::Data<ApiState>;
 
-/// What placing an order needs of a catalog item (as the kitchen shows it).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CatalogItem {
-    name: String,
-    stock: i64,
-    price_cents: i64,
-}
-
 fn order_id(raw: i64) -> Result<OrderId, ApiError> {
     OrderId::new(raw).map_err(|_| ApiError::not_found(format!("no order `{raw}`")))
-}
-
-fn unprocessable(error: &'static str, detail: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error, detail)
 }
 
 /// The client's `Idempotency-Key` header, if any.
@@ -52,7 +33,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             IdempotencyKey::parse(raw)
                 .map(Some)
-                .map_err(ApiError::bad_request)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
         }
     }
 }
@@ -94,197 +75,28 @@ pub async fn place(
     body: web::Json<NewOrder>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let body = body.into_inner();
-    let customer = CustomerId::new(body.customer_id.0)
-        .map_err(|e| unprocessable("unknown_customer", e.to_string()))?;
-    let food = FoodId::new(body.food_catalog_id.0)
-        .map_err(|e| unprocessable("unknown_food", e.to_string()))?;
-    let qty = Qty::new(body.qty.0).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut draft = OrderDetails {
+    placing::place(&state, draft(body.into_inner())?, key).await
+}
+
+/// The order a request asks for, its amount not known yet.
+fn draft(body: NewOrder) -> Result<OrderDetails, ApiError> {
+    let unprocessable = |error, detail: String| {
+        ApiError::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            error,
+            detail,
+        )
+    };
+    Ok(OrderDetails {
         // Replaced by the id the orchestrator allocates.
         order_id: OrderId::new(i64::MAX).map_err(|e| ApiError::bad_request(e.to_string()))?,
-        customer_id: customer,
-        food_id: food,
-        qty,
+        customer_id: CustomerId::new(body.customer_id.0)
+            .map_err(|e| unprocessable("unknown_customer", e.to_string()))?,
+        food_id: FoodId::new(body.food_catalog_id.0)
+            .map_err(|e| unprocessable("unknown_food", e.to_string()))?,
+        qty: Qty::new(body.qty.0).map_err(|e| ApiError::bad_request(e.to_string()))?,
         amount: Money::from_cents(0),
-    };
-    let orchestrators = &state.orchestrators;
-    // A key always goes to the same partition's owner, which keeps it with
-    // its order; without a key any partition may take the order.
-    let partition = match &key {
-        Some(k) => orchestrators.count().of(key_hash(k.as_str())),
-        None => orchestrators.next_partition(),
-    };
-    if let Some(k) = &key {
-        let replay = Op::Replay {
-            key: k.as_str().to_owned(),
-            order: draft,
-        };
-        let done = orchestrators.one(partition, replay).await?;
-        if done.status != StatusCode::NO_CONTENT.as_u16() {
-            // A retry of an order we already took: its answer.
-            return Ok(done.into_response());
-        }
-    }
-    // Customers are never deleted: a customer seen here is still there
-    // when the saga starts.
-    match orchestrators
-        .of(customer.get(), Op::Customer { id: customer.get() })
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            return Err(unprocessable(
-                "unknown_customer",
-                format!("no customer {customer}"),
-            ));
-        }
-        Err(e) => return Err(e),
-    }
-    let found = state
-        .owners
-        .one(
-            WorkerKind::Kitchen,
-            state.owners.count().of(food.get()),
-            Query::Food { id: food.get() },
-        )
-        .await?;
-    let item = Option::<CatalogItem>::deserialize(found)
-        .map_err(|e| ApiError::unavailable(format!("the kitchen answered oddly: {e}"), 1))?
-        .ok_or_else(|| unprocessable("unknown_food", format!("no food catalog item {food}")))?;
-    if item.stock < i64::from(qty.get()) {
-        return Err(ApiError::conflict(
-            "out_of_stock",
-            format!(
-                "{} has {} left; {} ordered",
-                item.name,
-                item.stock,
-                qty.get()
-            ),
-        ));
-    }
-    draft.amount = Money::from_cents(item.price_cents)
-        .total(qty)
-        .map_err(|e| unprocessable("amount_too_large", e.to_string()))?;
-    let admit_within_ms = u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX);
-    // Without a client's key, the next partition whose owner is there takes
-    // it (an unroutable request delivered nothing: safe to move on).
-    let key_given = key.is_some();
-    let tries = if key_given {
-        1
-    } else {
-        orchestrators.count().get()
-    };
-    let mut partition = partition;
-    let mut last = None;
-    for _ in 0..tries {
-        // The order always carries a key — the client's, or one of ours that
-        // falls in this partition — so the outcome of a placement whose
-        // answer is lost can still be learned.
-        let key = key.as_ref().map_or_else(
-            || our_key(orchestrators.count(), partition),
-            |k| k.as_str().to_owned(),
-        );
-        let place = Op::PlaceOrder {
-            order: draft,
-            key: Some(key.clone()),
-            admit_within_ms,
-        };
-        // With the client's key the partition is fixed: wait for its owner.
-        // Without one, an unowned partition passes the order to the next.
-        let asked = if key_given {
-            orchestrators.ask_waiting(partition, place).await
-        } else {
-            orchestrators.ask(partition, place).await
-        };
-        match asked {
-            Ok(answer) => {
-                return answer
-                    .result
-                    .map(Done::into_response)
-                    .map_err(ApiError::from);
-            }
-            Err(e @ AskError::NoOwner(_)) => {
-                last = Some(e);
-                // The next partition (each once; the shared turn would let
-                // concurrent orders send this one back to unowned ones).
-                partition = orchestrators.count().of(i64::from(partition.index()) + 1);
-            }
-            // Delivered, or maybe: the order may exist. Ask its owner.
-            Err(e) => return learn_outcome(orchestrators, partition, key, draft, e).await,
-        }
-    }
-    Err(last
-        .unwrap_or_else(|| AskError::NoOwner("any orchestrator".into()))
-        .into())
-}
-
-/// A key of our own for an order without one, whose hash falls in
-/// `partition` (so a retry with it meets the owner that keeps it).
-fn our_key(
-    count: crate::partition::PartitionCount,
-    partition: crate::partition::Partition,
-) -> String {
-    loop {
-        let key = format!("hearty-{:032x}", rand::random::<u128>());
-        if count.of(key_hash(&key)) == partition {
-            return key;
-        }
-    }
-}
-
-/// A placement went out but its answer did not come back: asks the owner
-/// what became of the key (a few times, briefly). Its order's answer if it
-/// was placed; a 503 that says nothing was established if it was not; else
-/// a 503 that says the outcome is unknown and names the key to learn it by.
-async fn learn_outcome(
-    orchestrators: &super::service::Orchestrators,
-    partition: crate::partition::Partition,
-    key: String,
-    draft: OrderDetails,
-    why: AskError,
-) -> Result<HttpResponse, ApiError> {
-    tracing::warn!(error = %why, "no answer to a placement; asking what became of it");
-    for attempt in 0..3u64 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
-        }
-        let replay = Op::Replay {
-            key: key.clone(),
-            order: draft,
-        };
-        match orchestrators.ask_waiting(partition, replay).await {
-            Ok(answer) => match answer.result {
-                Ok(done) if done.status == StatusCode::NO_CONTENT.as_u16() => {
-                    return Err(ApiError::unavailable(
-                        "the order could not be placed now; nothing was established, try again",
-                        RETRY_AFTER_SECS,
-                    ));
-                }
-                Ok(done) => return Ok(done.into_response()),
-                Err(e) => return Err(e.into()),
-            },
-            Err(e) => tracing::debug!(error = %e, "the owner does not answer yet"),
-        }
-    }
-    Err(ApiError::unavailable(
-        format!(
-            "the order's outcome is not known yet; send the same request with `Idempotency-Key: {key}` to learn it"
-        ),
-        RETRY_AFTER_SECS,
-    )
-    .with_extra(json!({ "idempotencyKey": key })))
-}
-
-/// A stable hash of an Idempotency-Key (FNV-1a): every API process sends
-/// a key to the same partition.
-fn key_hash(key: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::try_from(h >> 1).unwrap_or(0)
+    })
 }
 
 #[utoipa::path(
@@ -303,19 +115,16 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let customer =
         id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
-    let customer_id = customer.map(CustomerId::get);
     let list = state
         .orchestrators
         .page(
-            |limit, offset| Op::Orders {
-                limit,
-                offset,
-                customer_id,
-            },
+            ORCHESTRATOR,
+            |page| Request::Orders { page, customer },
+            Outcome::orders,
             page,
         )
         .await?;
-    Ok(ok_json(&list))
+    Ok(ok_json(&list.iter().map(Order::from).collect::<Vec<_>>()))
 }
 
 #[utoipa::path(
@@ -332,11 +141,13 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
 )]
 pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.id)?;
-    let done = state
-        .orchestrators
-        .of(id.get(), Op::Order { id: id.get() })
-        .await?;
-    Ok(done.into_response())
+    match state
+        .ask_orchestrator(id.get(), Request::Order { order: id })
+        .await?
+    {
+        Outcome::Order(row) => Ok(ok_json(&Order::from(&row))),
+        other => Err(outcome::other(other, &format!("order {id}"))),
+    }
 }
 
 #[utoipa::path(
@@ -363,7 +174,9 @@ pub async fn my_orders(
         .my_orders
         .read(move |c| Ok(crate::views::my_orders::list(c, page, customer)?))
         .await?;
-    Ok(ok_json(&list))
+    Ok(ok_json(
+        &list.into_iter().map(MyOrder::from).collect::<Vec<_>>(),
+    ))
 }
 
 /// `DELETE /kitchens/{id}`: the manager cancels order `id`.
@@ -391,11 +204,19 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(path.id)?;
-    let done = state
-        .orchestrators
-        .of(id.get(), Op::Cancel { id: id.get() })
-        .await?;
-    Ok(done.into_response())
+    match state
+        .ask_orchestrator(id.get(), Request::Cancel { order: id })
+        .await?
+    {
+        Outcome::Accepted => Ok(HttpResponse::Accepted().json(CancelAccepted {
+            saga_id: id,
+            order_id: id,
+            status: OrderStatus::Cancelled,
+            state: SagaState::Compensating,
+        })),
+        Outcome::Refused(refusal) => Err(outcome::cancel_refused(id, refusal)),
+        other => Err(outcome::other(other, &format!("order {id}"))),
+    }
 }
 
 async fn progress(
@@ -406,17 +227,18 @@ async fn progress(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = order_id(raw)?;
-    let done = state
-        .orchestrators
-        .of(
-            id.get(),
-            Op::Progress {
-                id: id.get(),
-                progress,
-            },
-        )
-        .await?;
-    Ok(done.into_response())
+    let asked = Request::Progress {
+        order: id,
+        progress,
+    };
+    match state.ask_orchestrator(id.get(), asked).await? {
+        Outcome::Accepted => Ok(HttpResponse::Accepted().json(ProgressAccepted {
+            order_id: id,
+            progress: progress.as_str().to_owned(),
+        })),
+        Outcome::Refused(refusal) => Err(outcome::progress_refused(id, refusal)),
+        other => Err(outcome::other(other, &format!("order {id}"))),
+    }
 }
 
 macro_rules! progress_endpoint {

@@ -5,9 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::contract::requests::{IdPath, SagaQuery, page};
 use super::contract::responses::{ErrorBody, RetryAccepted, SagaView};
 use super::error::ApiError;
-use super::service::Op;
-use super::{ApiState, ok_json};
+use super::{ApiState, ORCHESTRATOR, ok_json, outcome};
 use crate::domain::SagaId;
+use crate::orchestrator::requests::{Outcome, Request};
 use crate::saga::machine::SagaState;
 
 type State = web::Data<ApiState>;
@@ -39,17 +39,22 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
             ))
         })?),
     };
-    let views = state
+    let rows = state
         .orchestrators
         .page(
-            |limit, offset| Op::Sagas {
-                limit,
-                offset,
+            ORCHESTRATOR,
+            |page| Request::Sagas {
+                page,
                 state: filter,
             },
+            Outcome::sagas,
             page,
         )
         .await?;
+    let views: Vec<SagaView> = rows
+        .iter()
+        .map(|row| SagaView::of_stored(&state.def, row))
+        .collect();
     Ok(ok_json(&views))
 }
 
@@ -67,11 +72,18 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
 )]
 pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
     let id = saga_id(path.id)?;
-    let done = state
-        .orchestrators
-        .of(id.get(), Op::Saga { id: id.get() })
-        .await?;
-    Ok(done.into_response())
+    match state
+        .ask_orchestrator(id.get(), Request::Saga { saga: id })
+        .await?
+    {
+        Outcome::Saga(detail) => Ok(ok_json(&SagaView::inspect(
+            &state.def,
+            &detail,
+            &state.topology,
+            &state.management_url,
+        ))),
+        other => Err(outcome::other(other, &format!("saga {id}"))),
+    }
 }
 
 /// Resumes a `Failed` saga (manager).
@@ -98,9 +110,15 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     state.require_manager(&req)?;
     let id = saga_id(path.id)?;
-    let done = state
-        .orchestrators
-        .of(id.get(), Op::Retry { id: id.get() })
-        .await?;
-    Ok(done.into_response())
+    match state
+        .ask_orchestrator(id.get(), Request::Retry { saga: id })
+        .await?
+    {
+        Outcome::Accepted => Ok(HttpResponse::Accepted().json(RetryAccepted {
+            saga_id: id,
+            state: SagaState::Compensating,
+        })),
+        Outcome::Refused(refusal) => Err(outcome::retry_refused(refusal)),
+        other => Err(outcome::other(other, &format!("saga {id}"))),
+    }
 }

@@ -12,6 +12,9 @@
 //! 4. the outbox relay publishes the commands — crash before the confirm:
 //!    published again at start-up; workers deduplicate by message id.
 
+pub mod executor;
+mod replies;
+pub mod requests;
 pub mod saga_actor;
 pub mod store;
 
@@ -20,20 +23,16 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::domain::SagaId;
-use crate::messages::{OrderDetails, WorkerReply};
+use crate::domain::{IdempotencyKey, SagaId};
+use crate::messages::OrderDetails;
 use crate::metrics::{METRICS, inc};
-use crate::partition::Partition;
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
-use crate::shutdown::Shutdown;
 use crate::storage::StorageError;
-use crate::transport::consume::consume_each;
-use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
-use crate::transport::{QueueName, Received, Transport, TransportError};
+pub use replies::consume_replies;
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
-use store::{Created, IdempotencyKey, SagaStore, Stored};
+use store::{Created, SagaStore, Stored};
 
 /// Why the orchestrator could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -325,70 +324,5 @@ impl Handler<Recover> for Orchestrator {
                     Ok(n)
                 }),
         )
-    }
-}
-
-/// Consumes the replies queue of one partition until shutdown.
-pub async fn consume_replies(
-    partition: Partition,
-    orchestrator: Addr<Orchestrator>,
-    transport: Arc<dyn Transport>,
-    shutdown: Shutdown,
-) -> Result<(), TransportError> {
-    consume_each(
-        transport,
-        QueueName::Replies(partition),
-        shutdown,
-        |d, f| handle_reply(orchestrator.clone(), d, f),
-    )
-    .await
-}
-
-async fn handle_reply(
-    orchestrator: Addr<Orchestrator>,
-    delivery: Received,
-    failures: Arc<FailureCounts>,
-) {
-    let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {
-        Ok(r) => r,
-        Err(e) => {
-            dead_letter(delivery, &format!("undecodable reply: {e}")).await;
-            return;
-        }
-    };
-    let id = reply.message_id();
-    let (saga, step) = (reply.order_id, reply.step.clone());
-    let event = Event::Reply {
-        step: reply.step,
-        attempt: reply.attempt,
-        outcome: reply.outcome,
-    };
-    let error = match dispatch(&orchestrator, saga, event).await {
-        Ok(_) => {
-            failures.forget(&id);
-            crate::failpoint::hit("reply-before-ack");
-            if let Err(e) = delivery.ack().await {
-                tracing::warn!(error = %e, "ack failed; the reply will be redelivered and ignored");
-            }
-            return;
-        }
-        Err(OrchestratorError::UnknownSaga(id)) => {
-            dead_letter(delivery, &format!("reply for unknown saga {id}")).await;
-            return;
-        }
-        Err(e @ OrchestratorError::Quarantined(..)) => {
-            dead_letter(delivery, &format!("reply for a quarantined saga: {e}")).await;
-            return;
-        }
-        Err(e) => e.to_string(),
-    };
-    if let Some(reason) = hand_back_or_dead_letter(delivery, &failures, &id, &error).await {
-        // Best effort: the saga may be what fails.
-        let note = Event::Reply {
-            step,
-            attempt: 0,
-            outcome: crate::messages::ReplyOutcome::DeadLettered { reason },
-        };
-        let _ = dispatch(&orchestrator, saga, note).await;
     }
 }

@@ -125,94 +125,14 @@ impl SagaDefinition {
         let mut names = HashSet::new();
         let mut steps = Vec::with_capacity(raw.steps.len());
         for s in raw.steps {
-            let name = s.name.get_ref().clone();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            let step = s.validate(&at)?;
+            if !names.insert(step.name.clone()) {
                 return Err(at(
                     s.name.span(),
-                    format!("step name `{name}` must be non-empty letters, digits, `_` or `-`"),
+                    format!("step `{}` is declared twice", step.name),
                 ));
             }
-            if !names.insert(name.clone()) {
-                return Err(at(
-                    s.name.span(),
-                    format!("step `{name}` is declared twice"),
-                ));
-            }
-            let worker: WorkerKind = s
-                .worker
-                .get_ref()
-                .parse()
-                .map_err(|e| at(s.worker.span(), format!("step `{name}`: {e}")))?;
-            let (action, compensation) = crate::messages::actions_of(worker);
-            if s.action.get_ref() != action {
-                return Err(at(
-                    s.action.span(),
-                    format!(
-                        "step `{name}`: the {worker} worker's action is `{action}`, not `{}`",
-                        s.action.get_ref()
-                    ),
-                ));
-            }
-            if s.compensation.get_ref() != compensation {
-                return Err(at(
-                    s.compensation.span(),
-                    format!(
-                        "step `{name}`: the {worker} worker's compensation is `{compensation}`, not `{}`",
-                        s.compensation.get_ref()
-                    ),
-                ));
-            }
-            let marks_order = match &s.marks_order {
-                None => None,
-                Some(m) => Some(
-                    m.get_ref()
-                        .parse::<OrderStatus>()
-                        .map_err(|e| at(m.span(), format!("step `{name}`: {e}")))?,
-                ),
-            };
-            let timeout = parse_duration(s.timeout.get_ref())
-                .map_err(|e| at(s.timeout.span(), format!("step `{name}`: timeout {e}")))?;
-            if timeout.is_zero() {
-                return Err(at(
-                    s.timeout.span(),
-                    format!("step `{name}`: timeout must be > 0"),
-                ));
-            }
-            let retry = s
-                .retry
-                .get_ref()
-                .validate()
-                .map_err(|e| at(s.retry.span(), format!("step `{name}`: retry {e}")))?;
-            let compensation_retry = match &s.compensation_retry {
-                None => retry,
-                Some(r) => r
-                    .get_ref()
-                    .validate()
-                    .map_err(|e| at(r.span(), format!("step `{name}`: compensation_retry {e}")))?,
-            };
-            let circuit_breaker =
-                match &s.circuit_breaker {
-                    None => None,
-                    Some(b) => Some(b.get_ref().validate().map_err(|e| {
-                        at(b.span(), format!("step `{name}`: circuit_breaker {e}"))
-                    })?),
-                };
-            steps.push(StepDefinition {
-                name,
-                worker,
-                action: action.to_owned(),
-                compensation: compensation.to_owned(),
-                marks_order,
-                timeout,
-                compensation_blocks: s.compensation_blocks.unwrap_or(true),
-                retry,
-                compensation_retry,
-                circuit_breaker,
-            });
+            steps.push(step);
         }
         Ok(SagaDefinition {
             name: raw.name.into_inner(),
@@ -248,6 +168,105 @@ struct RawStep {
     retry: Spanned<RawRetry>,
     compensation_retry: Option<Spanned<RawRetry>>,
     circuit_breaker: Option<Spanned<RawBreaker>>,
+}
+
+impl RawStep {
+    /// The step, checked; errors name their line (`at`).
+    fn validate(
+        &self,
+        at: &impl Fn(std::ops::Range<usize>, String) -> String,
+    ) -> Result<StepDefinition, String> {
+        let name = self.name.get_ref().clone();
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if name.is_empty() || !name.chars().all(valid) {
+            return Err(at(
+                self.name.span(),
+                format!("step name `{name}` must be non-empty letters, digits, `_` or `-`"),
+            ));
+        }
+        let (worker, action, compensation) = self.worker_and_actions(&name, at)?;
+        let marks_order = match &self.marks_order {
+            None => None,
+            Some(m) => Some(
+                m.get_ref()
+                    .parse::<OrderStatus>()
+                    .map_err(|e| at(m.span(), format!("step `{name}`: {e}")))?,
+            ),
+        };
+        let timeout = parse_duration(self.timeout.get_ref())
+            .map_err(|e| at(self.timeout.span(), format!("step `{name}`: timeout {e}")))?;
+        if timeout.is_zero() {
+            return Err(at(
+                self.timeout.span(),
+                format!("step `{name}`: timeout must be > 0"),
+            ));
+        }
+        let retry = self
+            .retry
+            .get_ref()
+            .validate()
+            .map_err(|e| at(self.retry.span(), format!("step `{name}`: retry {e}")))?;
+        let compensation_retry = match &self.compensation_retry {
+            None => retry,
+            Some(r) => r
+                .get_ref()
+                .validate()
+                .map_err(|e| at(r.span(), format!("step `{name}`: compensation_retry {e}")))?,
+        };
+        let circuit_breaker = match &self.circuit_breaker {
+            None => None,
+            Some(b) => Some(
+                b.get_ref()
+                    .validate()
+                    .map_err(|e| at(b.span(), format!("step `{name}`: circuit_breaker {e}")))?,
+            ),
+        };
+        Ok(StepDefinition {
+            name,
+            worker,
+            action: action.to_owned(),
+            compensation: compensation.to_owned(),
+            marks_order,
+            timeout,
+            compensation_blocks: self.compensation_blocks.unwrap_or(true),
+            retry,
+            compensation_retry,
+            circuit_breaker,
+        })
+    }
+
+    /// The step's worker, whose action and compensation it must name.
+    fn worker_and_actions(
+        &self,
+        name: &str,
+        at: &impl Fn(std::ops::Range<usize>, String) -> String,
+    ) -> Result<(WorkerKind, &'static str, &'static str), String> {
+        let worker: WorkerKind = self
+            .worker
+            .get_ref()
+            .parse()
+            .map_err(|e| at(self.worker.span(), format!("step `{name}`: {e}")))?;
+        let (action, compensation) = crate::messages::actions_of(worker);
+        if self.action.get_ref() != action {
+            return Err(at(
+                self.action.span(),
+                format!(
+                    "step `{name}`: the {worker} worker's action is `{action}`, not `{}`",
+                    self.action.get_ref()
+                ),
+            ));
+        }
+        if self.compensation.get_ref() != compensation {
+            return Err(at(
+                self.compensation.span(),
+                format!(
+                    "step `{name}`: the {worker} worker's compensation is `{compensation}`, not `{}`",
+                    self.compensation.get_ref()
+                ),
+            ));
+        }
+        Ok((worker, action, compensation))
+    }
 }
 
 #[derive(Deserialize)]

@@ -391,7 +391,7 @@ pub fn optional<T>(r: rusqlite::Result<T>) -> rusqlite::Result<Option<T>> {
 }
 
 /// Paging of every list endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Page {
     pub limit: i64,
     pub offset: i64,

@@ -145,50 +145,22 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
     let mut failures = backoff.build();
     loop {
         let now = Millis::now();
-        let wait = match due_rows(&db, now, lane).await {
-            Err(e) => {
-                tracing::warn!(db = %db.path().display(), error = %e, "cannot read outbox");
-                failures.next().unwrap_or(Duration::from_secs(5))
-            }
-            Ok(due) if !due.rows.is_empty() => {
-                let (seqs, msgs): (Vec<i64>, Vec<Outgoing>) = due.rows.into_iter().unzip();
-                let results = transport.publish(msgs).await;
-                let mut confirmed = Vec::with_capacity(seqs.len());
-                let mut failed = 0usize;
-                for (seq, r) in seqs.into_iter().zip(results) {
-                    match r {
-                        Ok(()) => confirmed.push(seq),
-                        Err(e) => {
-                            failed += 1;
-                            tracing::debug!(seq, error = %e, "publish not confirmed; will retry");
-                        }
-                    }
-                }
-                if !confirmed.is_empty() {
-                    crate::failpoint::hit("outbox-after-confirm");
-                    if let Err(e) = delete(&db, confirmed).await {
-                        tracing::warn!(error = %e, "cannot delete published outbox rows; they will go out again");
-                    }
-                }
-                if failed == 0 {
-                    failures = backoff.build();
-                    continue;
-                }
-                tracing::warn!(
-                    failed,
-                    "some messages were not confirmed; retrying with backoff"
-                );
-                failures.next().unwrap_or(Duration::from_secs(5))
-            }
-            Ok(due) => {
+        let wait = match pass(&db, transport.as_ref(), lane, now).await {
+            // Everything due went out: at once again (more may be due).
+            Pass::Published => {
                 failures = backoff.build();
-                // Sleep until the next delayed row, a notification, or a
-                // periodic look (rows written by another process).
-                due.next_at
+                continue;
+            }
+            // Sleep until the next delayed row, a notification, or a
+            // periodic look (rows written by another process).
+            Pass::Idle(next_at) => {
+                failures = backoff.build();
+                next_at
                     .map(|at| at.until_from(now))
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_secs(1))
             }
+            Pass::Failed => failures.next().unwrap_or(Duration::from_secs(5)),
         };
         tokio::select! {
             _ = shutdown.recv() => break,
@@ -196,29 +168,67 @@ pub async fn run_relay(db: Db, transport: Arc<dyn Transport>, mut shutdown: Shut
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    // Shutdown: publish what is due, for a bounded time; the rest waits in
-    // the table for the next start.
-    let flush = async {
-        loop {
-            let Ok(due) = due_rows(&db, Millis::now(), lane).await else {
-                return;
-            };
-            if due.rows.is_empty() {
-                return;
-            }
-            let (seqs, msgs): (Vec<i64>, Vec<Outgoing>) = due.rows.into_iter().unzip();
-            let results = transport.publish(msgs).await;
-            let confirmed: Vec<i64> = seqs
-                .into_iter()
-                .zip(results)
-                .filter_map(|(seq, r)| r.ok().map(|_| seq))
-                .collect();
-            if confirmed.is_empty() || delete(&db, confirmed).await.is_err() {
-                return;
-            }
+    flush(&db, transport.as_ref(), lane).await;
+}
+
+/// What one pass of a relay came to.
+enum Pass {
+    /// Every due row it found was published and confirmed.
+    Published,
+    /// Nothing was due; the next row becomes due then.
+    Idle(Option<Millis>),
+    /// The outbox could not be read, or some rows were not confirmed (they
+    /// go out again after a backoff).
+    Failed,
+}
+
+/// Publishes what is due; deletes each row the broker confirmed.
+async fn pass(db: &Db, transport: &dyn Transport, lane: Lane, now: Millis) -> Pass {
+    let due = match due_rows(db, now, lane).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!(db = %db.path().display(), error = %e, "cannot read outbox");
+            return Pass::Failed;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), flush)
+    if due.rows.is_empty() {
+        return Pass::Idle(due.next_at);
+    }
+    let (seqs, msgs): (Vec<i64>, Vec<Outgoing>) = due.rows.into_iter().unzip();
+    let results = transport.publish(msgs).await;
+    let mut confirmed = Vec::with_capacity(seqs.len());
+    let mut failed = 0usize;
+    for (seq, r) in seqs.into_iter().zip(results) {
+        match r {
+            Ok(()) => confirmed.push(seq),
+            Err(e) => {
+                failed += 1;
+                tracing::debug!(seq, error = %e, "publish not confirmed; will retry");
+            }
+        }
+    }
+    if !confirmed.is_empty() {
+        crate::failpoint::hit("outbox-after-confirm");
+        if let Err(e) = delete(db, confirmed).await {
+            tracing::warn!(error = %e, "cannot delete published outbox rows; they will go out again");
+        }
+    }
+    if failed == 0 {
+        return Pass::Published;
+    }
+    tracing::warn!(
+        failed,
+        "some messages were not confirmed; retrying with backoff"
+    );
+    Pass::Failed
+}
+
+/// At shutdown: publishes what is due, for a bounded time; the rest waits
+/// in the table for the next start.
+async fn flush(db: &Db, transport: &dyn Transport, lane: Lane) {
+    let flushed =
+        async { while let Pass::Published = pass(db, transport, lane, Millis::now()).await {} };
+    if tokio::time::timeout(Duration::from_secs(5), flushed)
         .await
         .is_err()
     {

@@ -414,10 +414,12 @@ pub trait Requests: Send + Sync {
     /// Sends a request to the owner of the partition behind `routing_key`
     /// (`pay.p3`) and waits for its answer, at most `wait`. No owner bound
     /// (none running, or a standby only) is `Unroutable` at once: nothing was
-    /// delivered.
+    /// delivered. `message_type` says what protocol (and version) the
+    /// body speaks.
     fn request<'a>(
         &'a self,
         routing_key: &'a str,
+        message_type: &'a str,
         body: Vec<u8>,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>>;

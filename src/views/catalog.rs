@@ -37,30 +37,24 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One item as the catalog view shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FoodView {
+/// One item as the catalog view holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoodViewRow {
     pub id: i64,
     pub name: String,
-    /// The price as the seed shows it (`4.0`).
-    pub price: f64,
-    /// The price in whole cents.
-    pub price_cents: i64,
+    pub price: Money,
     pub stock: i64,
 }
 
-pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<FoodView>> {
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<FoodViewRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, name, price_cents, stock FROM food_views ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
     stmt.query_map(params![page.limit, page.offset], |r| {
-        let cents: i64 = r.get(2)?;
-        Ok(FoodView {
+        Ok(FoodViewRow {
             id: r.get(0)?,
             name: r.get(1)?,
-            price: Money::from_cents(cents).as_decimal(),
-            price_cents: cents,
+            price: Money::from_cents(r.get(2)?),
             stock: r.get(3)?,
         })
     })?

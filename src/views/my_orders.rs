@@ -109,20 +109,16 @@ fn part(tx: &Connection, e: &DomainEvent, name: &str, status: &str) -> rusqlite:
     Ok(())
 }
 
-/// One order as "my orders" shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MyOrder {
-    pub id: i64,
+/// One order as "my orders" holds it: each part's status as its last
+/// event said (absent until one arrived).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MyOrderRow {
     pub order_id: i64,
     pub customer_id: Option<i64>,
-    pub food_catalog_id: Option<i64>,
+    pub food_id: Option<i64>,
     pub food_name: Option<String>,
     pub qty: Option<i64>,
-    /// The total as the seed shows it (`40.0`).
-    pub amount: Option<f64>,
-    /// The total in whole cents.
-    pub amount_cents: Option<i64>,
+    pub amount: Option<Money>,
     pub status: Option<String>,
     pub saga_state: Option<String>,
     pub pay_status: Option<String>,
@@ -131,14 +127,14 @@ pub struct MyOrder {
     pub picked_up: Option<bool>,
     pub coupon_status: Option<String>,
     pub coupon_code: Option<String>,
-    pub updated_at: String,
+    pub updated_at: Millis,
 }
 
 pub fn list(
     c: &Connection,
     page: Page,
     customer: Option<CustomerId>,
-) -> rusqlite::Result<Vec<MyOrder>> {
+) -> rusqlite::Result<Vec<MyOrderRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT o.order_id, o.customer_id, o.food_id, f.name, o.qty, o.amount_cents, o.status, o.saga_state,
                 o.pay_status, o.kitchen_status, o.delivery_status, o.delivery_picked_up, o.coupon_status,
@@ -150,16 +146,13 @@ pub fn list(
     stmt.query_map(
         params![customer.map(CustomerId::get), page.limit, page.offset],
         |r| {
-            let amount: Option<i64> = r.get(5)?;
-            Ok(MyOrder {
-                id: r.get(0)?,
+            Ok(MyOrderRow {
                 order_id: r.get(0)?,
                 customer_id: r.get(1)?,
-                food_catalog_id: r.get(2)?,
+                food_id: r.get(2)?,
                 food_name: r.get(3)?,
                 qty: r.get(4)?,
-                amount: amount.map(|c| Money::from_cents(c).as_decimal()),
-                amount_cents: amount,
+                amount: r.get::<_, Option<i64>>(5)?.map(Money::from_cents),
                 status: r.get(6)?,
                 saga_state: r.get(7)?,
                 pay_status: r.get(8)?,
@@ -168,7 +161,7 @@ pub fn list(
                 picked_up: r.get(11)?,
                 coupon_status: r.get(12)?,
                 coupon_code: r.get(13)?,
-                updated_at: Millis(r.get(14)?).to_rfc3339(),
+                updated_at: Millis(r.get(14)?),
             })
         },
     )?

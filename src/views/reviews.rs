@@ -74,20 +74,18 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One product as the review view shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReviewView {
+/// One product as the review view holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewViewRow {
     pub id: i64,
     pub productname: String,
     pub count: i64,
     pub average_rating: Option<f64>,
     /// The newest reviews first.
-    #[schema(value_type = Vec<crate::orchestrator::store::ReviewRecord>)]
     pub latest_reviews: Vec<ReviewData>,
 }
 
-pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<ReviewView>> {
+pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<ReviewViewRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, productname, count, rating_sum, rating_count, latest FROM review_views
          ORDER BY id LIMIT ?1 OFFSET ?2",
@@ -95,7 +93,7 @@ pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<ReviewView>> {
     stmt.query_map(params![page.limit, page.offset], |r| {
         let (sum, n): (i64, i64) = (r.get(3)?, r.get(4)?);
         let latest: String = r.get(5)?;
-        Ok(ReviewView {
+        Ok(ReviewViewRow {
             id: r.get(0)?,
             productname: r.get(1)?,
             count: r.get(2)?,

@@ -163,55 +163,55 @@ impl NewReview {
 /// The largest `offset` a list takes.
 pub const MAX_OFFSET: i64 = 1_000_000_000;
 
-/// `limit` and `offset` of every list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// How many (default 100).
-    #[param(minimum = 1, maximum = 100000)]
-    pub limit: Option<i64>,
-    /// How many to skip (default 0).
-    #[param(minimum = 0, maximum = 1000000000)]
-    pub offset: Option<i64>,
+/// Declares a list's query string: its filters, then `limit` and
+/// `offset`, as every list takes them.
+macro_rules! list_query {
+    ($(#[$doc:meta])* $name:ident { $($(#[$attr:meta])* $field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Deserialize, IntoParams)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            $($(#[$attr])* pub $field: $ty,)*
+            /// How many (default 100).
+            #[param(minimum = 1, maximum = 100000)]
+            pub limit: Option<i64>,
+            /// How many to skip (default 0).
+            #[param(minimum = 0, maximum = 1000000000)]
+            pub offset: Option<i64>,
+        }
+    };
 }
 
-/// A worker's list: paging and the order it belongs to.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RecordQuery {
-    #[serde(rename = "orderId")]
-    #[param(minimum = 1, maximum = 999999999999999999_i64)]
-    pub order_id: Option<i64>,
-    #[param(minimum = 1, maximum = 100000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0, maximum = 1000000000)]
-    pub offset: Option<i64>,
-}
+list_query!(
+    /// `limit` and `offset` of every list.
+    PageQuery {}
+);
 
-/// Orders and my orders: paging and the customer.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct CustomerQuery {
-    #[serde(rename = "customerId")]
-    #[param(minimum = 1, maximum = 999999999999999999_i64)]
-    pub customer_id: Option<i64>,
-    #[param(minimum = 1, maximum = 100000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0, maximum = 1000000000)]
-    pub offset: Option<i64>,
-}
+list_query!(
+    /// A worker's list: paging and the order it belongs to.
+    RecordQuery {
+        #[serde(rename = "orderId")]
+        #[param(minimum = 1, maximum = 999999999999999999_i64)]
+        order_id: Option<i64>,
+    }
+);
 
-/// Sagas: paging and the state.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct SagaQuery {
-    #[param(value_type = Option<crate::saga::machine::SagaState>)]
-    pub state: Option<String>,
-    #[param(minimum = 1, maximum = 100000)]
-    pub limit: Option<i64>,
-    #[param(minimum = 0, maximum = 1000000000)]
-    pub offset: Option<i64>,
-}
+list_query!(
+    /// Orders and my orders: paging and the customer.
+    CustomerQuery {
+        #[serde(rename = "customerId")]
+        #[param(minimum = 1, maximum = 999999999999999999_i64)]
+        customer_id: Option<i64>,
+    }
+);
+
+list_query!(
+    /// Sagas: paging and the state.
+    SagaQuery {
+        #[param(value_type = Option<crate::saga::machine::SagaState>)]
+        state: Option<String>,
+    }
+);
 
 /// `{id}` of a path: a positive id.
 #[derive(Debug, Deserialize, IntoParams)]

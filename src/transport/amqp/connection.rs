@@ -185,10 +185,6 @@ impl AmqpTransport {
 
     /// Watches the connection and rebuilds it when it breaks.
     async fn watch_connection(self) {
-        let backoff = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(2))
-            .without_max_times();
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
             if self.is_closed() {
@@ -207,59 +203,69 @@ impl AmqpTransport {
                 // partitions over at once. This process must not act for
                 // them any more (its timers would), so it stops; restarted,
                 // it comes back as their owner or as a standby.
-                let why = "lost the connection that held this process's partition leases; \
-                           ownership ended with it"
-                    .to_owned();
-                tracing::error!(reason = %why, "fenced");
-                self.inner.fenced.send_replace(Some(why));
-                return;
+                return self.fence(
+                    "lost the connection that held this process's partition leases; \
+                     ownership ended with it"
+                        .to_owned(),
+                );
             }
             tracing::warn!("lost the connection to RabbitMQ; reconnecting");
-            let mut delays = backoff.build();
-            loop {
-                if self.is_closed() {
-                    return;
+            if !self.reconnect().await {
+                return;
+            }
+        }
+    }
+
+    /// Says this process no longer owns its partitions: it must stop.
+    fn fence(&self, why: String) {
+        tracing::error!(reason = %why, "fenced");
+        self.inner.fenced.send_replace(Some(why));
+    }
+
+    /// Opens a new connection, with backoff, from the next node on (the
+    /// last one just went away). `false`: closed, or fenced meanwhile.
+    async fn reconnect(&self) -> bool {
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times()
+            .build();
+        let patience =
+            CONFIRM_TIMEOUT + nodes::CONNECT_TIMEOUT * self.inner.settings.nodes.len() as u32;
+        while !self.is_closed() {
+            let leases = self.leases();
+            let next = self.inner.node.load(std::sync::atomic::Ordering::SeqCst) + 1;
+            let attempt = open(&self.inner.settings, &self.inner.topology, &leases, next);
+            match tokio::time::timeout(patience, attempt)
+                .await
+                .unwrap_or(Err(OpenError::Broker(TransportError::Timeout)))
+            {
+                Ok((live, node)) => {
+                    self.inner
+                        .node
+                        .store(node, std::sync::atomic::Ordering::SeqCst);
+                    *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
+                    self.inner.generation.send_modify(|g| *g += 1);
+                    tracing::info!("reconnected to RabbitMQ");
+                    return true;
                 }
-                let leases = self.leases();
-                // The next node first: the last one just went away.
-                let next = self.inner.node.load(std::sync::atomic::Ordering::SeqCst) + 1;
-                let attempt = tokio::time::timeout(
-                    CONFIRM_TIMEOUT
-                        + nodes::CONNECT_TIMEOUT * self.inner.settings.nodes.len() as u32,
-                    open(&self.inner.settings, &self.inner.topology, &leases, next),
-                );
-                match attempt
-                    .await
-                    .unwrap_or(Err(OpenError::Broker(TransportError::Timeout)))
-                {
-                    Ok((live, node)) => {
-                        self.inner
-                            .node
-                            .store(node, std::sync::atomic::Ordering::SeqCst);
-                        *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
-                        self.inner.generation.send_modify(|g| *g += 1);
-                        tracing::info!("reconnected to RabbitMQ");
-                        break;
-                    }
-                    Err(OpenError::Fenced(held)) => {
-                        // Another process owns a partition of ours now: this
-                        // one must not act for it again. Stay disconnected
-                        // (nothing is consumed or published) and say so.
-                        let why = format!(
-                            "{held} is held by another process: it took over this process's \
-                             partitions while this one was disconnected"
-                        );
-                        tracing::error!(reason = %why, "fenced");
-                        self.inner.fenced.send_replace(Some(why));
-                        return;
-                    }
-                    Err(OpenError::Broker(e)) => {
-                        let wait = delays.next().unwrap_or(Duration::from_secs(2));
-                        tracing::debug!(error = %e, ?wait, "RabbitMQ still unavailable");
-                        tokio::time::sleep(wait).await;
-                    }
+                // Another process owns a partition of ours now: this one
+                // must not act for it again. Stay disconnected (nothing is
+                // consumed or published) and say so.
+                Err(OpenError::Fenced(held)) => {
+                    self.fence(format!(
+                        "{held} is held by another process: it took over this process's \
+                         partitions while this one was disconnected"
+                    ));
+                    return false;
+                }
+                Err(OpenError::Broker(e)) => {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(2));
+                    tracing::debug!(error = %e, ?wait, "RabbitMQ still unavailable");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+        false
     }
 }

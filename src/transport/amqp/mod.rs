@@ -263,10 +263,11 @@ impl Requests for AmqpTransport {
     fn request<'a>(
         &'a self,
         routing_key: &'a str,
+        message_type: &'a str,
         body: Vec<u8>,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
-        AmqpTransport::request(self, routing_key, body, wait).boxed()
+        AmqpTransport::request(self, routing_key, message_type, body, wait).boxed()
     }
 
     fn respond<'a>(

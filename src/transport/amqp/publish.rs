@@ -80,45 +80,57 @@ impl AmqpTransport {
         settle_confirm(format!("dead letter via {exchange}"), confirm).await
     }
 
-    /// Publishes a batch (see `Transport::publish`).
+    /// Publishes a batch (see `Transport::publish`): every message back to
+    /// back, then all confirms awaited together — pipelined, never one
+    /// publish then one wait. The events also go to the event log, a batch
+    /// per entry (see `event_log`): an event counts as published once both
+    /// its own message and its entry are confirmed.
     pub(super) async fn publish_batch(
         &self,
         batch: Vec<Outgoing>,
     ) -> Vec<Result<(), TransportError>> {
         let Some(live) = self.live() else {
-            return batch
-                .iter()
-                .map(|_| {
-                    Err(TransportError::Unavailable(
-                        "reconnecting to RabbitMQ".into(),
-                    ))
-                })
-                .collect();
+            let gone = || {
+                Err(TransportError::Unavailable(
+                    "reconnecting to RabbitMQ".into(),
+                ))
+            };
+            return batch.iter().map(|_| gone()).collect();
         };
         let ch = &live.publisher;
-        // Publish everything back to back, then await all confirms:
-        // the confirms are pipelined, never one publish then one wait.
         let mut pending = Vec::with_capacity(batch.len());
         for m in &batch {
             let (exchange, key) = self.inner.topology.address(&m.route);
-            // Commands and replies must reach a queue; events may have
-            // no subscriber yet.
+            // Commands and replies must reach a queue; events may have no
+            // subscriber yet.
             let mandatory = !matches!(m.route, Route::Event(_));
             let what = format!("{} via {exchange}/{key}", m.message_id);
-            let sent = Self::publish_one(
-                ch,
-                exchange,
-                key,
-                mandatory,
-                &m.body,
-                Self::properties(m, None),
-            )
-            .await;
-            pending.push((what, sent));
+            let props = Self::properties(m, None);
+            let sent = Self::publish_one(ch, exchange, key, mandatory, &m.body, props).await;
+            pending.push(settled(what, sent));
         }
-        // The events also go to the event log, a batch per entry (see
-        // `event_log`): an event counts as published once both its own
-        // message and its batch are confirmed.
+        let logged = self.log_entries(ch, &batch).await;
+        let (mut results, log_results) = futures_util::join!(join_all(pending), join_all(logged));
+        for (members, r) in log_results {
+            if let Err(e) = r {
+                for i in members {
+                    if results[i].is_ok() {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Appends the batch's events to the event log, up to
+    /// `event_log::MAX_BATCH` per entry: each entry's confirm, with the
+    /// indexes of its events in the batch.
+    async fn log_entries(
+        &self,
+        ch: &Channel,
+        batch: &[Outgoing],
+    ) -> Vec<impl Future<Output = (Vec<usize>, Result<(), TransportError>)> + use<>> {
         let events: Vec<(usize, &Outgoing)> = batch
             .iter()
             .enumerate()
@@ -136,47 +148,23 @@ impl AmqpTransport {
                 body: event_log::encode(&members),
             };
             let what = format!("{} via {log}", entry.message_id);
-            let sent = Self::publish_one(
-                ch,
-                String::new(),
-                log.clone(),
-                true,
-                &entry.body,
-                Self::properties(&entry, None),
-            )
-            .await;
-            logged.push((
-                chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-                what,
-                sent,
-            ));
+            let props = Self::properties(&entry, None);
+            let sent =
+                Self::publish_one(ch, String::new(), log.clone(), true, &entry.body, props).await;
+            let indexes: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
+            let confirmed = settled(what, sent);
+            logged.push(async move { (indexes, confirmed.await) });
         }
-        let (mut results, log_results) = futures_util::join!(
-            join_all(pending.into_iter().map(|(what, sent)| async move {
-                match sent {
-                    Ok(confirm) => settle_confirm(what, confirm).await,
-                    Err(e) => Err(e),
-                }
-            })),
-            join_all(logged.into_iter().map(|(members, what, sent)| async move {
-                let r = match sent {
-                    Ok(confirm) => settle_confirm(what, confirm).await,
-                    Err(e) => Err(e),
-                };
-                (members, r)
-            }))
-        );
-        for (members, r) in log_results {
-            if let Err(e) = r {
-                for i in members {
-                    if results[i].is_ok() {
-                        results[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
-        results
+        logged
     }
+}
+
+/// The broker's confirm of one publish, once it comes.
+async fn settled(
+    what: String,
+    sent: Result<lapin::PublisherConfirm, TransportError>,
+) -> Result<(), TransportError> {
+    settle_confirm(what, sent?).await
 }
 
 pub(super) async fn settle_confirm(

@@ -57,6 +57,7 @@ impl AmqpTransport {
     pub async fn request(
         &self,
         routing_key: &str,
+        message_type: &str,
         body: Vec<u8>,
         wait: Duration,
     ) -> Result<Vec<u8>, TransportError> {
@@ -76,49 +77,22 @@ impl AmqpTransport {
         let props = BasicProperties::default()
             .with_correlation_id(id.clone().into())
             .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_type(message_type.into())
             .with_content_type("application/json".into())
             .with_app_id("hearty".into())
             .with_expiration(wait.as_millis().to_string().into());
         let exchange = self.inner.topology.rpc_exchange();
+        let what = format!("request via {exchange}/{routing_key}");
         let sent = Self::publish_one(
             &channel,
-            exchange.clone(),
+            exchange,
             routing_key.to_owned(),
             true,
             &body,
             props,
         )
-        .await;
-        let what = format!("request via {exchange}/{routing_key}");
-        // A returned request was delivered nowhere: asking again (or
-        // elsewhere) does nothing twice. But lapin hands a returned message
-        // to whichever confirm of the same acknowledgement it meets first,
-        // so the return on this confirm may be another request's, and this
-        // request's return may come on another's. Each is sent to the
-        // request it names (by correlation id); a request that learns
-        // nothing of the kind was delivered.
-        match tokio::time::timeout(CONFIRM_TIMEOUT, sent?).await {
-            Err(_) => return Err(TransportError::Timeout),
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Ok(Ok(Confirmation::Nack(_))) => return Err(TransportError::Nacked(what)),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                let owner = returned
-                    .delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .map(|c| c.as_str().to_owned());
-                if owner.as_deref() == Some(id.as_str()) {
-                    return Err(TransportError::Unroutable(what));
-                }
-                let other = owner
-                    .and_then(|o| waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&o));
-                if let Some(other) = other {
-                    let _ = other.send(Reply::Returned);
-                }
-            }
-        }
+        .await?;
+        delivered(&id, &what, &waiters, sent).await?;
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Reply::Answer(answer))) => Ok(answer),
             Ok(Ok(Reply::Returned)) => Err(TransportError::Unroutable(what)),
@@ -225,4 +199,40 @@ impl AmqpTransport {
         .await?;
         settle_confirm(format!("answer to {reply_to}"), confirm).await
     }
+}
+
+/// Settles the confirm of request `id`: `Unroutable` if the broker returned
+/// it (delivered nowhere: asking again, or elsewhere, does nothing twice).
+/// But lapin hands a returned message to whichever confirm of the same
+/// acknowledgement it meets first, so the return on this confirm may be
+/// another request's, and this request's return may come on another's:
+/// each is sent to the request it names (by correlation id), and a request
+/// that learns nothing of the kind was delivered.
+async fn delivered(
+    id: &str,
+    what: &str,
+    waiters: &Waiters,
+    sent: lapin::PublisherConfirm,
+) -> Result<(), TransportError> {
+    let returned = match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+        Err(_) => return Err(TransportError::Timeout),
+        Ok(Err(e)) => return Err(unavailable(e)),
+        Ok(Ok(Confirmation::Nack(_))) => return Err(TransportError::Nacked(what.to_owned())),
+        Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => return Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => returned,
+    };
+    let owner = returned
+        .delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().to_owned());
+    if owner.as_deref() == Some(id) {
+        return Err(TransportError::Unroutable(what.to_owned()));
+    }
+    let other = owner.and_then(|o| waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&o));
+    if let Some(other) = other {
+        let _ = other.send(Reply::Returned);
+    }
+    Ok(())
 }

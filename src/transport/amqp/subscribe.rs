@@ -10,6 +10,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::mpsc;
 
+use lapin::Channel;
+
 use super::{AmqpTransport, CONFIRM_TIMEOUT, Live, WATCH_INTERVAL, unavailable};
 use crate::transport::{DeadLetter, QueueName, Received, Settle, TransportError};
 
@@ -63,41 +65,10 @@ impl AmqpTransport {
         // end by itself).
         let mut generations = self.inner.generation.subscribe();
         generations.mark_unchanged();
-        let setup = async {
-            let ch = live
-                .connection
-                .create_channel()
+        let (ch, mut consumer) =
+            tokio::time::timeout(CONFIRM_TIMEOUT, self.open_consumer(live, queue, from))
                 .await
-                .map_err(unavailable)?;
-            ch.basic_qos(
-                self.inner.settings.prefetch.max(1),
-                BasicQosOptions::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-            let name = self.inner.topology.queue(queue);
-            let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
-            let mut args = FieldTable::default();
-            if let Some(next) = from {
-                // A stream is read from an offset: where this reader left
-                // off, again after every reconnection.
-                let next = next.load(std::sync::atomic::Ordering::SeqCst);
-                args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(next));
-            }
-            let consumer = ch
-                .basic_consume(
-                    name.into(),
-                    tag.into(),
-                    BasicConsumeOptions::default(),
-                    args,
-                )
-                .await
-                .map_err(unavailable)?;
-            Ok::<_, TransportError>((ch, consumer))
-        };
-        let (ch, mut consumer) = tokio::time::timeout(CONFIRM_TIMEOUT, setup)
-            .await
-            .map_err(|_| TransportError::Timeout)??;
+                .map_err(|_| TransportError::Timeout)??;
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
@@ -118,32 +89,70 @@ impl AmqpTransport {
                     ));
                 }
             };
-            let props = &d.properties;
-            let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-            let stream_offset = props.headers().as_ref().and_then(|h| {
-                h.inner().iter().find_map(|(k, v)| match (k.as_str(), v) {
-                    ("x-stream-offset", AMQPValue::LongLongInt(o)) => Some(*o),
-                    ("x-stream-offset", AMQPValue::LongInt(o)) => Some(i64::from(*o)),
-                    _ => None,
-                })
-            });
-            let delivery = Received {
-                message_id: text(props.message_id()),
-                correlation_id: text(props.correlation_id()),
-                reply_to: text(props.reply_to()),
-                message_type: text(props.kind()),
-                body: d.data,
-                redelivered: d.redelivered,
-                stream_offset,
-                settle: Box::new(AmqpSettle {
-                    acker: Some(d.acker),
-                    transport: self.clone(),
-                }),
-            };
-            if tx.send(delivery).await.is_err() {
+            if tx.send(self.received(d)).await.is_err() {
                 let _ = ch.close(200, "consumer stopped".into()).await;
                 return Ok(());
             }
+        }
+    }
+
+    /// A channel with the prefetch, consuming `queue` (a stream: from the
+    /// offset `from` holds, where this reader left off).
+    async fn open_consumer(
+        &self,
+        live: &Live,
+        queue: QueueName,
+        from: Option<&std::sync::atomic::AtomicI64>,
+    ) -> Result<(Channel, lapin::Consumer), TransportError> {
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        ch.basic_qos(
+            self.inner.settings.prefetch.max(1),
+            BasicQosOptions::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let name = self.inner.topology.queue(queue);
+        let tag = format!("{name}.{}.{}", std::process::id(), rand::random::<u32>());
+        let mut args = FieldTable::default();
+        if let Some(next) = from {
+            let next = next.load(std::sync::atomic::Ordering::SeqCst);
+            args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(next));
+        }
+        let options = BasicConsumeOptions::default();
+        let consumer = ch
+            .basic_consume(name.into(), tag.into(), options, args)
+            .await
+            .map_err(unavailable)?;
+        Ok((ch, consumer))
+    }
+
+    /// A lapin delivery as a [`Received`] settled with this broker.
+    fn received(&self, d: lapin::message::Delivery) -> Received {
+        let props = &d.properties;
+        let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+        let stream_offset = props.headers().as_ref().and_then(|h| {
+            h.inner().iter().find_map(|(k, v)| match (k.as_str(), v) {
+                ("x-stream-offset", AMQPValue::LongLongInt(o)) => Some(*o),
+                ("x-stream-offset", AMQPValue::LongInt(o)) => Some(i64::from(*o)),
+                _ => None,
+            })
+        });
+        Received {
+            message_id: text(props.message_id()),
+            correlation_id: text(props.correlation_id()),
+            reply_to: text(props.reply_to()),
+            message_type: text(props.kind()),
+            body: d.data,
+            redelivered: d.redelivered,
+            stream_offset,
+            settle: Box::new(AmqpSettle {
+                acker: Some(d.acker),
+                transport: self.clone(),
+            }),
         }
     }
 }
@@ -180,29 +189,11 @@ impl Drop for AmqpSettle {
 
 impl Settle for AmqpSettle {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        let acker = self.acker.take();
-        async move {
-            if let Some(a) = acker {
-                a.ack(BasicAckOptions::default())
-                    .await
-                    .map_err(unavailable)?;
-            }
-            Ok(())
-        }
-        .boxed()
+        ack(self.acker.take(), BasicAckOptions::default()).boxed()
     }
 
     fn ack_through(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        let acker = self.acker.take();
-        async move {
-            if let Some(a) = acker {
-                a.ack(BasicAckOptions { multiple: true })
-                    .await
-                    .map_err(unavailable)?;
-            }
-            Ok(())
-        }
-        .boxed()
+        ack(self.acker.take(), BasicAckOptions { multiple: true }).boxed()
     }
 
     fn covered(mut self: Box<Self>) {
@@ -247,13 +238,16 @@ impl Settle for AmqpSettle {
                 }
                 return Err(e);
             }
-            if let Some(a) = acker {
-                a.ack(BasicAckOptions::default())
-                    .await
-                    .map_err(unavailable)?;
-            }
-            Ok(())
+            ack(acker, BasicAckOptions::default()).await
         }
         .boxed()
     }
+}
+
+/// Acks a delivery (if it is still unsettled).
+async fn ack(acker: Option<lapin::Acker>, options: BasicAckOptions) -> Result<(), TransportError> {
+    if let Some(a) = acker {
+        a.ack(options).await.map_err(unavailable)?;
+    }
+    Ok(())
 }

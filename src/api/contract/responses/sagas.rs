@@ -1,35 +1,18 @@
-//! Response bodies, as the API shows them. The domain (a `Saga`, a worker's
-//! record) is turned into these at the edge; their `ToSchema` is what
-//! `/openapi.json` says, so document and behaviour cannot drift.
+//! Orders and sagas as the API shows them: built from the orchestrator's
+//! `Saga` (or a quarantined row) at the edge.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{CustomerId, FoodId, Millis, Money, OrderId, OrderStatus, Qty};
 use crate::messages::partition_key;
-use crate::orchestrator::store::{PendingMessage, Quarantined};
+use crate::orchestrator::requests::SagaDetail;
+use crate::orchestrator::store::{PendingMessage, Quarantined, Stored};
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Effect, HistoryEntry, Saga, SagaState, Step, StepStatus};
 use crate::transport::{QueueName, Route, Topology};
 
-/// The one error shape: a stable code and a sentence.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorBody {
-    /// A stable, machine-readable code (`bad_request`, `not_found`,
-    /// `out_of_stock`, `payment_declined`, `idempotency_key_reused`, ...).
-    pub error: String,
-    /// A sentence for people.
-    pub detail: String,
-    /// The order concerned, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub order_id: Option<OrderId>,
-    /// The order's status, when it explains the refusal.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<OrderStatus>,
-}
-
-fn time(m: Option<Millis>) -> Option<String> {
+pub(super) fn time(m: Option<Millis>) -> Option<String> {
     m.map(Millis::to_rfc3339)
 }
 
@@ -92,6 +75,15 @@ impl From<&Quarantined> for Order {
             quarantined: true,
             created_at: q.created_at.to_rfc3339(),
             updated_at: q.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+impl From<&Stored> for Order {
+    fn from(row: &Stored) -> Self {
+        match row {
+            Stored::Saga(saga) => Order::from(saga.as_ref()),
+            Stored::Quarantined(q) => Order::from(q),
         }
     }
 }
@@ -272,6 +264,35 @@ impl SagaView {
         }
     }
 
+    /// The list form of a stored row.
+    pub fn of_stored(def: &SagaDefinition, row: &Stored) -> Self {
+        match row {
+            Stored::Saga(s) => SagaView::of(def, s),
+            Stored::Quarantined(q) => SagaView::quarantined(q),
+        }
+    }
+
+    /// What `GET /sagas/{id}` shows: the detailed form, each step naming its
+    /// partition's command queue.
+    pub fn inspect(
+        def: &SagaDefinition,
+        detail: &SagaDetail,
+        topology: &Topology,
+        management_url: &str,
+    ) -> Self {
+        let saga = match &detail.stored {
+            Stored::Saga(saga) => saga,
+            Stored::Quarantined(q) => return SagaView::quarantined(q),
+        };
+        let in_flight = in_flight(def, saga, &detail.pending, topology, management_url);
+        let mut view = SagaView::detailed(def, saga, &detail.history, in_flight);
+        for (step, d) in view.steps.iter_mut().zip(&def.steps) {
+            let route = Route::Command(d.worker, partition_key(d.worker, &saga.order));
+            step.queue = QueueName::of(&route, topology.partitions).map(|q| topology.queue(q));
+        }
+        view
+    }
+
     pub fn quarantined(q: &Quarantined) -> Self {
         SagaView {
             id: q.id,
@@ -320,7 +341,7 @@ fn waiting_on(saga: &Saga) -> Option<WaitingOn> {
 /// The messages of a saga on their way: commands awaiting an answer (with
 /// the queue to look at in the management UI) and outbox rows not yet
 /// published.
-pub fn in_flight(
+fn in_flight(
     def: &SagaDefinition,
     saga: &Saga,
     pending: &[PendingMessage],
@@ -391,41 +412,4 @@ pub struct ProgressAccepted {
 pub struct RetryAccepted {
     pub saga_id: OrderId,
     pub state: SagaState,
-}
-
-/// `GET /health/live`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Live {
-    /// `live`.
-    pub status: String,
-}
-
-/// One database's health.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StorageHealth {
-    pub file: String,
-    pub ok: bool,
-}
-
-/// The broker's health.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BrokerHealth {
-    /// `in-process` or `rabbitmq`.
-    pub kind: String,
-    pub ok: bool,
-}
-
-/// `GET /health/ready`: 200 when ready, 503 (same body) when not.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Ready {
-    /// `ready`; `catching_up` (a new or restarted process whose read models
-    /// have not yet read the event log up to its start); `unavailable`; or
-    /// `draining` (stopping: still serving for the drain period, but no
-    /// longer ready).
-    pub status: String,
-    pub storage: Vec<StorageHealth>,
-    pub broker: BrokerHealth,
-    /// Each step breaker's state (`Closed`, `Open`, `HalfOpen`).
-    pub circuit_breakers: std::collections::BTreeMap<String, String>,
 }

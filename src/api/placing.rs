@@ -1,0 +1,211 @@
+//! Placing an order from an API process: what an `Idempotency-Key` says
+//! already, the customer and the food checked with their owners, then the
+//! placement at the owner of the order's partition — which decides it and
+//! waits for the payment. An answer lost on the way is learned again by the
+//! order's key, which every order carries.
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use serde_json::json;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::outcome::{self, RETRY_AFTER_SECS};
+use crate::cluster::owners::{AskError, Unanswered};
+use crate::domain::{IdempotencyKey, Money, WorkerKind};
+use crate::messages::OrderDetails;
+use crate::orchestrator::requests::{Outcome, Request};
+use crate::partition::{OwnerRole, Partition};
+use crate::workers::requests::{Outcome as WorkerOutcome, Request as WorkerRequest};
+
+const ORCHESTRATOR: OwnerRole = OwnerRole::Orchestrator;
+
+fn unprocessable(error: &'static str, detail: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error, detail)
+}
+
+/// Places `draft` (its amount not yet known) under the client's `key`, if
+/// it sent one.
+pub async fn place(
+    state: &ApiState,
+    mut draft: OrderDetails,
+    key: Option<IdempotencyKey>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(key) = &key {
+        let at = state.orchestrators.count().of_text(key.as_str());
+        let replay = Request::Replay {
+            key: key.clone(),
+            order: draft,
+        };
+        let known = state.orchestrators.one(ORCHESTRATOR, at, replay).await?;
+        if !matches!(known, Outcome::KeyFree) {
+            // A retry of an order we already took: its answer.
+            return answer(known);
+        }
+    }
+    check_customer(state, &draft).await?;
+    draft.amount = priced(state, &draft).await?;
+    let admit_within_ms = u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX);
+    let place = |key: IdempotencyKey| Request::Place {
+        order: draft,
+        key,
+        admit_within_ms,
+    };
+    let owners = &state.orchestrators;
+    let (partition, key, why) = match key {
+        // A key always goes to the same partition's owner, which keeps it
+        // with its order: wait for that owner.
+        Some(key) => {
+            let at = owners.count().of_text(key.as_str());
+            match owners
+                .ask_waiting(ORCHESTRATOR, at, place(key.clone()))
+                .await
+            {
+                Ok(answer) => return answered(answer.result.map_err(|f| failed(at, f))),
+                Err(e @ AskError::NoOwner(_)) => return Err(e.into()),
+                Err(e) => (at, key, e),
+            }
+        }
+        // Without one, the next partition whose owner is there takes it,
+        // under a key of ours that falls in that partition (so the outcome
+        // of a placement whose answer is lost can still be learned).
+        None => {
+            let ours = |p: Partition| place(ours(owners.count(), p));
+            match owners.anywhere(ORCHESTRATOR, ours).await {
+                Ok(outcome) => return answer(outcome),
+                Err(Unanswered {
+                    error: e @ (AskError::NoOwner(_) | AskError::Failed { .. }),
+                    ..
+                }) => return Err(e.into()),
+                Err(Unanswered {
+                    partition,
+                    request: Request::Place { key, .. },
+                    error,
+                }) => (partition, key, error),
+                Err(Unanswered { error, .. }) => return Err(error.into()),
+            }
+        }
+    };
+    learn_outcome(state, partition, key, draft, why).await
+}
+
+/// Our key in `partition`.
+fn ours(count: crate::partition::PartitionCount, p: Partition) -> IdempotencyKey {
+    IdempotencyKey::parse(&count.key_in(p))
+        .unwrap_or_else(|e| unreachable!("our keys are visible ASCII: {e}"))
+}
+
+fn failed(at: Partition, failure: crate::cluster::owners::Failure) -> AskError {
+    AskError::Failed {
+        what: format!("{ORCHESTRATOR} {at}"),
+        failure,
+    }
+}
+
+fn answered(outcome: Result<Outcome, AskError>) -> Result<HttpResponse, ApiError> {
+    answer(outcome?)
+}
+
+/// The answer of a placement (or of a replay that found one).
+fn answer(outcome: Outcome) -> Result<HttpResponse, ApiError> {
+    match outcome {
+        Outcome::Placement(p) => outcome::placement(p),
+        other => Err(outcome::other(other, "order")),
+    }
+}
+
+/// Customers are never deleted: a customer seen here is still there when
+/// the saga starts.
+async fn check_customer(state: &ApiState, draft: &OrderDetails) -> Result<(), ApiError> {
+    let customer = draft.customer_id;
+    let at = state.orchestrators.partition_of(customer.get());
+    let found = state
+        .orchestrators
+        .one(ORCHESTRATOR, at, Request::Customer { customer })
+        .await?;
+    match found {
+        Outcome::Customer(_) => Ok(()),
+        Outcome::NotFound => Err(unprocessable(
+            "unknown_customer",
+            format!("no customer {customer}"),
+        )),
+        other => Err(outcome::other(other, "customer")),
+    }
+}
+
+/// The order's total, once the kitchen has the food and enough of it (the
+/// kitchen decides again when the ticket comes: stock may run out between).
+async fn priced(state: &ApiState, draft: &OrderDetails) -> Result<Money, ApiError> {
+    let food = draft.food_id;
+    let kitchen = OwnerRole::Worker(WorkerKind::Kitchen);
+    let at = state.workers.partition_of(food.get());
+    let found = state
+        .workers
+        .one(kitchen, at, WorkerRequest::Food { food })
+        .await?;
+    let item = match found {
+        WorkerOutcome::Food(Some(item)) => item,
+        WorkerOutcome::Food(None) => {
+            return Err(unprocessable(
+                "unknown_food",
+                format!("no food catalog item {food}"),
+            ));
+        }
+        _ => return Err(ApiError::unavailable("the kitchen answered oddly", 1)),
+    };
+    let qty = draft.qty.get();
+    if item.stock < i64::from(qty) {
+        return Err(ApiError::conflict(
+            "out_of_stock",
+            format!("{} has {} left; {qty} ordered", item.name, item.stock),
+        ));
+    }
+    item.price
+        .total(draft.qty)
+        .map_err(|e| unprocessable("amount_too_large", e.to_string()))
+}
+
+/// A placement went out but its answer did not come back: asks the owner
+/// what became of the key (a few times, briefly). Its order's answer if it
+/// was placed; a 503 that says nothing was established if it was not; else
+/// a 503 that says the outcome is unknown and names the key to learn it by.
+async fn learn_outcome(
+    state: &ApiState,
+    partition: Partition,
+    key: IdempotencyKey,
+    draft: OrderDetails,
+    why: AskError,
+) -> Result<HttpResponse, ApiError> {
+    tracing::warn!(error = %why, "no answer to a placement; asking what became of it");
+    for attempt in 0..3u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+        }
+        let replay = Request::Replay {
+            key: key.clone(),
+            order: draft,
+        };
+        let asked = state
+            .orchestrators
+            .ask_waiting(ORCHESTRATOR, partition, replay)
+            .await;
+        match asked.map(|a| a.result) {
+            Ok(Ok(Outcome::KeyFree)) => {
+                return Err(ApiError::unavailable(
+                    "the order could not be placed now; nothing was established, try again",
+                    RETRY_AFTER_SECS,
+                ));
+            }
+            Ok(Ok(known)) => return answer(known),
+            Ok(Err(failure)) => return Err(failed(partition, failure).into()),
+            Err(e) => tracing::debug!(error = %e, "the owner does not answer yet"),
+        }
+    }
+    Err(ApiError::unavailable(
+        format!(
+            "the order's outcome is not known yet; send the same request with `Idempotency-Key: {key}` to learn it"
+        ),
+        RETRY_AFTER_SECS,
+    )
+    .with_extra(json!({ "idempotencyKey": key })))
+}

@@ -1,0 +1,38 @@
+//! Time as milliseconds since the Unix epoch.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: the one clock format of storage and wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            // The clock is after 1970 on every machine this runs on.
+            .unwrap_or_default();
+        Millis(d.as_millis() as i64)
+    }
+
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Millis(self.0.saturating_add(d.as_millis() as i64))
+    }
+
+    /// Time left until `self`, zero when already past.
+    pub fn until_from(self, now: Millis) -> std::time::Duration {
+        std::time::Duration::from_millis((self.0 - now.0).max(0) as u64)
+    }
+
+    /// RFC 3339 in UTC with milliseconds, for humans and JSON.
+    pub fn to_rfc3339(self) -> String {
+        const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        // Formatting a valid date with this description cannot fail.
+        at.format(FORMAT).unwrap_or_default()
+    }
+}

@@ -1,0 +1,252 @@
+//! The owner's side of [`OrchestratorProtocol`]: executes each request
+//! against this process's orchestrator and its store, and answers in the
+//! orchestrator's own words. Every decision about an order is its saga
+//! actor's, taken against its current state (`dispatch`), never a read
+//! followed by a send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::requests::{OrchestratorProtocol, Outcome, Placement, Request, SagaDetail};
+use super::store::{KeyUse, SagaStore, Stored, customers, reviews, sagas};
+use super::{AwaitAdmission, Located, Orchestrator, OrchestratorError, PlaceOrder, ask, dispatch};
+use crate::cluster::owners::{Executor, Failure};
+use crate::domain::{IdempotencyKey, Millis, OrderId};
+use crate::messages::OrderDetails;
+use crate::saga::breaker::Breakers;
+use crate::saga::machine::{Admission, Event, Saga};
+use crate::transport::Transport;
+
+/// The orchestrator this process owns, as requests reach it.
+pub struct OrchestratorExecutor {
+    pub orchestrator: Addr<Orchestrator>,
+    pub sagas: SagaStore,
+    pub breakers: Breakers,
+    pub transport: Arc<dyn Transport>,
+    /// How long placing an order waits for its payment.
+    pub order_timeout: Duration,
+}
+
+impl Executor<OrchestratorProtocol> for OrchestratorExecutor {
+    fn execute(&self, request: Request) -> BoxFuture<'_, Result<Outcome, Failure>> {
+        self.run(request).boxed()
+    }
+}
+
+/// The orchestrator's errors in its own words; trouble of its own is a
+/// failure to answer now.
+fn outcome_of(e: OrchestratorError) -> Result<Outcome, Failure> {
+    match e {
+        OrchestratorError::UnknownSaga(_) => Ok(Outcome::NotFound),
+        OrchestratorError::Quarantined(saga, reason) => Ok(Outcome::Quarantined { saga, reason }),
+        OrchestratorError::KeyReused(id) => Ok(Outcome::KeyReused(id)),
+        OrchestratorError::Storage(e) => Err(e.into()),
+        other => {
+            tracing::warn!(error = %other, "orchestrator error in a request");
+            Err(Failure::Busy(format!("the orchestrator is busy: {other}")))
+        }
+    }
+}
+
+impl OrchestratorExecutor {
+    async fn run(&self, request: Request) -> Result<Outcome, Failure> {
+        match request {
+            Request::Replay { key, order } => self.replay(key, order).await,
+            Request::Place {
+                order,
+                key,
+                admit_within_ms,
+            } => {
+                self.place(order, key, Duration::from_millis(admit_within_ms))
+                    .await
+            }
+            Request::Cancel { order } => self.decide(order, Event::Cancel).await,
+            Request::Progress { order, progress } => {
+                self.decide(order, Event::Progress { progress }).await
+            }
+            Request::Retry { saga } => self.decide(saga, Event::Retry).await,
+            Request::Saga { saga } => self.detail(saga).await,
+            other => self.read_or_create(other).await,
+        }
+    }
+
+    /// The reads, and the creations of customers and reviews.
+    async fn read_or_create(&self, request: Request) -> Result<Outcome, Failure> {
+        let db = self.sagas.db();
+        let owned = self.sagas.owned().clone();
+        Ok(match request {
+            Request::Order { order } => self
+                .sagas
+                .load(order)
+                .await?
+                .map_or(Outcome::NotFound, Outcome::Order),
+            Request::Orders { page, customer } => Outcome::Orders(
+                db.read(move |c| sagas::list_sagas(c, page, None, customer))
+                    .await?,
+            ),
+            Request::Sagas { page, state } => Outcome::Sagas(
+                db.read(move |c| sagas::list_sagas(c, page, state, None))
+                    .await?,
+            ),
+            Request::Customer { customer } => db
+                .read(move |c| customers::get(c, customer))
+                .await?
+                .map_or(Outcome::NotFound, Outcome::Customer),
+            Request::Customers { page } => {
+                Outcome::Customers(db.read(move |c| customers::list(c, page)).await?)
+            }
+            Request::CreateCustomer { customer } => Outcome::Customer(
+                db.write(move |tx| customers::create(tx, &customer, &owned))
+                    .await?,
+            ),
+            Request::Reviews { page } => {
+                Outcome::Reviews(db.read(move |c| reviews::list(c, page)).await?)
+            }
+            Request::CreateReview { review } => {
+                let created = db
+                    .write(move |tx| reviews::create(tx, &review, &owned))
+                    .await?;
+                db.notify_outbox();
+                Outcome::Review(created)
+            }
+            Request::Replay { .. }
+            | Request::Place { .. }
+            | Request::Cancel { .. }
+            | Request::Progress { .. }
+            | Request::Retry { .. }
+            | Request::Saga { .. } => unreachable!("handled by `run`"),
+        })
+    }
+
+    /// An event for a saga, decided by its actor against its current state.
+    async fn decide(&self, id: OrderId, event: Event) -> Result<Outcome, Failure> {
+        match dispatch(&self.orchestrator, id, event).await {
+            Ok(Ok(())) => Ok(Outcome::Accepted),
+            Ok(Err(refusal)) => Ok(Outcome::Refused(refusal)),
+            Err(e) => outcome_of(e),
+        }
+    }
+
+    async fn detail(&self, id: OrderId) -> Result<Outcome, Failure> {
+        let found = self
+            .sagas
+            .db()
+            .read(move |c| {
+                let Some(stored) = sagas::get_saga(c, id)? else {
+                    return Ok(None);
+                };
+                let (history, pending) = match stored {
+                    Stored::Saga(_) => (sagas::history(c, id)?, sagas::pending_messages(c, id)?),
+                    Stored::Quarantined(_) => (Vec::new(), Vec::new()),
+                };
+                Ok(Some(SagaDetail {
+                    stored,
+                    history,
+                    pending,
+                }))
+            })
+            .await?;
+        Ok(found.map_or(Outcome::NotFound, |d| Outcome::Saga(Box::new(d))))
+    }
+
+    /// What an idempotency key says about this order request.
+    async fn replay(&self, key: IdempotencyKey, order: OrderDetails) -> Result<Outcome, Failure> {
+        match self.sagas.key_use(&key, &order).await? {
+            KeyUse::Fresh | KeyUse::TurnedAway => Ok(Outcome::KeyFree),
+            KeyUse::Placed(id) => self.admission(id, None).await,
+            KeyUse::OtherRequest(id) => Ok(Outcome::KeyReused(id)),
+        }
+    }
+
+    async fn place(
+        &self,
+        order: OrderDetails,
+        key: IdempotencyKey,
+        admit_within: Duration,
+    ) -> Result<Outcome, Failure> {
+        if !self.transport.is_ready() {
+            return Ok(Outcome::Placement(Placement::BrokerUnavailable));
+        }
+        // The breaker turns the order away at once while payment is failing,
+        // without touching the broker.
+        let breaker = self.breakers.admission();
+        if let Some(b) = breaker
+            && let Err(wait) = b.try_acquire(Millis::now())
+        {
+            return Ok(Outcome::Placement(Placement::PaymentOverloaded {
+                retry_after_secs: wait.as_secs().max(1),
+            }));
+        }
+        let placed = self
+            .orchestrator
+            .send(PlaceOrder {
+                order,
+                key: Some(key),
+                admit_within,
+            })
+            .await
+            .map_err(OrchestratorError::from)
+            .and_then(|r| r);
+        match placed {
+            Ok((id, Some(actor))) => self.admission(id, Some(actor)).await,
+            Ok((id, None)) => {
+                // A concurrent request with the same key placed it: this one
+                // started nothing, so its trial permit goes back.
+                breaker.inspect(|b| b.release());
+                self.admission(id, None).await
+            }
+            Err(e) => {
+                // No saga started: the breaker's trial permit, if this was
+                // one, goes back.
+                breaker.inspect(|b| b.release());
+                outcome_of(e)
+            }
+        }
+    }
+
+    /// Waits for the order's admission (its payment) and answers for it.
+    async fn admission(&self, id: OrderId, actor: Option<Located>) -> Result<Outcome, Failure> {
+        // The saga answers by its `admit_by` plus a commit; the margin only
+        // guards against an actor that cannot commit at all.
+        let bound = self.order_timeout + Duration::from_secs(10);
+        let saga = match tokio::time::timeout(bound, self.admitted(id, actor)).await {
+            Ok(Ok(Some(saga))) => saga,
+            Ok(Err(e @ OrchestratorError::Quarantined(..))) => return outcome_of(e),
+            _ => return Ok(Outcome::Placement(Placement::Unknown { order: id })),
+        };
+        Ok(Outcome::Placement(match saga.admission() {
+            Admission::Established => Placement::Established {
+                saga: Box::new(saga),
+            },
+            Admission::CancelledUnpaid(reason) => Placement::CancelledUnpaid { order: id, reason },
+            Admission::Declined(reason) => Placement::Declined { order: id, reason },
+            Admission::Unavailable(reason) => Placement::TurnedAway { order: id, reason },
+            Admission::Pending => Placement::Unknown { order: id },
+        }))
+    }
+
+    /// The saga once its admission is known: from the actor that placed it,
+    /// if we hold it; else (or if it is gone, or stopped with the wait
+    /// unanswered: a panic) from the actor the registry loads.
+    async fn admitted(
+        &self,
+        id: OrderId,
+        actor: Option<Located>,
+    ) -> Result<Option<Saga>, OrchestratorError> {
+        if let Some(a) = &actor
+            && let Ok(Some(saga)) = a.addr.send(AwaitAdmission).await
+        {
+            return Ok(Some(saga));
+        }
+        loop {
+            match ask(&self.orchestrator, id, AwaitAdmission).await {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => return other,
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The orchestrator's database (`orchestrator.db`): sagas (one per order,
+//! the order's state included) with their history and the outbox of
+//! commands, idempotency keys, customers and reviews. Only the orchestrator
+//! owning its partitions writes it.
+//!
+//! - [`sagas`]: saga rows (decoded or quarantined), history, persisting a
+//!   transition, the order's events;
+//! - [`keys`]: idempotency keys bound to their request;
+//! - [`customers`], [`reviews`]: the other families of rows;
+//! - [`migrate`]: upgrades of older layouts, in place.
+
+pub mod customers;
+pub mod keys;
+mod migrate;
+pub mod reviews;
+pub mod sagas;
+
+use std::sync::Arc;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::domain::{IdempotencyKey, Millis, OrderId, SagaId};
+use crate::messages::{OrderDetails, WorkerCommand, partition_key};
+use crate::partition::Owned;
+use crate::saga::definition::SagaDefinition;
+use crate::saga::machine::{Event, Saga, Transition};
+use crate::storage::{Db, StorageError, StorageResult, next_owned_id};
+use crate::transport::{Outgoing, Route};
+pub use keys::KeyUse;
+pub use sagas::{PendingMessage, Quarantined, Stored};
+
+/// Every table of `orchestrator.db`.
+pub fn schema() -> String {
+    [
+        sagas::SCHEMA,
+        keys::SCHEMA,
+        customers::SCHEMA,
+        reviews::SCHEMA,
+    ]
+    .concat()
+}
+
+/// Saga persistence. Cheap to clone.
+#[derive(Clone)]
+pub struct SagaStore {
+    db: Db,
+    def: Arc<SagaDefinition>,
+    /// The partitions this orchestrator owns: new ids fall in them.
+    owned: Owned,
+}
+
+fn to_json<T: Serialize>(v: &T) -> StorageResult<String> {
+    serde_json::to_string(v).map_err(|e| StorageError::Invalid(format!("cannot encode: {e}")))
+}
+
+/// The outgoing message of a command for a worker.
+pub fn command_message(
+    def: &SagaDefinition,
+    cmd: &WorkerCommand,
+    order: &OrderDetails,
+) -> StorageResult<Outgoing> {
+    let worker = def
+        .steps
+        .iter()
+        .find(|s| s.name == cmd.step())
+        .map(|s| s.worker)
+        .ok_or_else(|| StorageError::Invalid(format!("no step `{}` in the saga", cmd.step())))?;
+    Ok(Outgoing {
+        message_id: cmd.message_id(),
+        correlation_id: order.order_id.to_string(),
+        message_type: cmd.message_type(worker),
+        route: Route::Command(worker, partition_key(worker, order)),
+        body: to_json(cmd)?.into_bytes(),
+    })
+}
+
+impl SagaStore {
+    pub fn new(db: Db, def: Arc<SagaDefinition>, owned: Owned) -> Self {
+        SagaStore { db, def, owned }
+    }
+
+    pub fn owned(&self) -> &Owned {
+        &self.owned
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Creates an order's saga and applies its `Start`, in one transaction.
+    /// `admit_within`: how long the payment may take before the order is
+    /// abandoned (kept in the saga, so it survives a restart).
+    pub async fn create(
+        &self,
+        draft: OrderDetails,
+        key: Option<IdempotencyKey>,
+        admit_within: std::time::Duration,
+    ) -> StorageResult<Created> {
+        let def = self.def.clone();
+        let owned = self.owned.clone();
+        let result = self
+            .db
+            .write(move |tx| {
+                let now = Millis::now();
+                let request = keys::request_fingerprint(&draft);
+                if let Some(key) = &key {
+                    match keys::key_use(tx, key, &request)? {
+                        KeyUse::Fresh => {}
+                        KeyUse::OtherRequest(id) => return Ok(Created::KeyReused(id)),
+                        KeyUse::Placed(id) => return Ok(Created::Existing(id)),
+                        KeyUse::TurnedAway => {
+                            // Its order was turned away with a 503 and nothing
+                            // was established: the retry places it anew.
+                            tx.execute("DELETE FROM order_keys WHERE key = ?1", [key.as_str()])?;
+                        }
+                    }
+                }
+                let next = next_owned_id(tx, "sagas", &owned)?;
+                tx.execute(
+                    "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
+                     VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
+                    params![next, draft.customer_id.get(), now.0],
+                )?;
+                let id = OrderId::new(next).map_err(|e| StorageError::Invalid(e.to_string()))?;
+                let mut saga = Saga::new(&def, OrderDetails { order_id: id, ..draft }, now);
+                saga.admit_by = Some(now.plus(admit_within));
+                let transition = saga
+                    .apply(&def, &Event::Start, now)
+                    .map_err(|e| StorageError::Invalid(e.to_string()))?;
+                sagas::persist(tx, &def, &saga, &transition, 0, now, true)?;
+                if let Some(key) = &key {
+                    tx.execute(
+                        "INSERT INTO order_keys (key, saga_id, request, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![key.as_str(), id.get(), request, now.0],
+                    )?;
+                }
+                Ok(Created::New(Box::new(saga)))
+            })
+            .await?;
+        self.db.notify_outbox();
+        Ok(result)
+    }
+
+    /// What `key` says about this request now (read-only). `create` decides
+    /// again in its own transaction; this only spares a replay the checks a
+    /// new order needs (a replay answers for its order even if the stock has
+    /// run out since).
+    pub async fn key_use(
+        &self,
+        key: &IdempotencyKey,
+        draft: &OrderDetails,
+    ) -> StorageResult<KeyUse> {
+        let (key, request) = (key.clone(), keys::request_fingerprint(draft));
+        self.db
+            .read(move |c| keys::key_use(c, &key, &request))
+            .await
+    }
+
+    /// Persists a transition: the saga, its new history lines and the
+    /// commands it emits, in one transaction.
+    /// `order_changed`: the order's status or the saga's state changed, so
+    /// an order event goes out with it.
+    pub async fn commit(
+        &self,
+        saga: &Saga,
+        transition: &Transition,
+        order_changed: bool,
+    ) -> StorageResult<()> {
+        let def = self.def.clone();
+        let saga = saga.clone();
+        let transition = transition.clone();
+        self.db
+            .write(move |tx| {
+                let next_seq: i64 = tx.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM saga_history WHERE saga_id = ?1",
+                    [saga.id.get()],
+                    |r| r.get(0),
+                )?;
+                sagas::persist(
+                    tx,
+                    &def,
+                    &saga,
+                    &transition,
+                    next_seq,
+                    saga.updated_at,
+                    order_changed,
+                )
+            })
+            .await?;
+        crate::failpoint::hit("orchestrator-after-commit");
+        self.db.notify_outbox();
+        Ok(())
+    }
+
+    pub async fn load(&self, id: SagaId) -> StorageResult<Option<Stored>> {
+        self.db.read(move |c| sagas::get_saga(c, id)).await
+    }
+
+    /// Every saga that still has work to do (for recovery), in one query.
+    /// Rows that cannot be decoded are marked `Failed` (quarantined) and
+    /// returned apart, so that one bad row never stops start-up.
+    pub async fn load_active(&self) -> StorageResult<(Vec<Saga>, Vec<Quarantined>)> {
+        let rows = self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {} FROM sagas
+                     WHERE state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL ORDER BY id",
+                    sagas::ROW
+                ))?;
+                Ok(stmt
+                    .query_map([], sagas::decode)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        let (mut sagas, mut bad) = (Vec::new(), Vec::new());
+        for row in rows {
+            match row {
+                Stored::Saga(s) => sagas.push(*s),
+                Stored::Quarantined(q) => bad.push(q),
+            }
+        }
+        if !bad.is_empty() {
+            let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
+            self.db
+                .write(move |tx| {
+                    for id in ids {
+                        tx.execute("UPDATE sagas SET state = 'Failed' WHERE id = ?1", [id])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok((sagas, bad))
+    }
+}
+
+/// What `create` did.
+pub enum Created {
+    /// A new saga, committed with its first command.
+    New(Box<Saga>),
+    /// The idempotency key had already created this one.
+    Existing(SagaId),
+    /// The idempotency key belongs to another request (this order).
+    KeyReused(SagaId),
+}
