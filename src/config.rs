@@ -183,15 +183,30 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Any text: a secret is checked after parsing, where an error can name
+/// the setting without repeating the value (a parser's error would).
 impl FromStr for Secret {
-    type Err = String;
+    type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() < 8 {
-            return Err("the manager token must be at least 8 characters".into());
-        }
         Ok(Secret(s.to_owned()))
     }
 }
+
+/// On the wire (a request's forwarded credential) a secret is its text.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// The shortest manager token accepted.
+pub const MIN_MANAGER_TOKEN_LEN: usize = 16;
 
 /// Settings of `hearty serve`.
 #[derive(Debug, Clone, Args)]
@@ -206,8 +221,9 @@ pub struct Config {
 
     /// RabbitMQ URL, or a comma-separated list of the nodes of one
     /// cluster; unset = in-process transport.
-    // Checked at start-up (`app::start`), where a refusal can hide the password.
-    #[arg(long, env = "HEARTY_AMQP_URL")]
+    // Checked at start-up (`app::start`), where a refusal can hide the password;
+    // never shown by `--help`.
+    #[arg(long, env = "HEARTY_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
 
     /// Prefix of every exchange and queue.
@@ -228,9 +244,80 @@ pub struct Config {
     #[arg(long, env = "HEARTY_PARTITIONS", default_value = "all")]
     pub partitions: PartitionSet,
 
-    /// Bearer token for manager operations; generated and printed when unset.
+    /// The manager's static bearer token (scripts, the seed's commands);
+    /// without a broker generated and printed when unset, with one disabled
+    /// when unset (staff then use `hearty token`).
     #[arg(long, env = "HEARTY_MANAGER_TOKEN", hide_env_values = true)]
     pub manager_token: Option<Secret>,
+
+    /// The key that signs and verifies the service's own tokens (at least
+    /// 32 characters); every process of a deployment shares it. Without a
+    /// broker: generated into the data folder when unset.
+    #[arg(long, env = "HEARTY_AUTH_KEY", hide_env_values = true)]
+    pub auth_key: Option<Secret>,
+
+    /// An external identity provider's keys: a JWKS file or `http://` URL
+    /// (its tokens carry `role`, and `customer_id` for a customer).
+    #[arg(long, env = "HEARTY_AUTH_JWKS")]
+    pub auth_jwks: Option<String>,
+
+    /// The issuer (`iss`) the external provider's tokens must name.
+    #[arg(long, env = "HEARTY_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// The audience (`aud`) the external provider's tokens must name.
+    #[arg(long, env = "HEARTY_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// How long a customer's token (answered at sign-up) is valid.
+    #[arg(long, env = "HEARTY_CUSTOMER_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub customer_token_ttl: Duration,
+
+    /// Orders one customer may place: `30/1m` (a burst of 30, then one every
+    /// 2 s); `off` for none.
+    #[arg(long, env = "HEARTY_RATE_ORDERS", default_value = "30/1m")]
+    pub rate_orders: Rate,
+
+    /// Orders and sign-ups from one client address.
+    #[arg(long, env = "HEARTY_RATE_ADDRESS", default_value = "600/1m")]
+    pub rate_address: Rate,
+
+    /// Reviews one customer may write.
+    #[arg(long, env = "HEARTY_RATE_REVIEWS", default_value = "10/1m")]
+    pub rate_reviews: Rate,
+
+    /// Sign-ups from one client address.
+    #[arg(long, env = "HEARTY_RATE_SIGNUPS", default_value = "20/1m")]
+    pub rate_signups: Rate,
+
+    /// Proxies (addresses or CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client; any other peer is the client.
+    #[arg(long, env = "HEARTY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::net::Proxies,
+
+    /// Connections the HTTP server keeps at once, in total.
+    #[arg(long, env = "HEARTY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Connections one client address may keep at once (trusted proxies
+    /// excepted).
+    #[arg(
+        long,
+        env = "HEARTY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 128
+    )]
+    pub max_connections_per_address: usize,
+
+    /// A second, internal listener for `/health/*` and `/metrics` (probes,
+    /// Prometheus): no authentication and no connection caps, so a flood of
+    /// the public port cannot fail a liveness probe. Bind it to a private
+    /// address. Unset: none (they are on HEARTY_HTTP_ADDR only).
+    #[arg(long, env = "HEARTY_OPS_ADDR")]
+    pub ops_addr: Option<String>,
+
+    /// How long a client may take to send a request's body (408 after).
+    #[arg(long, env = "HEARTY_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 
     /// Kitchen completes tickets at once (auto) or when marked cooked (manual).
     #[arg(long, env = "HEARTY_KITCHEN_MODE", default_value = "auto")]
@@ -318,6 +405,48 @@ pub struct Config {
     /// Failpoints for fault-injection tests, e.g. `outbox-after-confirm=abort`.
     #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "", value_parser = crate::failpoint::validate)]
     pub failpoints: String,
+}
+
+/// Secrets that were published with this repository at some time (in its
+/// docs or deployment files): a process refuses to start with one.
+pub const PUBLISHED: &[&str] = &[
+    "change-me-manager-token",
+    "change-me-please",
+    "test-manager-token",
+    "fault-test-token",
+    "bench-manager-token",
+];
+
+/// Whether a secret is one the repository published.
+pub fn is_published(secret: &str) -> bool {
+    PUBLISHED.contains(&secret) || secret.contains("change-me")
+}
+
+/// A rate: `N/PERIOD` (`30/1m`: a burst of 30, refilled evenly over a
+/// minute), or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub Option<(std::num::NonZeroU32, Duration)>);
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(Rate(None));
+        }
+        let (n, period) = s.split_once('/').ok_or_else(|| {
+            format!("`{s}` is not a rate (expected N/PERIOD, e.g. 30/1m, or off)")
+        })?;
+        let n: std::num::NonZeroU32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{n}` is not a positive count"))?;
+        let period = parse_duration(period.trim()).map_err(|e| format!("rate period {e}"))?;
+        if period.is_zero() {
+            return Err("a rate's period must be > 0".into());
+        }
+        Ok(Rate(Some((n, period))))
+    }
 }
 
 fn parse_failure_spec(s: &str) -> Result<String, String> {
@@ -439,6 +568,24 @@ mod tests {
         let s = Secret::generate();
         assert_eq!(s.expose().len(), 32);
         assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("off".parse::<Rate>(), Ok(Rate(None)));
+        let r: Rate = "30/1m".parse().expect("valid");
+        let (n, p) = r.0.expect("a rate");
+        assert_eq!((n.get(), p), (30, Duration::from_secs(60)));
+        for bad in ["30", "0/1m", "x/1m", "30/0s", "30/soon"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn published_secrets_are_known() {
+        assert!(is_published("change-me-manager-token"));
+        assert!(is_published("please-change-me"));
+        assert!(!is_published(Secret::generate().expose()));
     }
 
     #[test]

@@ -35,11 +35,16 @@
 //!   answers.
 //!
 //! And the edges: [`app`] wires the roles of one process together, [`config`]
-//! is its settings, [`cli`] the `hearty sagas` client; [`metrics`],
+//! is its settings, [`auth`] who calls (tokens and keys; [`access`] what
+//! they may call), [`net`] where they call from, [`cli`] the `hearty sagas`,
+//! `token` and `broker-users` commands; [`metrics`],
 //! [`shutdown`] and [`failpoint`] serve them all.
 
 pub(crate) mod api;
+/// Who may call which route (the one table; README.md shows it).
+pub use api::access;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -48,6 +53,7 @@ pub(crate) mod events;
 pub(crate) mod failpoint;
 pub mod messages;
 pub(crate) mod metrics;
+pub mod net;
 pub(crate) mod orchestrator;
 pub mod partition;
 pub mod saga;

@@ -30,7 +30,31 @@ enum Command {
             global = true
         )]
         url: String,
+        /// A manager's token (`HEARTY_MANAGER_TOKEN`, or one from `hearty token`).
+        #[arg(long, env = "HEARTY_TOKEN", hide_env_values = true, global = true)]
+        token: Option<hearty::config::Secret>,
     },
+    /// Print a staff member's token, signed with the deployment's key.
+    Token {
+        /// manager, kitchen or delivery.
+        #[arg(long)]
+        role: hearty::auth::StaffRole,
+        /// Who the token is for: the saga history records it with each
+        /// manual operation.
+        #[arg(long, default_value = "staff")]
+        subject: String,
+        /// How long the token is valid (`8h`, `30d`; at most 366 days).
+        #[arg(long, default_value = "12h", value_parser = hearty::saga::definition::parse_duration)]
+        ttl: std::time::Duration,
+        /// The deployment's signing key.
+        #[arg(long, env = "HEARTY_AUTH_KEY", hide_env_values = true)]
+        auth_key: Option<hearty::config::Secret>,
+        /// Without a key: the zero-setup server's folder, whose key signs.
+        #[arg(long, env = "HEARTY_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Create (or update) one RabbitMQ user per role, with its permissions.
+    BrokerUsers(hearty::cli::BrokerUsers),
     /// Manage the read models.
     Views {
         #[command(subcommand)]
@@ -75,15 +99,32 @@ fn main() -> std::process::ExitCode {
         Command::Serve(config) => {
             actix::System::new().block_on(hearty::app::run(*config, shutdown_signal()))
         }
-        Command::Sagas { command, url } => {
+        Command::Sagas {
+            command,
+            url,
+            token,
+        } => {
+            let server = hearty::cli::Server {
+                url: &url,
+                token: token.as_ref(),
+            };
             let out = match command {
                 SagasCommand::List { state, limit } => {
-                    hearty::cli::sagas_list(&url, state.as_deref(), limit)
+                    hearty::cli::sagas_list(&server, state.as_deref(), limit)
                 }
-                SagasCommand::Show { id } => hearty::cli::sagas_show(&url, &id),
+                SagasCommand::Show { id } => hearty::cli::sagas_show(&server, &id),
             };
             out.map(|text| print!("{text}"))
         }
+        Command::Token {
+            role,
+            subject,
+            ttl,
+            auth_key,
+            data_dir,
+        } => hearty::cli::staff_token(auth_key.as_ref(), &data_dir, role, &subject, ttl)
+            .map(|token| println!("{token}")),
+        Command::BrokerUsers(args) => hearty::cli::broker_users(&args).map(|text| print!("{text}")),
         Command::Views {
             command: ViewsCommand::Rebuild { data_dir },
         } => {

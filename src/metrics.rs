@@ -110,6 +110,8 @@ metrics! {
     redeliveries_total: "Deliveries the broker marked as redelivered.",
     events_projected_total: "Domain events applied to a read model.",
     http_requests_total: "HTTP requests this process received, besides /health/* and /metrics.",
+    http_requests_refused_total: "HTTP requests refused before a handler: unauthenticated, forbidden or over a rate limit.",
+    http_connections_refused_total: "TCP connections shut at once: over the total or per-address cap.",
     actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
 }
 

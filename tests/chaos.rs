@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Service, TOKEN};
+use common::{Cluster, Service};
 use serde_json::{Value, json};
 
 /// A small deterministic generator (splitmix64), so a seed replays a run.
@@ -223,7 +223,7 @@ fn call(
         let mut req = c
             .client()
             .request(method, url)
-            .bearer_auth(TOKEN)
+            .bearer_auth(common::token())
             .timeout(Duration::from_secs(30));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);

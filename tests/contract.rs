@@ -19,7 +19,6 @@ use std::time::Duration;
 /// minutes).
 const BUDGET_SECS: &str = "150";
 const SEED: &str = "20261127";
-const TOKEN: &str = "contract-test-token";
 
 /// Kills the server (by its PID) even when the test panics.
 struct Server(Child);
@@ -54,7 +53,7 @@ fn schemathesis_finds_no_contract_failure() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, base) = common::serve_zero_setup(&dir.path().join("data"), TOKEN, &[]);
+    let (child, base) = common::serve_zero_setup(&dir.path().join("data"), &[]);
     let server = Server(child);
     let addr = base.trim_start_matches("http://").to_owned();
     // Ready before the run starts.
@@ -86,7 +85,7 @@ fn schemathesis_finds_no_contract_failure() {
             BUDGET_SECS,
             "--no-color",
             "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
+            &format!("Authorization: Bearer {}", common::token()),
         ])
         .output()
         .expect("run schemathesis");

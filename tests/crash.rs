@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const TOKEN: &str = "crash-test-token";
-
 /// A `hearty serve` process, killed (by PID) when dropped.
 struct Hearty {
     child: Child,
@@ -31,7 +29,7 @@ impl Drop for Hearty {
 }
 
 fn start(data: &Path, env: &[(&str, &str)]) -> Hearty {
-    let (child, base) = common::serve_zero_setup(data, TOKEN, env);
+    let (child, base) = common::serve_zero_setup(data, env);
     Hearty { child, base }
 }
 
@@ -47,7 +45,7 @@ async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    let mut req = client.request(method, url).bearer_auth(TOKEN);
+    let mut req = client.request(method, url).bearer_auth(common::token());
     if let Some(b) = body {
         req = req.json(&b);
     }

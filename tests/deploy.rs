@@ -270,8 +270,8 @@ fn a_rolling_restart_of_every_process_under_siege_fails_no_request() {
     let Some(gateway) = c.gateway(&d.api_addresses()) else {
         return;
     };
-    c.seed(&gateway, INITIAL_STOCK);
-    let Some(siege) = SiegeRun::start(&gateway.base, CLIENTS as u32, 0.5) else {
+    let customer = c.seed(&gateway, INITIAL_STOCK);
+    let Some(siege) = SiegeRun::start(&gateway.base, &customer, CLIENTS as u32, 0.5) else {
         return;
     };
     let started = Instant::now();
@@ -312,8 +312,8 @@ fn a_replica_started_under_siege_takes_work_and_fails_no_request() {
     let Some(gateway) = c.gateway(&backends) else {
         return;
     };
-    c.seed(&gateway, INITIAL_STOCK);
-    let Some(siege) = SiegeRun::start(&gateway.base, CLIENTS as u32, 0.5) else {
+    let customer = c.seed(&gateway, INITIAL_STOCK);
+    let Some(siege) = SiegeRun::start(&gateway.base, &customer, CLIENTS as u32, 0.5) else {
         return;
     };
     std::thread::sleep(Duration::from_secs(3));
@@ -344,14 +344,14 @@ fn partitions_move_to_another_owner_under_siege_without_a_failed_request() {
     let Some(gateway) = c.gateway(&d.api_addresses()) else {
         return;
     };
-    c.seed(&gateway, INITIAL_STOCK);
+    let customer = c.seed(&gateway, INITIAL_STOCK);
     // A standby for orchestrator-a: a second process on its folder.
     let folder = d.folder(d.index("orchestrator-a"));
     let standby = c.spawn(
         "orchestrator",
         &[("HEARTY_PARTITIONS", "0-3"), ("HEARTY_DATA_DIR", &folder)],
     );
-    let Some(siege) = SiegeRun::start(&gateway.base, CLIENTS as u32, 0.5) else {
+    let Some(siege) = SiegeRun::start(&gateway.base, &customer, CLIENTS as u32, 0.5) else {
         return;
     };
     std::thread::sleep(Duration::from_secs(3));
@@ -424,7 +424,7 @@ fn losing_a_broker_node_loses_no_order_and_doubles_none() {
     d.add("api-1", "api", &[]);
     d.add("api-2", "api", &[]);
     let (a, b) = (d.index("api-1"), d.index("api-2"));
-    c.seed(d.procs[a].svc.as_ref().expect("api-1"), INITIAL_STOCK);
+    let customer = c.seed(d.procs[a].svc.as_ref().expect("api-1"), INITIAL_STOCK);
 
     // Orders stream in, each with its own key, sent again (same key) until
     // answered 201: every order meant is placed, and never twice.
@@ -450,6 +450,7 @@ fn losing_a_broker_node_loses_no_order_and_doubles_none() {
             let res = c.rt_block_on(async {
                 c.client()
                     .post(format!("{}/orders", api.base))
+                    .bearer_auth(&customer)
                     .header("Idempotency-Key", &key)
                     .json(&json!({"qty": "1", "foodcaltalogid": "1", "customerid": "1"}))
                     .send()

@@ -366,7 +366,7 @@ fn a_placement_whose_answer_is_lost_is_answered_for_what_happened() {
     let _orchestrator = c.start("orchestrator", &[]);
     let _pay = c.start("pay", &[("HEARTY_PAY_LATENCY", "2s")]);
     let _others = c.start("kitchen,delivery,coupon", &[]);
-    c.seed(&api, 100);
+    let customer = c.seed(&api, 100);
     wait_listed(&c, api.pid());
     // The API replica loses its broker connection while the owner is
     // placing the order (the payment takes 2 s): the request's answer is
@@ -375,6 +375,7 @@ fn a_placement_whose_answer_is_lost_is_answered_for_what_happened() {
     let placing = std::thread::spawn(move || {
         reqwest::blocking::Client::new()
             .post(format!("{base}/orders"))
+            .bearer_auth(customer)
             .json(&serde_json::json!({"qty": "1", "foodcaltalogid": "1", "customerid": "1"}))
             .timeout(Duration::from_secs(60))
             .send()

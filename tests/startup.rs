@@ -87,6 +87,61 @@ fn bad_settings_are_refused_with_their_names() {
     }
 }
 
+/// Secrets that cannot be used are refused at start-up, by name, without
+/// being repeated (a pod's log is not a place for a password).
+#[test]
+fn bad_secrets_are_refused_without_printing_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (var, value, word) in [
+        (
+            "HEARTY_MANAGER_TOKEN",
+            "Tr0ub4dor&3xyz",
+            "at least 16 characters",
+        ),
+        (
+            "HEARTY_MANAGER_TOKEN",
+            "change-me-manager-token",
+            "published",
+        ),
+        (
+            "HEARTY_AUTH_KEY",
+            "Kx9-short-but-secret-key-31chrs",
+            "at least 32 characters",
+        ),
+        (
+            "HEARTY_AUTH_KEY",
+            "change-me-please-change-me-please!",
+            "published",
+        ),
+    ] {
+        let out = hearty()
+            .args(["serve", "--http-addr", "127.0.0.1:0"])
+            .env("HEARTY_DATA_DIR", dir.path())
+            .env(var, value)
+            .output()
+            .expect("run hearty");
+        assert!(!out.status.success(), "{var} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.contains(word), "{var}: {err}");
+        assert!(!err.contains(value), "{var}'s value was printed: {err}");
+    }
+    // A broker elsewhere as `guest`: refused, its password not printed.
+    let out = hearty()
+        .arg("serve")
+        .env("HEARTY_DATA_DIR", dir.path())
+        .env(
+            "HEARTY_AMQP_URL",
+            "amqp://guest:guest@rabbit.example:5672/%2f",
+        )
+        .env("HEARTY_AUTH_KEY", "k".repeat(40))
+        .output()
+        .expect("run hearty");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest"), "{err}");
+    assert!(!err.contains("guest:guest"), "{err}");
+}
+
 #[test]
 fn serves_with_zero_setup() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -22,7 +22,46 @@ use tokio::sync::Mutex;
 
 use hearty::saga::definition::parse_duration;
 
-const TOKEN: &str = "bench-manager-token";
+/// A service under measurement, and who calls it: a manager (metrics,
+/// inspection, cancellations) and the seeded customer (orders).
+#[derive(Clone)]
+struct Target {
+    base: String,
+    manager: String,
+    /// The customer's token, from their sign-up.
+    customer: Option<String>,
+}
+
+impl Target {
+    fn staff(&self) -> anyhow::Result<http::Conn> {
+        http::Conn::new(&self.base, Some(self.manager.clone()))
+    }
+
+    fn customer(&self) -> anyhow::Result<http::Conn> {
+        http::Conn::new(&self.base, self.customer.clone())
+    }
+}
+
+/// The settings of a service the benchmark starts: its secrets (made up for
+/// this run) and no rate limits (every order comes from one customer at one
+/// address).
+fn service_settings(cmd: &mut Command, manager: &str, key: &str) {
+    cmd.env("HEARTY_MANAGER_TOKEN", manager)
+        .env("HEARTY_AUTH_KEY", key)
+        .env("HEARTY_RATE_ORDERS", "off")
+        .env("HEARTY_RATE_ADDRESS", "off")
+        .env("HEARTY_RATE_SIGNUPS", "off")
+        .env("HEARTY_RATE_REVIEWS", "off");
+}
+
+/// A random secret.
+fn secret() -> String {
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
+}
 
 /// Settings of `hearty-bench`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -40,6 +79,12 @@ pub struct BenchArgs {
     /// recovery are then skipped: they need to own the process).
     #[arg(long)]
     pub url: Option<String>,
+    /// With --url: the service's manager token (metrics, inspection and
+    /// cancellations need it). Its rate limits should be off
+    /// (`HEARTY_RATE_ORDERS=off`, `HEARTY_RATE_ADDRESS=off`): every order
+    /// comes from one customer.
+    #[arg(long, env = "HEARTY_MANAGER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The RabbitMQ of the service and of the ceiling measurement.
     #[arg(
         long,
@@ -145,6 +190,7 @@ struct Service {
     child: Child,
     base: String,
     data_dir: PathBuf,
+    manager: String,
 }
 
 impl Service {
@@ -153,6 +199,7 @@ impl Service {
         amqp: &str,
         namespace: &str,
         data_dir: &Path,
+        secrets: (&str, &str),
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(exe);
@@ -161,12 +208,12 @@ impl Service {
                 cmd.env_remove(k);
             }
         }
+        service_settings(&mut cmd, secrets.0, secrets.1);
         cmd.arg("serve")
             .env("HEARTY_AMQP_URL", amqp)
             .env("HEARTY_NAMESPACE", namespace)
             .env("HEARTY_DATA_DIR", data_dir)
             .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
-            .env("HEARTY_MANAGER_TOKEN", TOKEN)
             .env("HEARTY_PAY_DECLINE_ABOVE", "1000000000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -191,7 +238,16 @@ impl Service {
             child,
             base: format!("http://{addr}"),
             data_dir: data_dir.to_owned(),
+            manager: secrets.0.to_owned(),
         })
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            base: self.base.clone(),
+            manager: self.manager.clone(),
+            customer: None,
+        }
     }
 
     /// Resident memory in KiB.
@@ -262,9 +318,11 @@ async fn metric(conn: &mut http::Conn, name: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no metric {name}"))
 }
 
-async fn seed(base: &str) -> anyhow::Result<()> {
-    let mut c = http::Conn::new(base, Some(TOKEN.into()))?;
-    let r = c
+/// Signs the customer up (as a customer does: anonymously; their token
+/// places the orders) and adds the food (as the manager).
+async fn seed(target: &mut Target) -> anyhow::Result<()> {
+    let mut anonymous = http::Conn::new(&target.base, None)?;
+    let r = anonymous
         .request(
             "POST",
             "/customers",
@@ -272,7 +330,12 @@ async fn seed(base: &str) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(r.status == 201, "customer: {}", r.status);
-    let r = c
+    let signed_up: Value = serde_json::from_slice(&r.body)?;
+    // A service from before identity answers no token (and needs none):
+    // the benchmark still measures it, beside this one.
+    target.customer = signed_up["token"].as_str().map(str::to_owned);
+    let r = target
+        .staff()?
         .request(
             "POST",
             "/foodCatalogs",
@@ -283,12 +346,14 @@ async fn seed(base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The seed's order, as its httpie command sends it, placed by customer 1
+/// (the one `seed` signs up in a fresh namespace) with their own token.
 const ORDER: &[u8] = br#"{"qty":"1","foodcaltalogid":"1","customerid":"1"}"#;
 
 /// Closed loop: `concurrency` clients order back to back for `warmup +
 /// window`; latencies of orders placed inside the window are kept.
 async fn full_load(
-    base: &str,
+    target: &Target,
     service_pid: Option<u32>,
     concurrency: usize,
     warmup: Duration,
@@ -305,13 +370,13 @@ async fn full_load(
     let end = measure_from + window;
     let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut conn = http::Conn::new(base, None)?;
+    let mut conn = target.staff()?;
     let mut clients = Vec::new();
     for _ in 0..concurrency {
-        let (lat, errors, base) = (lat.clone(), errors.clone(), base.to_owned());
+        let (lat, errors, target) = (lat.clone(), errors.clone(), target.clone());
         let requests = requests.clone();
         clients.push(tokio::spawn(async move {
-            let Ok(mut c) = http::Conn::new(&base, None) else {
+            let Ok(mut c) = target.customer() else {
                 return;
             };
             while Instant::now() < end {
@@ -381,14 +446,19 @@ async fn full_load(
 }
 
 /// Open loop: orders at a fixed rate for `window`.
-async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> anyhow::Result<Load> {
+async fn rate_load(
+    target: &Target,
+    rate: f64,
+    window: Duration,
+    via_api: bool,
+) -> anyhow::Result<Load> {
     let pb = bar(
         window.as_secs(),
         &format!("half load ({rate:.0} orders/s, open loop)"),
     );
     let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut conn = http::Conn::new(base, None)?;
+    let mut conn = target.staff()?;
     let completed_before = completed(&mut conn, via_api).await?;
     let wall_start = hearty::domain::Millis::now();
     let start = Instant::now();
@@ -401,14 +471,11 @@ async fn rate_load(base: &str, rate: f64, window: Duration, via_api: bool) -> an
         tokio::time::sleep_until(next.into()).await;
         next += interval;
         pb.set_position(start.elapsed().as_secs());
-        let (lat, errors, pool, base) =
-            (lat.clone(), errors.clone(), pool.clone(), base.to_owned());
+        let (lat, errors, pool, target) =
+            (lat.clone(), errors.clone(), pool.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
             let reused = pool.lock().await.pop();
-            let Ok(mut c) = reused
-                .map(Ok)
-                .unwrap_or_else(|| http::Conn::new(&base, None))
-            else {
+            let Ok(mut c) = reused.map(Ok).unwrap_or_else(|| target.customer()) else {
                 return;
             };
             let t = Instant::now();
@@ -488,8 +555,12 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 /// Cancels completed orders from `concurrency` clients; compensations/s.
-async fn cancellations(base: &str, concurrency: usize, want: usize) -> anyhow::Result<Option<f64>> {
-    let mut conn = http::Conn::new(base, None)?;
+async fn cancellations(
+    target: &Target,
+    concurrency: usize,
+    want: usize,
+) -> anyhow::Result<Option<f64>> {
+    let mut conn = target.staff()?;
     let sagas = get_json(&mut conn, "/sagas?state=Completed&limit=100000").await?;
     let ids: Vec<i64> = sagas
         .as_array()
@@ -513,9 +584,9 @@ async fn cancellations(base: &str, concurrency: usize, want: usize) -> anyhow::R
     let queue = Arc::new(Mutex::new(ids.clone()));
     let mut clients = Vec::new();
     for _ in 0..concurrency {
-        let (queue, base) = (queue.clone(), base.to_owned());
+        let (queue, target) = (queue.clone(), target.clone());
         clients.push(tokio::spawn(async move {
-            let Ok(mut c) = http::Conn::new(&base, Some(TOKEN.into())) else {
+            let Ok(mut c) = target.staff() else {
                 return;
             };
             loop {
@@ -568,9 +639,18 @@ async fn memory_and_recovery(
     dir: &Path,
 ) -> anyhow::Result<(Value, Value)> {
     let manual = [("HEARTY_KITCHEN_MODE", "manual")];
-    let svc = Service::start(exe, &args.amqp_url, namespace, dir, &manual)?;
+    let (manager, key) = (secret(), secret());
+    let svc = Service::start(
+        exe,
+        &args.amqp_url,
+        namespace,
+        dir,
+        (&manager, &key),
+        &manual,
+    )?;
     wait_ready(&svc.base, Duration::from_secs(60)).await?;
-    seed(&svc.base).await?;
+    let mut target = svc.target();
+    seed(&mut target).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = svc.rss_kib().unwrap_or(0);
     let n = args.memory_sagas;
@@ -579,9 +659,9 @@ async fn memory_and_recovery(
     let failed = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
-        let (left, failed, base, pb) = (left.clone(), failed.clone(), svc.base.clone(), pb.clone());
+        let (left, failed, target, pb) = (left.clone(), failed.clone(), target.clone(), pb.clone());
         clients.push(tokio::spawn(async move {
-            let Ok(mut c) = http::Conn::new(&base, None) else {
+            let Ok(mut c) = target.customer() else {
                 return;
             };
             while left
@@ -599,7 +679,7 @@ async fn memory_and_recovery(
         let _ = c.await;
     }
     pb.finish_and_clear();
-    let mut conn = http::Conn::new(&svc.base, None)?;
+    let mut conn = target.staff()?;
     // Let the kitchen accept the last ones and the idle actors passivate.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let loaded = svc.rss_kib().unwrap_or(0);
@@ -622,10 +702,17 @@ async fn memory_and_recovery(
     let data_dir = svc.data_dir.clone();
     svc.kill();
     let t = Instant::now();
-    let svc = Service::start(exe, &args.amqp_url, namespace, &data_dir, &manual)?;
+    let svc = Service::start(
+        exe,
+        &args.amqp_url,
+        namespace,
+        &data_dir,
+        (&manager, &key),
+        &manual,
+    )?;
     let ready = wait_ready(&svc.base, Duration::from_secs(600)).await?;
     let ready_total = t.elapsed();
-    let mut conn = http::Conn::new(&svc.base, None)?;
+    let mut conn = svc.target().staff()?;
     let back = metric(&mut conn, "hearty_sagas_in_flight")
         .await
         .unwrap_or(-1.0);
@@ -717,20 +804,33 @@ async fn run_in(
     .await?;
     pb.finish_and_clear();
 
-    let (svc, base) = match &args.url {
-        Some(u) => (None, u.clone()),
+    let (svc, mut target) = match &args.url {
+        Some(u) => {
+            let manager = args
+                .token
+                .clone()
+                .context("--url needs the service's manager token (--token)")?;
+            let target = Target {
+                base: u.clone(),
+                manager,
+                customer: None,
+            };
+            (None, target)
+        }
         None => {
-            let s = Service::start(exe, &args.amqp_url, namespace, &tmp.join("load"), &[])?;
-            let b = s.base.clone();
-            (Some(s), b)
+            let (manager, key) = (secret(), secret());
+            let dir = tmp.join("load");
+            let s = Service::start(exe, &args.amqp_url, namespace, &dir, (&manager, &key), &[])?;
+            let target = s.target();
+            (Some(s), target)
         }
     };
-    wait_ready(&base, Duration::from_secs(60)).await?;
-    seed(&base).await?;
+    wait_ready(&target.base, Duration::from_secs(60)).await?;
+    seed(&mut target).await?;
     let pid = svc.as_ref().map(|s| s.child.id());
     let via_api = args.url.is_some();
     let full = full_load(
-        &base,
+        &target,
         pid,
         args.concurrency,
         args.warmup,
@@ -740,14 +840,14 @@ async fn run_in(
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let half = rate_load(
-        &base,
+        &target,
         (full.completed_sagas_per_sec / 2.0).max(1.0),
         args.duration,
         via_api,
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cancels = cancellations(&base, args.concurrency, args.cancellations).await?;
+    let cancels = cancellations(&target, args.concurrency, args.cancellations).await?;
     if let Some(s) = svc {
         s.terminate();
     }

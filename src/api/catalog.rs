@@ -1,12 +1,13 @@
 //! The kitchen's food catalog (its owners keep the stock) and its read
 //! model.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 
 use super::contract::requests::{IdPath, NewFood, PageQuery, page};
 use super::contract::responses::{ErrorBody, FoodRecord, FoodView};
 use super::error::ApiError;
 use super::{ApiState, listed, ok_json, path_id};
+use crate::auth::Caller;
 use crate::domain::{FoodId, WorkerKind};
 use crate::partition::OwnerRole;
 use crate::workers::requests::{Outcome, Request};
@@ -22,7 +23,6 @@ const KITCHEN: OwnerRole = OwnerRole::Worker(WorkerKind::Kitchen);
     operation_id = "createFood",
     tag = "catalog",
     request_body = NewFood,
-    security(("manager" = [])),
     responses(
         (status = 201, description = "created", body = FoodRecord,
             links(("GetFood" = (operation_id = "getFood", parameters(("id" = "$response.body#/id")))))),
@@ -36,10 +36,9 @@ const KITCHEN: OwnerRole = OwnerRole::Worker(WorkerKind::Kitchen);
 )]
 pub async fn create_food(
     state: State,
-    req: HttpRequest,
+    caller: Caller,
     body: web::Json<NewFood>,
 ) -> Result<HttpResponse, ApiError> {
-    state.require_manager(&req)?;
     let f = body.into_inner();
     f.check().map_err(ApiError::bad_request)?;
     let create = |_| Request::CreateFood {
@@ -48,8 +47,9 @@ pub async fn create_food(
         price: f.price.0,
     };
     // Any kitchen owner takes it, with an id in one of its partitions.
-    match state.workers.anywhere(KITCHEN, create).await {
+    match state.workers.anywhere(KITCHEN, &caller, create).await {
         Ok(Outcome::FoodCreated(food)) => Ok(HttpResponse::Created().json(FoodRecord::from(food))),
+        Ok(Outcome::Forbidden) => Err(super::outcome::forbidden()),
         Ok(_) => Err(ApiError::unavailable("the kitchen answered oddly", 1)),
         Err(unanswered) => Err(unanswered.error.into()),
     }
@@ -68,10 +68,22 @@ pub async fn create_food(
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list_foods(
+    state: State,
+    caller: Caller,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let request = |page| Request::Foods { page };
-    listed::<_, _, FoodRecord>(&state.workers, KITCHEN, request, Outcome::foods, page).await
+    listed::<_, _, FoodRecord>(
+        &state.workers,
+        KITCHEN,
+        &caller,
+        request,
+        Outcome::foods,
+        page,
+    )
+    .await
 }
 
 /// One catalog item.
@@ -87,12 +99,16 @@ pub async fn list_foods(state: State, q: web::Query<PageQuery>) -> Result<HttpRe
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_food(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+pub async fn get_food(
+    state: State,
+    caller: Caller,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(path.id, "food catalog item", FoodId::new)?;
     let at = state.workers.partition_of(id.get());
     match state
         .workers
-        .one(KITCHEN, at, Request::Food { food: id })
+        .one(KITCHEN, at, &caller, Request::Food { food: id })
         .await?
     {
         Outcome::Food(Some(food)) => Ok(ok_json(&FoodRecord::from(food))),
@@ -115,8 +131,12 @@ pub async fn get_food(state: State, path: web::Path<IdPath>) -> Result<HttpRespo
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn food_views(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
-    read_food_views(state, q).await
+pub async fn food_views(
+    state: State,
+    caller: Caller,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    read_food_views(state, caller, q).await
 }
 
 /// The seed checks the stock with `http DELETE /foodCatalogViews`: read
@@ -135,13 +155,18 @@ pub async fn food_views(state: State, q: web::Query<PageQuery>) -> Result<HttpRe
 )]
 pub async fn seed_delete_food_views(
     state: State,
+    caller: Caller,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    read_food_views(state, q).await
+    read_food_views(state, caller, q).await
 }
 
-async fn read_food_views(state: State, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
-    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+async fn read_food_views(
+    state: State,
+    caller: Caller,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = super::visible_page(&caller, q.limit, q.offset)?;
     let list = state
         .views
         .catalog

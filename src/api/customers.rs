@@ -3,10 +3,11 @@
 use actix_web::{HttpResponse, web};
 
 use super::contract::requests::{IdPath, NewCustomer as NewCustomerBody, PageQuery, page};
-use super::contract::responses::{CustomerRecord, ErrorBody};
+use super::contract::responses::{CustomerRecord, ErrorBody, SignedUp};
 use super::error::ApiError;
 use super::{ApiState, ORCHESTRATOR, listed, ok_json, outcome, path_id};
-use crate::domain::CustomerId;
+use crate::auth::Caller;
+use crate::domain::{CustomerId, Millis};
 use crate::orchestrator::requests::{Outcome, Request};
 use crate::orchestrator::store::customers::NewCustomer;
 
@@ -20,7 +21,7 @@ type State = web::Data<ApiState>;
     tag = "customers",
     request_body = NewCustomerBody,
     responses(
-        (status = 201, description = "created", body = CustomerRecord,
+        (status = 201, description = "created, with the customer's token", body = SignedUp,
             links(("GetCustomer" = (operation_id = "getCustomer", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "the body does not fit the schema", body = ErrorBody),
         (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
@@ -30,6 +31,7 @@ type State = web::Data<ApiState>;
 )]
 pub async fn create_customer(
     state: State,
+    caller: Caller,
     body: web::Json<NewCustomerBody>,
 ) -> Result<HttpResponse, ApiError> {
     let c = body.into_inner();
@@ -41,10 +43,24 @@ pub async fn create_customer(
         name: c.name,
     };
     // Any partition's owner takes a new customer, with an id of its own.
-    match state.create(Request::CreateCustomer { customer }).await? {
-        Outcome::Customer(c) => Ok(HttpResponse::Created().json(CustomerRecord::from(c))),
-        other => Err(outcome::other(other, "customer")),
-    }
+    let created = match state
+        .create(&caller, Request::CreateCustomer { customer })
+        .await?
+    {
+        Outcome::Customer(c) => c,
+        other => return Err(outcome::other(other, "customer")),
+    };
+    // The customer's credential: with it they order, and read what is theirs.
+    let issued = state
+        .auth
+        .customer_token(created.id, &created.name, state.customer_token_ttl)
+        .map_err(|e| ApiError::unavailable(e.to_string(), 1))?;
+    Ok(HttpResponse::Created().json(SignedUp {
+        customer: CustomerRecord::from(created),
+        token: issued.token.expose().to_owned(),
+        token_expires_at: Millis(i64::try_from(issued.expires_at).unwrap_or(i64::MAX) * 1000)
+            .to_rfc3339(),
+    }))
 }
 
 /// Customers, by id.
@@ -62,12 +78,21 @@ pub async fn create_customer(
 )]
 pub async fn list_customers(
     state: State,
+    caller: Caller,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let rows = Outcome::customers;
     let request = |page| Request::Customers { page };
-    listed::<_, _, CustomerRecord>(&state.orchestrators, ORCHESTRATOR, request, rows, page).await
+    listed::<_, _, CustomerRecord>(
+        &state.orchestrators,
+        ORCHESTRATOR,
+        &caller,
+        request,
+        rows,
+        page,
+    )
+    .await
 }
 
 /// One customer.
@@ -83,10 +108,14 @@ pub async fn list_customers(
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_customer(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+pub async fn get_customer(
+    state: State,
+    caller: Caller,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(path.id, "customer", CustomerId::new)?;
     let asked = Request::Customer { customer: id };
-    match state.ask_orchestrator(id.get(), asked).await? {
+    match state.ask_orchestrator(&caller, id.get(), asked).await? {
         Outcome::Customer(c) => Ok(ok_json(&CustomerRecord::from(c))),
         other => Err(outcome::other(other, &format!("customer {id}"))),
     }

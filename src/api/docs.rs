@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use actix_web::{HttpResponse, web};
 use utoipa::openapi::OpenApi as Document;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -14,17 +15,93 @@ use super::contract::lenient::{IdField, QtyField};
 use super::contract::responses::ErrorBody;
 use super::{catalog, customers, ops, orders, records, reviews, sagas};
 
-/// The manager's bearer token (`HEARTY_MANAGER_TOKEN`).
-struct ManagerAuth;
+/// Bearer tokens: a customer's (answered at sign-up), a staff member's
+/// (`hearty token`), or the manager's static one (`HEARTY_MANAGER_TOKEN`).
+/// Which callers each operation takes is `api::access`; an operation the
+/// anonymous may call lists an empty requirement too.
+struct BearerAuth;
 
-impl Modify for ManagerAuth {
+impl Modify for BearerAuth {
     fn modify(&self, doc: &mut Document) {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "manager",
+            "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in [
+                ("GET", item.get.as_mut()),
+                ("POST", item.post.as_mut()),
+                ("DELETE", item.delete.as_mut()),
+            ] {
+                let (Some(op), Some(rule)) = (
+                    op,
+                    super::access::RULES
+                        .iter()
+                        .find(|r| r.path == path && r.method == method),
+                ) else {
+                    continue;
+                };
+                op.security = Some(security_of(&rule.access));
+                for (status, what) in guard_answers(rule, op.request_body.is_some()) {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(what));
+                }
+            }
+        }
     }
+}
+
+/// What the guard may answer before an operation runs (`api::guard`): 401
+/// for a missing or bad credential, 403 for a role without the right, 429
+/// over a rate limit, 408 for a body that does not arrive in time.
+fn guard_answers(rule: &super::access::Rule, has_body: bool) -> Vec<(&'static str, &'static str)> {
+    let mut answers = Vec::new();
+    if rule.path.starts_with("/health/") {
+        return answers;
+    }
+    answers.push(("401", "no credential where one is needed, or a bad one"));
+    let a = &rule.access;
+    let everyone = [a.anonymous, a.customer, a.kitchen, a.delivery, a.manager]
+        .iter()
+        .all(|x| *x != super::access::Allow::No);
+    if !everyone {
+        answers.push(("403", "the caller's role may not do this"));
+    }
+    if rule.limit.is_some() {
+        answers.push(("429", "over a rate limit; Retry-After"));
+    }
+    if has_body {
+        answers.push(("408", "the body did not arrive in time"));
+    }
+    answers
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", content)
+            .build(),
+    )
+}
+
+/// The security requirements of an operation: the bearer scheme, or none
+/// where anonymous callers are welcome too.
+fn security_of(access: &super::access::Access) -> Vec<SecurityRequirement> {
+    let mut requirements = vec![SecurityRequirement::new::<&str, [&str; 0], &str>(
+        "bearer",
+        [],
+    )];
+    if access.anonymous != super::access::Allow::No {
+        requirements.push(SecurityRequirement::default());
+    }
+    requirements
 }
 
 #[derive(OpenApi)]
@@ -70,7 +147,7 @@ impl Modify for ManagerAuth {
         ops::metrics,
     ),
     components(schemas(ErrorBody, IdField, QtyField)),
-    modifiers(&ManagerAuth)
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
 
@@ -80,9 +157,15 @@ pub fn document() -> Document {
     DOC.get_or_init(ApiDoc::openapi).clone()
 }
 
-/// Swagger UI at `/docs/`, serving the document at `/openapi.json`.
+/// Swagger UI at `/docs/`, serving the document at `/docs/openapi.json`
+/// (where a browser sends the credentials it was asked for at `/docs`).
 pub fn swagger() -> SwaggerUi {
-    SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document())
+    SwaggerUi::new("/docs/{_:.*}").url("/docs/openapi.json", document())
+}
+
+/// `/openapi.json`: the document.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(document())
 }
 
 /// `/docs` → `/docs/`.
@@ -94,6 +177,7 @@ pub async fn redirect() -> HttpResponse {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(super::resource("/docs", "GET").route(web::get().to(redirect)))
+        .service(super::resource("/openapi.json", "GET").route(web::get().to(openapi)))
         .service(swagger());
 }
 

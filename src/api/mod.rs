@@ -2,11 +2,15 @@
 //! error is a JSON `{error, detail}` with a 4xx status for the caller's
 //! mistakes.
 
+pub mod access;
 mod catalog;
 pub mod contract;
 mod customers;
 mod docs;
 pub mod error;
+pub mod guard;
+mod limits;
+pub use limits::Limits;
 mod ops;
 pub use ops::Probes;
 mod orders;
@@ -24,8 +28,8 @@ use actix_web::dev::HttpServiceFactory;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::auth::{Authenticator, Caller};
 use crate::cluster::owners::{AskError, Keyed, Owners, Protocol};
-use crate::config::Secret;
 use crate::orchestrator::requests::{OrchestratorProtocol, Outcome, Request};
 use crate::partition::OwnerRole;
 use crate::saga::breaker::Breakers;
@@ -48,7 +52,10 @@ pub struct ApiState {
     pub workers: Owners<WorkerProtocol>,
     /// The saga definition, to show sagas' steps.
     pub def: Arc<SagaDefinition>,
-    pub manager_token: Secret,
+    /// Verifies callers and issues customers' tokens.
+    pub auth: Arc<Authenticator>,
+    /// How long a customer's token is valid.
+    pub customer_token_ttl: Duration,
     /// How long `POST /orders` waits for the payment.
     pub order_timeout: Duration,
     /// The read models' databases.
@@ -70,59 +77,28 @@ pub struct ViewDbs {
 impl ApiState {
     /// Asks the owner of the partition of `key` (an order's, a saga's or a
     /// customer's id).
-    async fn ask_orchestrator(&self, key: i64, request: Request) -> Result<Outcome, AskError> {
+    async fn ask_orchestrator(
+        &self,
+        caller: &Caller,
+        key: i64,
+        request: Request,
+    ) -> Result<Outcome, AskError> {
         let at = self.orchestrators.partition_of(key);
-        self.orchestrators.one(ORCHESTRATOR, at, request).await
+        self.orchestrators
+            .one(ORCHESTRATOR, at, caller, request)
+            .await
     }
 
     /// Creates something any orchestrator owner may take (a customer, a
     /// review): the next partition whose owner is there.
-    async fn create(&self, request: Request) -> Result<Outcome, ApiError> {
+    async fn create(&self, caller: &Caller, request: Request) -> Result<Outcome, ApiError> {
         let make = |_| request.clone();
-        let created = self.orchestrators.anywhere(ORCHESTRATOR, make).await;
+        let created = self
+            .orchestrators
+            .anywhere(ORCHESTRATOR, caller, make)
+            .await;
         created.map_err(|unanswered| unanswered.error.into())
     }
-
-    /// Checks the manager's bearer token in constant time: 401 without one,
-    /// 403 with a wrong one.
-    pub fn require_manager(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let header = req
-            .headers()
-            .get("Authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this is a manager operation: send `Authorization: Bearer <token>`",
-                )
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .unwrap_or("")
-            .trim();
-        if constant_time_eq(token.as_bytes(), self.manager_token.expose().as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the manager token is not valid",
-            ))
-        }
-    }
-}
-
-/// Compares without an early exit, so the time taken does not tell how
-/// much of the token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, y) in b.iter().enumerate() {
-        let x = a.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0
 }
 
 /// The JSON body extractor settings: size limit and JSON errors.
@@ -139,6 +115,15 @@ pub fn json_config() -> web::JsonConfig {
                     "payload_too_large",
                     "the body is larger than 64 KiB",
                 ),
+                E::Payload(actix_web::error::PayloadError::Io(e))
+                    if e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the body did not arrive in time",
+                    )
+                }
                 E::ContentType => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
@@ -285,6 +270,10 @@ fn reviews_and_ui() -> impl HttpServiceFactory {
         resource("/ui", "GET").route(web::get().to(ui::page)),
         resource("/ui/", "GET").route(web::get().to(ui::page)),
         resource("/ui/config.json", "GET").route(web::get().to(ui::config)),
+        // The page's own paths to the sagas: a browser sends the credentials
+        // it was asked for at `/ui` (Basic) to these too.
+        resource("/ui/sagas", "GET").route(web::get().to(sagas::list)),
+        resource("/ui/sagas/{id}", "GET").route(web::get().to(sagas::get)),
     )
 }
 
@@ -294,16 +283,62 @@ pub fn fallback() -> actix_web::Route {
 }
 
 /// A page of a list that every owner of `role` holds a part of, each row
-/// shown as `V`.
+/// shown as `V`; an owner that refuses the caller is a 403.
 async fn listed<P: Protocol, T: Keyed, V: From<T> + serde::Serialize>(
     owners: &Owners<P>,
     role: OwnerRole,
+    caller: &Caller,
     request: impl Fn(Page) -> P::Request,
     rows: impl Fn(P::Outcome) -> Option<Vec<T>>,
     page: Page,
 ) -> Result<HttpResponse, ApiError> {
-    let list = owners.page(role, request, rows, page).await?;
-    Ok(ok_json(&list.into_iter().map(V::from).collect::<Vec<_>>()))
+    let page = visible(caller, page)?;
+    match owners.page(role, caller, request, rows, page).await {
+        Ok(list) => Ok(ok_json(&list.into_iter().map(V::from).collect::<Vec<_>>())),
+        Err(AskError::Unexpected(_)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this list is not for this caller",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The most rows one answer gives a caller who is not staff: a page
+/// cannot be turned into a 100 MB answer.
+pub const PUBLIC_PAGE: i64 = 100;
+
+/// The deepest a caller who is not staff may page: every owner answers a
+/// deep page's rows before it (to merge them), so a deep offset would make
+/// one anonymous request cost every owner a large answer.
+pub const PUBLIC_MAX_OFFSET: i64 = 1_000;
+
+/// The page a query asks for (`limit`, `offset`; 400 if out of range), no
+/// longer than `caller` may have.
+fn visible_page(
+    caller: &Caller,
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<Page, ApiError> {
+    let asked = contract::requests::page(limit, offset).map_err(ApiError::bad_request)?;
+    visible(caller, asked)
+}
+
+/// `page`, no longer nor deeper than a caller who is not staff may ask for
+/// (a longer one is cut, a deeper one refused).
+fn visible(caller: &Caller, page: Page) -> Result<Page, ApiError> {
+    if caller.staff().is_some() {
+        return Ok(page);
+    }
+    if page.offset > PUBLIC_MAX_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "`offset` may be at most {PUBLIC_MAX_OFFSET} (staff may page deeper)"
+        )));
+    }
+    Ok(Page {
+        limit: page.limit.min(PUBLIC_PAGE),
+        ..page
+    })
 }
 
 /// Plain JSON 200.
@@ -331,18 +366,4 @@ pub fn ops_probes(
 /// The routes of a process without the `api` role: health and metrics.
 pub fn ops_only(cfg: &mut web::ServiceConfig) {
     cfg.service(ops::routes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-tokem", b"secret-token"));
-        assert!(!constant_time_eq(b"secret", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token-and-more", b"secret-token"));
-        assert!(!constant_time_eq(b"", b"secret-token"));
-    }
 }

@@ -66,7 +66,7 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
         let ok = db.is_healthy().await;
         storage_ok &= ok;
         storage.push(StorageHealth {
-            file: db.path().display().to_string(),
+            database: db_name(db).to_owned(),
             ok,
         });
     }
@@ -108,6 +108,14 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
     }
 }
 
+/// A database's name: its file's stem (`orchestrator.p0`).
+fn db_name(db: &crate::storage::Db) -> &str {
+    db.path()
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("db")
+}
+
 /// Prometheus text format.
 #[utoipa::path(
     get,
@@ -119,12 +127,10 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
 pub async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
     for db in &probes.dbs {
         if let Ok(n) = outbox::backlog(db).await {
-            let name = db
-                .path()
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("db");
-            METRICS.outbox_backlog.with_label_values(&[name]).set(n);
+            METRICS
+                .outbox_backlog
+                .with_label_values(&[db_name(db)])
+                .set(n);
         }
     }
     for b in probes.breakers.iter() {

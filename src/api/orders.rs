@@ -3,10 +3,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter, page};
+use super::contract::requests::{CustomerQuery, IdPath, NewOrder, id_filter};
 use super::contract::responses::{CancelAccepted, ErrorBody, MyOrder, Order, ProgressAccepted};
 use super::error::ApiError;
 use super::{ApiState, ORCHESTRATOR, ok_json, outcome, placing};
+use crate::auth::Caller;
 use crate::domain::{CustomerId, FoodId, IdempotencyKey, Money, OrderId, OrderStatus, Qty};
 use crate::messages::{OrderDetails, Progress};
 use crate::orchestrator::requests::{Outcome, Request};
@@ -65,21 +66,25 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 409, description = "out of stock, or cancelled before it was paid", body = ErrorBody),
         (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 422, description = "unknown customer or food, total too large, or the key was used for another request", body = ErrorBody),
+        (status = 422, description = "unknown customer or food, no customer named (staff must name one), total too large, or the key was used for another request", body = ErrorBody),
         (status = 503, description = "payment or broker unavailable; nothing established; Retry-After", body = ErrorBody),
     )
 )]
 pub async fn place(
     state: State,
+    caller: Caller,
     req: HttpRequest,
     body: web::Json<NewOrder>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    placing::place(&state, draft(body.into_inner())?, key).await
+    let draft = draft(&caller, body.into_inner())?;
+    placing::place(&state, &caller, draft, key).await
 }
 
-/// The order a request asks for, its amount not known yet.
-fn draft(body: NewOrder) -> Result<OrderDetails, ApiError> {
+/// The order a request asks for, its amount not known yet. A customer
+/// orders for themself (`customerId` may be left out; another's is a 403); a
+/// manager names the customer they order for (a phone order).
+fn draft(caller: &Caller, body: NewOrder) -> Result<OrderDetails, ApiError> {
     let unprocessable = |error, detail: String| {
         ApiError::new(
             actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,11 +92,26 @@ fn draft(body: NewOrder) -> Result<OrderDetails, ApiError> {
             detail,
         )
     };
+    let named = body
+        .customer_id
+        .map(|c| CustomerId::new(c.0).map_err(|e| unprocessable("unknown_customer", e.to_string())))
+        .transpose()?;
+    let customer_id = match (caller.customer(), named) {
+        (Some(me), Some(other)) if other != me => return Err(outcome::forbidden_for_another()),
+        (Some(me), _) => me,
+        (None, Some(named)) => named,
+        (None, None) => {
+            return Err(unprocessable(
+                "customer_required",
+                "name the customer the order is for: `customerId` (a customer's own orders need not)"
+                    .into(),
+            ));
+        }
+    };
     Ok(OrderDetails {
         // Replaced by the id the orchestrator allocates.
         order_id: OrderId::new(i64::MAX).map_err(|e| ApiError::bad_request(e.to_string()))?,
-        customer_id: CustomerId::new(body.customer_id.0)
-            .map_err(|e| unprocessable("unknown_customer", e.to_string()))?,
+        customer_id,
         food_id: FoodId::new(body.food_catalog_id.0)
             .map_err(|e| unprocessable("unknown_food", e.to_string()))?,
         qty: Qty::new(body.qty.0).map_err(|e| ApiError::bad_request(e.to_string()))?,
@@ -111,14 +131,19 @@ fn draft(body: NewOrder) -> Result<OrderDetails, ApiError> {
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResponse, ApiError> {
-    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+pub async fn list(
+    state: State,
+    caller: Caller,
+    q: web::Query<CustomerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = super::visible_page(&caller, q.limit, q.offset)?;
     let customer =
         id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
     let list = state
         .orchestrators
         .page(
             ORCHESTRATOR,
+            &caller,
             |page| Request::Orders { page, customer },
             Outcome::orders,
             page,
@@ -139,10 +164,14 @@ pub async fn list(state: State, q: web::Query<CustomerQuery>) -> Result<HttpResp
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: State,
+    caller: Caller,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.id)?;
     match state
-        .ask_orchestrator(id.get(), Request::Order { order: id })
+        .ask_orchestrator(&caller, id.get(), Request::Order { order: id })
         .await?
     {
         Outcome::Order(row) => Ok(ok_json(&Order::from(&row))),
@@ -164,11 +193,19 @@ pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, 
 )]
 pub async fn my_orders(
     state: State,
+    caller: Caller,
     q: web::Query<CustomerQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
-    let customer =
+    let page = super::visible_page(&caller, q.limit, q.offset)?;
+    let asked =
         id_filter("customerId", q.customer_id, CustomerId::new).map_err(ApiError::bad_request)?;
+    // A customer's "my orders" are theirs, whatever filter they asked for;
+    // everyone's are the manager's only (this read model is the API's own:
+    // no owner decides for it).
+    if caller.customer().is_none() && !caller.is_manager() {
+        return Err(outcome::forbidden());
+    }
+    let customer = caller.customer().or(asked);
     let list = state
         .views
         .my_orders
@@ -186,12 +223,9 @@ pub async fn my_orders(
     operation_id = "cancelOrder",
     tag = "orders",
     params(IdPath),
-    security(("manager" = [])),
     responses(
         (status = 202, description = "cancelled: the saga compensates", body = CancelAccepted,
             links(("GetSaga" = (operation_id = "getSaga", parameters(("id" = "$request.path.id")))))),
-        (status = 401, description = "no manager token", body = ErrorBody),
-        (status = 403, description = "wrong manager token", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "delivered, cancelled, rejected or quarantined", body = ErrorBody),
         (status = 503, description = "orchestrator or storage unavailable", body = ErrorBody),
@@ -199,13 +233,12 @@ pub async fn my_orders(
 )]
 pub async fn cancel(
     state: State,
-    req: HttpRequest,
+    caller: Caller,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.require_manager(&req)?;
     let id = order_id(path.id)?;
     match state
-        .ask_orchestrator(id.get(), Request::Cancel { order: id })
+        .ask_orchestrator(&caller, id.get(), Request::Cancel { order: id })
         .await?
     {
         Outcome::Accepted => Ok(HttpResponse::Accepted().json(CancelAccepted {
@@ -221,17 +254,16 @@ pub async fn cancel(
 
 async fn progress(
     state: State,
-    req: HttpRequest,
+    caller: Caller,
     raw: i64,
     progress: Progress,
 ) -> Result<HttpResponse, ApiError> {
-    state.require_manager(&req)?;
     let id = order_id(raw)?;
     let asked = Request::Progress {
         order: id,
         progress,
     };
-    match state.ask_orchestrator(id.get(), asked).await? {
+    match state.ask_orchestrator(&caller, id.get(), asked).await? {
         Outcome::Accepted => Ok(HttpResponse::Accepted().json(ProgressAccepted {
             order_id: id,
             progress: progress.as_str().to_owned(),
@@ -250,11 +282,8 @@ macro_rules! progress_endpoint {
             operation_id = $op,
             tag = "orders",
             params(IdPath),
-            security(("manager" = [])),
-            responses(
+                    responses(
                 (status = 202, description = "taken by the order's saga", body = ProgressAccepted),
-                (status = 401, description = "no manager token", body = ErrorBody),
-                (status = 403, description = "wrong manager token", body = ErrorBody),
                 (status = 404, description = "no such order", body = ErrorBody),
                 (status = 409, description = "the step does not wait for it now", body = ErrorBody),
                 (status = 503, description = "orchestrator or storage unavailable", body = ErrorBody),
@@ -262,10 +291,10 @@ macro_rules! progress_endpoint {
         )]
         pub async fn $fn(
             state: State,
-            req: HttpRequest,
+            caller: Caller,
             path: web::Path<IdPath>,
         ) -> Result<HttpResponse, ApiError> {
-            progress(state, req, path.id, $progress).await
+            progress(state, caller, path.id, $progress).await
         }
     };
 }

@@ -94,12 +94,31 @@ pub fn retry_refused(refusal: Refusal) -> ApiError {
     }
 }
 
+/// The owner refused the caller: 403.
+pub fn forbidden() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the caller may not do this",
+    )
+}
+
+/// A customer naming another customer's id: 403.
+pub fn forbidden_for_another() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a customer orders for themself: leave `customerId` out, or send your own",
+    )
+}
+
 /// An outcome that answers none of what the handler asked: not found, a
 /// quarantined saga, a key used for another request — or, if the owner
 /// answered something this request cannot have, our trouble (503).
 pub fn other(outcome: Outcome, what: &str) -> ApiError {
     match outcome {
         Outcome::NotFound => ApiError::not_found(format!("no {what}")),
+        Outcome::Forbidden => forbidden(),
         Outcome::Quarantined { saga, reason } => ApiError::conflict(
             "saga_quarantined",
             format!("saga {saga} is quarantined: {reason}"),

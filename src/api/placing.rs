@@ -11,6 +11,7 @@ use serde_json::json;
 use super::ApiState;
 use super::error::ApiError;
 use super::outcome::{self, RETRY_AFTER_SECS};
+use crate::auth::Caller;
 use crate::cluster::owners::{AskError, Unanswered};
 use crate::domain::{IdempotencyKey, Money, WorkerKind};
 use crate::messages::OrderDetails;
@@ -28,6 +29,7 @@ fn unprocessable(error: &'static str, detail: String) -> ApiError {
 /// it sent one.
 pub async fn place(
     state: &ApiState,
+    caller: &Caller,
     mut draft: OrderDetails,
     key: Option<IdempotencyKey>,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,14 +39,17 @@ pub async fn place(
             key: key.clone(),
             order: draft,
         };
-        let known = state.orchestrators.one(ORCHESTRATOR, at, replay).await?;
+        let known = state
+            .orchestrators
+            .one(ORCHESTRATOR, at, caller, replay)
+            .await?;
         if !matches!(known, Outcome::KeyFree) {
             // A retry of an order we already took: its answer.
             return answer(known);
         }
     }
-    check_customer(state, &draft).await?;
-    draft.amount = priced(state, &draft).await?;
+    check_customer(state, caller, &draft).await?;
+    draft.amount = priced(state, caller, &draft).await?;
     let admit_within_ms = u64::try_from(state.order_timeout.as_millis()).unwrap_or(u64::MAX);
     let place = |key: IdempotencyKey| Request::Place {
         order: draft,
@@ -58,7 +63,7 @@ pub async fn place(
         Some(key) => {
             let at = owners.count().of_text(key.as_str());
             match owners
-                .ask_waiting(ORCHESTRATOR, at, place(key.clone()))
+                .ask_waiting(ORCHESTRATOR, at, caller, place(key.clone()))
                 .await
             {
                 Ok(answer) => return answered(answer.result.map_err(|f| failed(at, f))),
@@ -71,7 +76,7 @@ pub async fn place(
         // of a placement whose answer is lost can still be learned).
         None => {
             let ours = |p: Partition| place(ours(owners.count(), p));
-            match owners.anywhere(ORCHESTRATOR, ours).await {
+            match owners.anywhere(ORCHESTRATOR, caller, ours).await {
                 Ok(outcome) => return answer(outcome),
                 Err(Unanswered {
                     error: e @ (AskError::NoOwner(_) | AskError::Failed { .. }),
@@ -86,7 +91,7 @@ pub async fn place(
             }
         }
     };
-    learn_outcome(state, partition, key, draft, why).await
+    learn_outcome(state, caller, partition, key, draft, why).await
 }
 
 /// Our key in `partition`.
@@ -116,12 +121,16 @@ fn answer(outcome: Outcome) -> Result<HttpResponse, ApiError> {
 
 /// Customers are never deleted: a customer seen here is still there when
 /// the saga starts.
-async fn check_customer(state: &ApiState, draft: &OrderDetails) -> Result<(), ApiError> {
+async fn check_customer(
+    state: &ApiState,
+    caller: &Caller,
+    draft: &OrderDetails,
+) -> Result<(), ApiError> {
     let customer = draft.customer_id;
     let at = state.orchestrators.partition_of(customer.get());
     let found = state
         .orchestrators
-        .one(ORCHESTRATOR, at, Request::Customer { customer })
+        .one(ORCHESTRATOR, at, caller, Request::Customer { customer })
         .await?;
     match found {
         Outcome::Customer(_) => Ok(()),
@@ -135,13 +144,17 @@ async fn check_customer(state: &ApiState, draft: &OrderDetails) -> Result<(), Ap
 
 /// The order's total, once the kitchen has the food and enough of it (the
 /// kitchen decides again when the ticket comes: stock may run out between).
-async fn priced(state: &ApiState, draft: &OrderDetails) -> Result<Money, ApiError> {
+async fn priced(
+    state: &ApiState,
+    caller: &Caller,
+    draft: &OrderDetails,
+) -> Result<Money, ApiError> {
     let food = draft.food_id;
     let kitchen = OwnerRole::Worker(WorkerKind::Kitchen);
     let at = state.workers.partition_of(food.get());
     let found = state
         .workers
-        .one(kitchen, at, WorkerRequest::Food { food })
+        .one(kitchen, at, caller, WorkerRequest::Food { food })
         .await?;
     let item = match found {
         WorkerOutcome::Food(Some(item)) => item,
@@ -171,6 +184,7 @@ async fn priced(state: &ApiState, draft: &OrderDetails) -> Result<Money, ApiErro
 /// a 503 that says the outcome is unknown and names the key to learn it by.
 async fn learn_outcome(
     state: &ApiState,
+    caller: &Caller,
     partition: Partition,
     key: IdempotencyKey,
     draft: OrderDetails,
@@ -187,7 +201,7 @@ async fn learn_outcome(
         };
         let asked = state
             .orchestrators
-            .ask_waiting(ORCHESTRATOR, partition, replay)
+            .ask_waiting(ORCHESTRATOR, partition, caller, replay)
             .await;
         match asked.map(|a| a.result) {
             Ok(Ok(Outcome::KeyFree)) => {

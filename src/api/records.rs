@@ -4,12 +4,13 @@
 
 use actix_web::{HttpResponse, web};
 
-use super::contract::requests::{IdPath, RecordQuery, id_filter, page};
+use super::contract::requests::{IdPath, RecordQuery, id_filter};
 use super::contract::responses::{
     CouponRecord, DeliveryRecord, ErrorBody, PayRecord, RecordView, TicketRecord,
 };
 use super::error::ApiError;
 use super::{ApiState, listed, ok_json, path_id};
+use crate::auth::Caller;
 use crate::domain::{OrderId, WorkerKind};
 use crate::partition::OwnerRole;
 use crate::workers::requests::{Outcome, Record, Request};
@@ -21,16 +22,17 @@ type State = web::Data<ApiState>;
 /// order's record in its partition.
 async fn record(
     state: &ApiState,
+    caller: &Caller,
     kind: WorkerKind,
     id: OrderId,
 ) -> Result<Option<Record>, ApiError> {
     let role = OwnerRole::Worker(kind);
     let asked = Request::Record { order: id };
     let outcomes = if kind == WorkerKind::Kitchen {
-        state.workers.all(role, asked).await?
+        state.workers.all(role, caller, asked).await?
     } else {
         let at = state.workers.partition_of(id.get());
-        vec![state.workers.one(role, at, asked).await?]
+        vec![state.workers.one(role, at, caller, asked).await?]
     };
     for outcome in outcomes {
         match outcome {
@@ -61,14 +63,16 @@ macro_rules! worker_records {
                 )]
         pub async fn $list(
             state: State,
+            caller: Caller,
             q: web::Query<RecordQuery>,
         ) -> Result<HttpResponse, ApiError> {
-            let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+            let page = super::visible_page(&caller, q.limit, q.offset)?;
             let order =
                 id_filter("orderId", q.order_id, OrderId::new).map_err(ApiError::bad_request)?;
             let role = OwnerRole::Worker(WorkerKind::$kind);
             let request = |page| Request::Records { page, order };
-            listed::<_, _, RecordView>(&state.workers, role, request, Outcome::records, page).await
+            listed::<_, _, RecordView>(&state.workers, role, &caller, request, Outcome::records, page)
+                .await
         }
 
         #[doc = concat!("The ", $what, " of order `id`.")]
@@ -84,9 +88,13 @@ macro_rules! worker_records {
                         (status = 503, description = "storage unavailable", body = ErrorBody),
                     )
                 )]
-        pub async fn $get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+        pub async fn $get(
+            state: State,
+            caller: Caller,
+            path: web::Path<IdPath>,
+        ) -> Result<HttpResponse, ApiError> {
             let id = path_id(path.id, $what, OrderId::new)?;
-            match record(&state, WorkerKind::$kind, id).await? {
+            match record(&state, &caller, WorkerKind::$kind, id).await? {
                 Some(found) => Ok(ok_json(&RecordView::from(found))),
                 None => Err(ApiError::not_found(format!(concat!("no ", $what, " {}"), id))),
             }

@@ -6,6 +6,7 @@ use super::contract::requests::{NewReview as NewReviewBody, PageQuery, page};
 use super::contract::responses::{ErrorBody, ReviewRecord, ReviewView};
 use super::error::ApiError;
 use super::{ApiState, ORCHESTRATOR, listed, ok_json, outcome};
+use crate::auth::Caller;
 use crate::orchestrator::requests::{Outcome, Request};
 use crate::orchestrator::store::reviews::NewReview;
 
@@ -28,6 +29,7 @@ type State = web::Data<ApiState>;
 )]
 pub async fn create_review(
     state: State,
+    caller: Caller,
     body: web::Json<NewReviewBody>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.into_inner();
@@ -38,7 +40,10 @@ pub async fn create_review(
         productname: r.productname,
         content: r.content,
     };
-    match state.create(Request::CreateReview { review }).await? {
+    match state
+        .create(&caller, Request::CreateReview { review })
+        .await?
+    {
         Outcome::Review(r) => Ok(HttpResponse::Created().json(ReviewRecord::from(r))),
         other => Err(outcome::other(other, "review")),
     }
@@ -59,12 +64,21 @@ pub async fn create_review(
 )]
 pub async fn list_reviews(
     state: State,
+    caller: Caller,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let rows = Outcome::reviews;
     let request = |page| Request::Reviews { page };
-    listed::<_, _, ReviewRecord>(&state.orchestrators, ORCHESTRATOR, request, rows, page).await
+    listed::<_, _, ReviewRecord>(
+        &state.orchestrators,
+        ORCHESTRATOR,
+        &caller,
+        request,
+        rows,
+        page,
+    )
+    .await
 }
 
 /// The review read model: per product, count, average rating, latest
@@ -83,9 +97,10 @@ pub async fn list_reviews(
 )]
 pub async fn review_views(
     state: State,
+    caller: Caller,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
+    let page = super::visible_page(&caller, q.limit, q.offset)?;
     let list = state
         .views
         .reviews

@@ -1,11 +1,12 @@
 //! Saga inspection and the operator's retry.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 
 use super::contract::requests::{IdPath, SagaQuery, page};
 use super::contract::responses::{ErrorBody, RetryAccepted, SagaView};
 use super::error::ApiError;
 use super::{ApiState, ORCHESTRATOR, ok_json, outcome};
+use crate::auth::Caller;
 use crate::domain::SagaId;
 use crate::orchestrator::requests::{Outcome, Request};
 use crate::saga::machine::SagaState;
@@ -29,7 +30,11 @@ fn saga_id(raw: i64) -> Result<SagaId, ApiError> {
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: State,
+    caller: Caller,
+    q: web::Query<SagaQuery>,
+) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let filter = match q.state.as_deref() {
         None => None,
@@ -43,6 +48,7 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
         .orchestrators
         .page(
             ORCHESTRATOR,
+            &caller,
             |page| Request::Sagas {
                 page,
                 state: filter,
@@ -70,10 +76,14 @@ pub async fn list(state: State, q: web::Query<SagaQuery>) -> Result<HttpResponse
         (status = 503, description = "storage unavailable", body = ErrorBody),
     )
 )]
-pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: State,
+    caller: Caller,
+    path: web::Path<IdPath>,
+) -> Result<HttpResponse, ApiError> {
     let id = saga_id(path.id)?;
     match state
-        .ask_orchestrator(id.get(), Request::Saga { saga: id })
+        .ask_orchestrator(&caller, id.get(), Request::Saga { saga: id })
         .await?
     {
         Outcome::Saga(detail) => Ok(ok_json(&SagaView::inspect(
@@ -93,11 +103,8 @@ pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, 
     operation_id = "retrySaga",
     tag = "inspection",
     params(IdPath),
-    security(("manager" = [])),
     responses(
         (status = 202, description = "resumed: the saga compensates again", body = RetryAccepted),
-        (status = 401, description = "no manager token", body = ErrorBody),
-        (status = 403, description = "wrong manager token", body = ErrorBody),
         (status = 404, description = "no such saga", body = ErrorBody),
         (status = 409, description = "the saga is not Failed, or quarantined", body = ErrorBody),
         (status = 503, description = "orchestrator or storage unavailable", body = ErrorBody),
@@ -105,13 +112,12 @@ pub async fn get(state: State, path: web::Path<IdPath>) -> Result<HttpResponse, 
 )]
 pub async fn retry(
     state: State,
-    req: HttpRequest,
+    caller: Caller,
     path: web::Path<IdPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.require_manager(&req)?;
     let id = saga_id(path.id)?;
     match state
-        .ask_orchestrator(id.get(), Request::Retry { saga: id })
+        .ask_orchestrator(&caller, id.get(), Request::Retry { saga: id })
         .await?
     {
         Outcome::Accepted => Ok(HttpResponse::Accepted().json(RetryAccepted {

@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::auth::{Authenticator, keys};
 use crate::cluster::ownership::{self, Claim, FolderLocks};
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, Secret};
 use crate::orchestrator::store;
 use crate::partition::{self, OwnerRole, Partition, PartitionCount};
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::storage::Db;
 use crate::transport::Transport;
-use crate::transport::amqp::{AmqpSettings, AmqpTransport};
+use crate::transport::amqp::{AmqpSettings, AmqpTransport, Scope};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::nodes::BrokerNodes;
 
@@ -31,11 +32,16 @@ pub(super) struct Foundation {
     pub orchestrator_db: Option<Db>,
     /// The data folder's locks of the owned partitions, released last.
     pub locks: FolderLocks,
+    /// Verifies callers (at the API, and again at the owners).
+    pub auth: Arc<Authenticator>,
+    /// The manager's static token, when there is one.
+    pub manager_token: Option<Secret>,
 }
 
 impl Foundation {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         crate::failpoint::configure(&config.failpoints).map_err(|e| anyhow::anyhow!(e))?;
+        refuse_published(config)?;
         let def = Arc::new(super::load_definition(&config.saga_file).with_context(|| {
             format!("loading the saga definition {}", config.saga_file.display())
         })?);
@@ -66,6 +72,12 @@ impl Foundation {
         } else {
             None
         };
+        let manager_token = manager_token(config);
+        let auth = Arc::new(Authenticator::new(
+            &keys::deployment_key(config)?,
+            keys::external(config).await?,
+            manager_token.clone(),
+        )?);
         let transport = connect(config, count, &home, &claims).await?;
         if !claims.is_empty() {
             tracing::info!(partitions = %partition::describe(&owned), "owning partitions");
@@ -79,6 +91,8 @@ impl Foundation {
             transport,
             orchestrator_db,
             locks,
+            auth,
+            manager_token,
         })
     }
 
@@ -87,6 +101,59 @@ impl Foundation {
     pub fn shared(&self) -> bool {
         self.transport.requests().is_some()
     }
+}
+
+/// Refuses to start with a manager token too short to be a secret, a
+/// secret the repository published (a working secret is never shipped), or
+/// with RabbitMQ's `guest` away from this machine. No error repeats a
+/// secret.
+fn refuse_published(config: &Config) -> anyhow::Result<()> {
+    if config
+        .manager_token
+        .as_ref()
+        .is_some_and(|t| t.expose().chars().count() < crate::config::MIN_MANAGER_TOKEN_LEN)
+    {
+        anyhow::bail!(
+            "HEARTY_MANAGER_TOKEN must be at least {} characters (`openssl rand -hex 32`)",
+            crate::config::MIN_MANAGER_TOKEN_LEN
+        );
+    }
+    for (name, secret) in [
+        ("HEARTY_MANAGER_TOKEN", config.manager_token.as_ref()),
+        ("HEARTY_AUTH_KEY", config.auth_key.as_ref()),
+    ] {
+        if secret.is_some_and(|s| crate::config::is_published(s.expose())) {
+            anyhow::bail!(
+                "{name} is a value published with Hearty's repository: choose a secret of your own \
+                 (`openssl rand -base64 48`)"
+            );
+        }
+    }
+    if let Some(url) = &config.amqp_url {
+        let nodes = BrokerNodes::parse(url).map_err(|e| anyhow::anyhow!("HEARTY_AMQP_URL {e}"))?;
+        if nodes.uses_guest_remotely() {
+            anyhow::bail!(
+                "HEARTY_AMQP_URL logs in as RabbitMQ's `guest` on another machine: give each role \
+                 its own broker user (deploy/README.md)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The manager's static token: configured; without a broker (one process,
+/// zero-setup) generated and printed; with one, none (staff sign in with
+/// tokens from `hearty token`, which every process verifies alike).
+fn manager_token(config: &Config) -> Option<Secret> {
+    if config.manager_token.is_some() || config.amqp_url.is_some() {
+        return config.manager_token.clone();
+    }
+    let t = Secret::generate();
+    println!(
+        "Manager token (send as `Authorization: Bearer <token>`): {}",
+        t.expose()
+    );
+    Some(t)
 }
 
 /// The transport: RabbitMQ with the namespace's partition count, this
@@ -112,11 +179,26 @@ async fn connect(
         connection_name: format!("hearty {} (pid {})", config.roles, std::process::id()),
         connect_wait: config.broker_wait,
         partitions: count,
+        scope: scope_of(config),
     })
     .await
     .with_context(|| format!("connecting to RabbitMQ at {nodes}"))?;
     ownership::claim_on_broker(&t, t.topology(), count, home, claims).await?;
     Ok(Arc::new(t))
+}
+
+/// What a process declares on the broker: the orchestrator the shared
+/// exchanges and streams and its queues, a worker its own queues, a process
+/// of the API or read models only nothing (its broker user may configure
+/// nothing).
+fn scope_of(config: &Config) -> Scope {
+    let roles = &config.roles;
+    let orchestrator = roles.has(Role::Orchestrator);
+    Scope {
+        shared: orchestrator,
+        workers: roles.workers().collect(),
+        replies: orchestrator,
+    }
 }
 
 /// The (role, partition) pairs a process owns: every owned partition of

@@ -91,15 +91,16 @@ pub(super) async fn start(
 fn serve_requests(executor: &Arc<OrchestratorExecutor>, base: &Foundation, parts: &Parts) {
     let owned: Vec<u16> = base.owned.iter().map(|p| p.index()).collect();
     for &p in &base.owned {
-        let executor: Arc<OrchestratorExecutor> = executor.clone();
-        let (o, t, s) = (
-            owned.clone(),
-            base.transport.clone(),
-            parts.shutdown.clone(),
-        );
+        let owner = serve::Owner::<OrchestratorProtocol> {
+            executor: executor.clone(),
+            owned: owned.clone(),
+            transport: base.transport.clone(),
+            auth: base.auth.clone(),
+        };
+        let shutdown = parts.shutdown.clone();
         actix::spawn(async move {
             let role = OwnerRole::Orchestrator;
-            if let Err(e) = serve::serve::<OrchestratorProtocol>(role, p, executor, o, t, s).await {
+            if let Err(e) = serve::serve(role, p, owner, shutdown).await {
                 tracing::error!(partition = %p, error = %e, "request server stopped");
             }
         });

@@ -27,6 +27,10 @@ pub struct Running {
     /// The manager's token (configured or generated).
     pub manager_token: Option<Secret>,
     pub(super) server: actix_web::dev::ServerHandle,
+    /// The internal listener of probes and metrics, if any (stopped last:
+    /// probes answer until the end), and where it listens.
+    pub(super) ops: Option<actix_web::dev::ServerHandle>,
+    pub ops_addr: Option<SocketAddr>,
     pub(super) parts: Parts,
     pub(super) transport: Arc<dyn Transport>,
     /// The data folder's locks of the owned partitions, released last.
@@ -95,6 +99,9 @@ impl Running {
         self.transport.close().await;
         drop(self.transport);
         drop(self.locks);
+        if let Some(ops) = self.ops {
+            ops.stop(true).await;
+        }
     }
 
     /// Resolves when another process has taken this process's partitions

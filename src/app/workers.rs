@@ -87,15 +87,16 @@ fn serve_requests(
 ) {
     let owned: Vec<u16> = base.owned.iter().map(|p| p.index()).collect();
     for &p in &base.owned {
-        let executor: Arc<LocalWorker> = local.clone();
-        let (o, t, s) = (
-            owned.clone(),
-            base.transport.clone(),
-            parts.shutdown.clone(),
-        );
+        let owner = serve::Owner::<WorkerProtocol> {
+            executor: local.clone(),
+            owned: owned.clone(),
+            transport: base.transport.clone(),
+            auth: base.auth.clone(),
+        };
+        let shutdown = parts.shutdown.clone();
         arbiter.spawn(async move {
             let role = OwnerRole::Worker(kind);
-            if let Err(e) = serve::serve::<WorkerProtocol>(role, p, executor, o, t, s).await {
+            if let Err(e) = serve::serve(role, p, owner, shutdown).await {
                 tracing::error!(worker = %kind, partition = %p, error = %e, "request server stopped");
             }
         });

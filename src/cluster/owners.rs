@@ -22,6 +22,8 @@ use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
+use crate::config::Secret;
 use crate::partition::{OwnerRole, Partition, PartitionCount, RoundRobin};
 use crate::storage::{Page, StorageError};
 use crate::transport::{Topology, Transport, TransportError};
@@ -35,9 +37,24 @@ pub trait Protocol: Send + Sync + 'static {
     const MESSAGE_TYPE: &'static str;
 }
 
-/// An owner in this process, which executes requests for its partitions.
+/// An owner in this process, which executes requests for its partitions,
+/// deciding what `caller` may do and see.
 pub trait Executor<P: Protocol>: Send + Sync + 'static {
-    fn execute(&self, request: P::Request) -> BoxFuture<'_, Result<P::Outcome, Failure>>;
+    fn execute(
+        &self,
+        caller: Caller,
+        request: P::Request,
+    ) -> BoxFuture<'_, Result<P::Outcome, Failure>>;
+}
+
+/// A request on the wire: the caller's credential (the owner verifies it
+/// again: it decides from who asks, not from what an asker says) and the
+/// request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Asked<R> {
+    /// Never printed (`Secret`'s `Debug`).
+    pub credential: Option<Secret>,
+    pub request: R,
 }
 
 /// Why an owner could not answer a request it received.
@@ -54,6 +71,9 @@ pub enum Failure {
     /// The request (or the answer) could not be read: another version.
     #[error("{0}")]
     Undecodable(String),
+    /// The owner did not accept the caller's credential.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl From<StorageError> for Failure {
@@ -196,6 +216,7 @@ impl<P: Protocol> Owners<P> {
         &self,
         role: OwnerRole,
         partition: Partition,
+        caller: &Caller,
         request: P::Request,
     ) -> Result<Answer<P::Outcome>, AskError> {
         if let Some(local) = self
@@ -203,7 +224,7 @@ impl<P: Protocol> Owners<P> {
             .get(&role)
             .filter(|l| l.owned.contains(&partition.index()))
         {
-            let result = local.executor.execute(request).await;
+            let result = local.executor.execute(caller.clone(), request).await;
             return Ok(Answer {
                 owned: local.owned.clone(),
                 result,
@@ -213,7 +234,11 @@ impl<P: Protocol> Owners<P> {
         let Some(requests) = self.transport.requests() else {
             return Err(AskError::NoOwner(what));
         };
-        let body = serde_json::to_vec(&request).map_err(|e| AskError::Failed {
+        let asked = Asked {
+            credential: caller.credential().cloned(),
+            request,
+        };
+        let body = serde_json::to_vec(&asked).map_err(|e| AskError::Failed {
             what: what.clone(),
             failure: Failure::Undecodable(format!("cannot encode the request: {e}")),
         })?;
@@ -235,12 +260,13 @@ impl<P: Protocol> Owners<P> {
         &self,
         role: OwnerRole,
         partition: Partition,
+        caller: &Caller,
         request: P::Request,
     ) -> Result<Answer<P::Outcome>, AskError> {
         if self.transport.requests().is_none() {
-            return self.ask(role, partition, request).await;
+            return self.ask(role, partition, caller, request).await;
         }
-        waiting_for_owner(|| self.ask(role, partition, request.clone())).await
+        waiting_for_owner(|| self.ask(role, partition, caller, request.clone())).await
     }
 
     /// The outcome of `request` at the owner of `role`'s `partition`,
@@ -249,9 +275,10 @@ impl<P: Protocol> Owners<P> {
         &self,
         role: OwnerRole,
         partition: Partition,
+        caller: &Caller,
         request: P::Request,
     ) -> Result<P::Outcome, AskError> {
-        let answer = self.ask_waiting(role, partition, request).await?;
+        let answer = self.ask_waiting(role, partition, caller, request).await?;
         answer.result.map_err(|failure| AskError::Failed {
             what: format!("{role} {partition}"),
             failure,
@@ -266,6 +293,7 @@ impl<P: Protocol> Owners<P> {
     pub async fn anywhere(
         &self,
         role: OwnerRole,
+        caller: &Caller,
         request: impl Fn(Partition) -> P::Request,
     ) -> Result<P::Outcome, Unanswered<P::Request>> {
         // Each partition once, from this creation's turn on (the turn is
@@ -275,7 +303,7 @@ impl<P: Protocol> Owners<P> {
         loop {
             let partition = self.count.of(first + k);
             let sent = request(partition);
-            let error = match self.ask(role, partition, sent.clone()).await {
+            let error = match self.ask(role, partition, caller, sent.clone()).await {
                 Ok(answer) => match answer.result {
                     Ok(outcome) => return Ok(outcome),
                     Err(failure) => AskError::Failed {
@@ -300,13 +328,16 @@ impl<P: Protocol> Owners<P> {
     pub async fn all(
         &self,
         role: OwnerRole,
+        caller: &Caller,
         request: P::Request,
     ) -> Result<Vec<P::Outcome>, AskError> {
         let mut uncovered: BTreeSet<u16> = self.count.all().map(Partition::index).collect();
         let mut outcomes = Vec::new();
         while let Some(&next) = uncovered.iter().next() {
             let partition = self.count.of(i64::from(next));
-            let answer = self.ask_waiting(role, partition, request.clone()).await?;
+            let answer = self
+                .ask_waiting(role, partition, caller, request.clone())
+                .await?;
             uncovered.remove(&next);
             for p in &answer.owned {
                 uncovered.remove(p);
@@ -327,13 +358,14 @@ impl<P: Protocol> Owners<P> {
     pub async fn page<T: Keyed>(
         &self,
         role: OwnerRole,
+        caller: &Caller,
         request: impl Fn(Page) -> P::Request,
         rows: impl Fn(P::Outcome) -> Option<Vec<T>>,
         page: Page,
     ) -> Result<Vec<T>, AskError> {
         let unexpected = || AskError::Unexpected(format!("{role}"));
         let first = self.count.of(1);
-        let answer = self.ask_waiting(role, first, request(page)).await?;
+        let answer = self.ask_waiting(role, first, caller, request(page)).await?;
         if answer.owned.len() == usize::from(self.count.get()) {
             let outcome = answer.result.map_err(|failure| AskError::Failed {
                 what: format!("{role} {first}"),
@@ -346,7 +378,7 @@ impl<P: Protocol> Owners<P> {
             offset: 0,
         };
         let mut lists = Vec::new();
-        for outcome in self.all(role, request(deep)).await? {
+        for outcome in self.all(role, caller, request(deep)).await? {
             lists.push(rows(outcome).ok_or_else(unexpected)?);
         }
         Ok(merge_page(lists, page))

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::owners::{Answer, Executor, Failure, MAX_ANSWER_BYTES, Protocol};
+use super::owners::{Answer, Asked, Executor, Failure, MAX_ANSWER_BYTES, Protocol};
+use crate::auth::{Authenticator, Caller};
 use crate::partition::{OwnerRole, Partition};
 use crate::shutdown::Shutdown;
 use crate::transport::consume::consume_each;
@@ -17,21 +18,41 @@ use crate::transport::{QueueName, Received, Transport, TransportError};
 pub async fn serve<P: Protocol>(
     role: OwnerRole,
     partition: Partition,
-    executor: Arc<dyn Executor<P>>,
-    owned: Vec<u16>,
-    transport: Arc<dyn Transport>,
+    owner: Owner<P>,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
+    let transport = owner.transport.clone();
     consume_each(
-        transport.clone(),
+        transport,
         QueueName::Lease(role, partition),
         shutdown,
         move |d, _failures| {
-            let (executor, owned, transport) = (executor.clone(), owned.clone(), transport.clone());
-            async move { serve_one::<P>(d, executor.as_ref(), owned, transport.as_ref()).await }
+            let owner = owner.clone();
+            async move { serve_one::<P>(d, &owner).await }
         },
     )
     .await
+}
+
+/// An owner as it serves requests.
+pub struct Owner<P: Protocol> {
+    pub executor: Arc<dyn Executor<P>>,
+    /// Every partition of the role this process owns (each answer says so).
+    pub owned: Vec<u16>,
+    pub transport: Arc<dyn Transport>,
+    /// Verifies the credential each request carries.
+    pub auth: Arc<Authenticator>,
+}
+
+impl<P: Protocol> Clone for Owner<P> {
+    fn clone(&self) -> Self {
+        Owner {
+            executor: self.executor.clone(),
+            owned: self.owned.clone(),
+            transport: self.transport.clone(),
+            auth: self.auth.clone(),
+        }
+    }
 }
 
 /// Requests this process is answering as an owner (received, answer not
@@ -58,23 +79,21 @@ impl Drop for Answering {
     }
 }
 
-async fn serve_one<P: Protocol>(
-    d: Received,
-    executor: &dyn Executor<P>,
-    owned: Vec<u16>,
-    transport: &dyn Transport,
-) {
+async fn serve_one<P: Protocol>(d: Received, owner: &Owner<P>) {
     let _answering = Answering::start();
     let (Some(reply_to), Some(correlation)) = (d.reply_to.clone(), d.correlation_id.clone()) else {
         crate::transport::poison::dead_letter(d, "a request without reply-to").await;
         return;
     };
-    let result = match decode::<P>(&d) {
-        Ok(request) => executor.execute(request).await,
+    let result = match decode::<P>(&d).and_then(|asked| authenticated(&owner.auth, asked)) {
+        Ok((caller, request)) => owner.executor.execute(caller, request).await,
         Err(failure) => Err(failure),
     };
-    let body = encode(Answer { owned, result });
-    let answered = match transport.requests() {
+    let body = encode(Answer {
+        owned: owner.owned.clone(),
+        result,
+    });
+    let answered = match owner.transport.requests() {
         Some(r) => r.respond(&reply_to, &correlation, body).await,
         None => Err(TransportError::Unavailable(
             "this transport carries no requests".into(),
@@ -87,8 +106,19 @@ async fn serve_one<P: Protocol>(
     let _ = d.ack().await;
 }
 
+/// The caller a request's credential proves, with the request.
+fn authenticated<R>(auth: &Authenticator, asked: Asked<R>) -> Result<(Caller, R), Failure> {
+    let caller = match &asked.credential {
+        None => Caller::anonymous(),
+        Some(token) => auth
+            .verify(token.expose())
+            .map_err(|e| Failure::Unauthenticated(e.to_string()))?,
+    };
+    Ok((caller, asked.request))
+}
+
 /// The request, if it is one of this protocol and version.
-fn decode<P: Protocol>(d: &Received) -> Result<P::Request, Failure> {
+fn decode<P: Protocol>(d: &Received) -> Result<Asked<P::Request>, Failure> {
     if d.message_type.as_deref() != Some(P::MESSAGE_TYPE) {
         return Err(Failure::Undecodable(format!(
             "a request of type {:?}: this owner answers {} (processes of another version?)",

@@ -1,8 +1,9 @@
 //! The owner's side of [`OrchestratorProtocol`]: executes each request
 //! against this process's orchestrator and its store, and answers in the
 //! orchestrator's own words. Every decision about an order is its saga
-//! actor's, taken against its current state (`dispatch`), never a read
-//! followed by a send.
+//! actor's, taken against its current state (`dispatch_by`), never a read
+//! followed by a send; what a caller may do and see is decided here, at the
+//! owner of the object (another customer's order is not found).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,15 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::requests::{OrchestratorProtocol, Outcome, Placement, Request, SagaDetail};
+use super::store::reviews::NewReview;
 use super::store::{KeyUse, SagaStore, Stored, customers, reviews, sagas};
-use super::{AwaitAdmission, Located, Orchestrator, OrchestratorError, PlaceOrder, ask, dispatch};
+use super::{
+    AwaitAdmission, Located, Orchestrator, OrchestratorError, PlaceOrder, ask, dispatch_by,
+};
+use crate::auth::{Caller, StaffRole};
 use crate::cluster::owners::{Executor, Failure};
 use crate::domain::{IdempotencyKey, Millis, OrderId};
-use crate::messages::OrderDetails;
+use crate::messages::{OrderDetails, Progress};
 use crate::saga::breaker::Breakers;
 use crate::saga::machine::{Admission, Event, Saga};
 use crate::transport::Transport;
@@ -32,9 +37,30 @@ pub struct OrchestratorExecutor {
 }
 
 impl Executor<OrchestratorProtocol> for OrchestratorExecutor {
-    fn execute(&self, request: Request) -> BoxFuture<'_, Result<Outcome, Failure>> {
-        self.run(request).boxed()
+    fn execute(&self, caller: Caller, request: Request) -> BoxFuture<'_, Result<Outcome, Failure>> {
+        self.run(caller, request).boxed()
     }
+}
+
+/// Whether `caller` may ask the saga for `event`: the manager cancels and
+/// retries; the kitchen reports cooked, the delivery team picked up and
+/// delivered (a manager may report anything).
+fn may_decide(caller: &Caller, event: &Event) -> bool {
+    let role = caller.staff();
+    match (role, event) {
+        (Some(StaffRole::Manager), _) => true,
+        (Some(StaffRole::Kitchen), Event::Progress { progress }) => *progress == Progress::Cooked,
+        (Some(StaffRole::Delivery), Event::Progress { progress }) => {
+            matches!(progress, Progress::PickedUp | Progress::Delivered)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `caller` may place (or replay) `order`: a customer for themself,
+/// a manager on a customer's behalf.
+fn may_place(caller: &Caller, order: &OrderDetails) -> bool {
+    caller.is_manager() || caller.customer() == Some(order.customer_id)
 }
 
 /// The orchestrator's errors in its own words; trouble of its own is a
@@ -53,8 +79,13 @@ fn outcome_of(e: OrchestratorError) -> Result<Outcome, Failure> {
 }
 
 impl OrchestratorExecutor {
-    async fn run(&self, request: Request) -> Result<Outcome, Failure> {
+    async fn run(&self, caller: Caller, request: Request) -> Result<Outcome, Failure> {
         match request {
+            Request::Replay { order, .. } | Request::Place { order, .. }
+                if !may_place(&caller, &order) =>
+            {
+                Ok(Outcome::Forbidden)
+            }
             Request::Replay { key, order } => self.replay(key, order).await,
             Request::Place {
                 order,
@@ -64,41 +95,72 @@ impl OrchestratorExecutor {
                 self.place(order, key, Duration::from_millis(admit_within_ms))
                     .await
             }
-            Request::Cancel { order } => self.decide(order, Event::Cancel).await,
+            Request::Cancel { order } => self.decide(&caller, order, Event::Cancel).await,
             Request::Progress { order, progress } => {
-                self.decide(order, Event::Progress { progress }).await
+                let event = Event::Progress { progress };
+                self.decide(&caller, order, event).await
             }
-            Request::Retry { saga } => self.decide(saga, Event::Retry).await,
+            Request::Retry { saga } => self.decide(&caller, saga, Event::Retry).await,
+            Request::Saga { .. } | Request::Sagas { .. } if !caller.is_manager() => {
+                Ok(Outcome::Forbidden)
+            }
             Request::Saga { saga } => self.detail(saga).await,
-            other => self.read_or_create(other).await,
+            Request::Order { order } => self.order(&caller, order).await,
+            other => self.read_or_create(&caller, other).await,
         }
     }
 
-    /// The reads, and the creations of customers and reviews.
-    async fn read_or_create(&self, request: Request) -> Result<Outcome, Failure> {
+    /// An order: a customer's own (another's is not found), or any for a
+    /// manager.
+    async fn order(&self, caller: &Caller, id: OrderId) -> Result<Outcome, Failure> {
+        if caller.customer().is_none() && !caller.is_manager() {
+            return Ok(Outcome::Forbidden);
+        }
+        let found = self.sagas.load(id).await?.filter(|row| match row {
+            Stored::Saga(saga) => caller.sees_customer(saga.order.customer_id),
+            // Whose it is cannot be told: only a manager sees it.
+            Stored::Quarantined(_) => caller.is_manager(),
+        });
+        Ok(found.map_or(Outcome::NotFound, Outcome::Order))
+    }
+
+    /// The reads (a customer's own rows only), and the creations of
+    /// customers and reviews.
+    async fn read_or_create(&self, caller: &Caller, request: Request) -> Result<Outcome, Failure> {
         let db = self.sagas.db();
         let owned = self.sagas.owned().clone();
+        // A customer's lists are theirs, whatever filter they asked for.
+        let own = caller.customer();
+        let reads_all = caller.is_manager();
         Ok(match request {
-            Request::Order { order } => self
-                .sagas
-                .load(order)
-                .await?
-                .map_or(Outcome::NotFound, Outcome::Order),
-            Request::Orders { page, customer } => Outcome::Orders(
-                db.read(move |c| sagas::list_sagas(c, page, None, customer))
-                    .await?,
-            ),
+            Request::Orders { .. } | Request::Customers { .. } if own.is_none() && !reads_all => {
+                Outcome::Forbidden
+            }
+            Request::Orders { page, customer } => {
+                let customer = own.or(customer);
+                Outcome::Orders(
+                    db.read(move |c| sagas::list_sagas(c, page, None, customer))
+                        .await?,
+                )
+            }
             Request::Sagas { page, state } => Outcome::Sagas(
                 db.read(move |c| sagas::list_sagas(c, page, state, None))
                     .await?,
             ),
+            Request::Customer { customer } if !caller.sees_customer(customer) => Outcome::NotFound,
             Request::Customer { customer } => db
                 .read(move |c| customers::get(c, customer))
                 .await?
                 .map_or(Outcome::NotFound, Outcome::Customer),
-            Request::Customers { page } => {
-                Outcome::Customers(db.read(move |c| customers::list(c, page)).await?)
-            }
+            Request::Customers { page } => Outcome::Customers(match own {
+                Some(me) if page.offset == 0 => db
+                    .read(move |c| customers::get(c, me))
+                    .await?
+                    .into_iter()
+                    .collect(),
+                Some(_) => Vec::new(),
+                None => db.read(move |c| customers::list(c, page)).await?,
+            }),
             Request::CreateCustomer { customer } => Outcome::Customer(
                 db.write(move |tx| customers::create(tx, &customer, &owned))
                     .await?,
@@ -106,6 +168,7 @@ impl OrchestratorExecutor {
             Request::Reviews { page } => {
                 Outcome::Reviews(db.read(move |c| reviews::list(c, page)).await?)
             }
+            Request::CreateReview { review } if !may_review(caller, &review) => Outcome::Forbidden,
             Request::CreateReview { review } => {
                 let created = db
                     .write(move |tx| reviews::create(tx, &review, &owned))
@@ -118,13 +181,18 @@ impl OrchestratorExecutor {
             | Request::Cancel { .. }
             | Request::Progress { .. }
             | Request::Retry { .. }
+            | Request::Order { .. }
             | Request::Saga { .. } => unreachable!("handled by `run`"),
         })
     }
 
-    /// An event for a saga, decided by its actor against its current state.
-    async fn decide(&self, id: OrderId, event: Event) -> Result<Outcome, Failure> {
-        match dispatch(&self.orchestrator, id, event).await {
+    /// An event someone asked for, decided by the saga's actor against its
+    /// current state; its history records who asked.
+    async fn decide(&self, caller: &Caller, id: OrderId, event: Event) -> Result<Outcome, Failure> {
+        if !may_decide(caller, &event) {
+            return Ok(Outcome::Forbidden);
+        }
+        match dispatch_by(&self.orchestrator, id, event, caller.actor()).await {
             Ok(Ok(())) => Ok(Outcome::Accepted),
             Ok(Err(refusal)) => Ok(Outcome::Refused(refusal)),
             Err(e) => outcome_of(e),
@@ -248,5 +316,14 @@ impl OrchestratorExecutor {
                 other => return other,
             }
         }
+    }
+}
+
+/// Whether `caller` may post `review`: a customer as themself (the name
+/// they signed up with), a manager as anyone.
+fn may_review(caller: &Caller, review: &NewReview) -> bool {
+    match caller.who() {
+        crate::auth::Who::Customer { name, .. } => review.username == *name,
+        _ => caller.is_manager(),
     }
 }

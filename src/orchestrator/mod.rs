@@ -257,7 +257,22 @@ pub async fn dispatch(
     saga: SagaId,
     event: Event,
 ) -> Result<Result<(), Refusal>, OrchestratorError> {
-    ask(orchestrator, saga, SagaEvent(event)).await?
+    ask(orchestrator, saga, SagaEvent::of(event)).await?
+}
+
+/// Like [`dispatch`], for an event a person asked for: the history records
+/// who (`by`).
+pub async fn dispatch_by(
+    orchestrator: &Addr<Orchestrator>,
+    saga: SagaId,
+    event: Event,
+    by: String,
+) -> Result<Result<(), Refusal>, OrchestratorError> {
+    let event = SagaEvent {
+        event,
+        by: Some(by),
+    };
+    ask(orchestrator, saga, event).await?
 }
 
 /// Sends `msg` to saga `saga`'s actor, loading it if needed.

@@ -134,8 +134,10 @@ pub enum Outcome {
     Accepted,
     /// The saga refused it against its current state.
     Refused(Refusal),
-    /// No such order, saga or customer.
+    /// No such order, saga or customer (or not the caller's to see).
     NotFound,
+    /// The caller may not do this.
+    Forbidden,
     /// The saga's stored state cannot be decoded.
     Quarantined {
         saga: SagaId,

@@ -72,7 +72,7 @@ impl SagaActor {
             };
             // A little slack so the deadline has surely passed.
             let after = at.until_from(now) + Duration::from_millis(5);
-            ctx.run_later(after, move |_act, ctx| ctx.notify(SagaEvent(event)));
+            ctx.run_later(after, move |_act, ctx| ctx.notify(SagaEvent::of(event)));
         }
     }
 
@@ -150,22 +150,37 @@ impl SagaActor {
     }
 }
 
-/// An event for this saga. Answers once the resulting transition is
-/// committed (or with the refusal of a cancel/retry that does not fit).
+/// An event for this saga, and who asked for it (a person's or an
+/// operator's event). Answers once the resulting transition is committed
+/// (or with the refusal of a cancel/retry that does not fit).
 #[derive(Message, Clone)]
 #[rtype(result = "Result<Result<(), Refusal>, OrchestratorError>")]
-pub struct SagaEvent(pub Event);
+pub struct SagaEvent {
+    pub event: Event,
+    pub by: Option<String>,
+}
+
+impl SagaEvent {
+    /// An event nobody in particular asked for (a reply, a timer).
+    pub fn of(event: Event) -> Self {
+        SagaEvent { event, by: None }
+    }
+}
 
 impl Handler<SagaEvent> for SagaActor {
     type Result = AtomicResponse<Self, Result<Result<(), Refusal>, OrchestratorError>>;
 
-    fn handle(&mut self, SagaEvent(event): SagaEvent, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        SagaEvent { event, by }: SagaEvent,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         let mut next = self.saga.clone();
         let now = Millis::now();
         let observed = observe(&self.saga, &event);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::failpoint::hit("saga-apply");
-            next.apply(&self.def, &event, now)
+            next.apply_by(&self.def, &event, now, by.as_deref())
         }));
         let transition = match applied {
             Ok(Ok(t)) => t,
@@ -206,7 +221,7 @@ impl Handler<SagaEvent> for SagaActor {
                         // Nobody redelivers what the actor told itself: try
                         // it again shortly.
                         ctx.run_later(Duration::from_secs(1), move |_a, ctx| {
-                            ctx.notify(SagaEvent(event))
+                            ctx.notify(SagaEvent::of(event))
                         });
                     }
                     return Err(e.into());

@@ -173,6 +173,34 @@ impl Topology {
         format!("{}.events", self.namespace)
     }
 
+    /// Fanout exchange into the event log stream: the one way to append to
+    /// it (publishers need no right on the default exchange, which reaches
+    /// every queue).
+    pub fn log_exchange(&self) -> String {
+        format!("{}.log", self.namespace)
+    }
+
+    /// Fanout exchange into the registry stream. Its name is not the
+    /// stream's: RabbitMQ's permissions match names, and a right to append
+    /// must not be a right to unbind the stream.
+    pub fn registry_exchange(&self) -> String {
+        format!("{}.registry.in", self.namespace)
+    }
+
+    /// Every exchange of the namespace: commands, replies, events, dead
+    /// letters, requests, the log's and the registry's (in this order).
+    pub fn exchanges(&self) -> [String; 7] {
+        [
+            self.commands_exchange(),
+            self.replies_exchange(),
+            self.events_exchange(),
+            self.dead_letter_exchange(),
+            self.rpc_exchange(),
+            self.log_exchange(),
+            self.registry_exchange(),
+        ]
+    }
+
     /// Fanout exchange of messages that could not be processed.
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dead-letter", self.namespace)

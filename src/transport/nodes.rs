@@ -70,6 +70,16 @@ impl BrokerNodes {
         self.0.is_empty()
     }
 
+    /// Whether a node is reached as RabbitMQ's `guest` user on another
+    /// machine: a well-known password, which a deployment must not rely on
+    /// (RabbitMQ itself refuses it unless told otherwise).
+    pub fn uses_guest_remotely(&self) -> bool {
+        // Without credentials the client logs in as guest.
+        self.0
+            .iter()
+            .any(|n| user(n).unwrap_or("guest") == "guest" && !is_loopback(host(n)))
+    }
+
     /// The URL of node `i` (modulo the number of nodes).
     pub fn get(&self, i: usize) -> &str {
         &self.0[i % self.0.len()]
@@ -115,6 +125,31 @@ fn vhost(url: &str) -> &str {
     }
 }
 
+/// The user a URL logs in as, if it names one.
+fn user(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (creds, _) = rest.rsplit_once('@')?;
+    creds.split(':').next()
+}
+
+/// The host a URL names (without credentials, port, path or brackets).
+fn host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let after_at = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let authority = after_at.split(['/', '?']).next().unwrap_or(after_at);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A broker URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -130,6 +165,22 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_only_on_this_machine() {
+        let nodes = |s: &str| BrokerNodes::parse(s).expect("parses");
+        assert!(!nodes("amqp://guest:guest@127.0.0.1:5672/%2f").uses_guest_remotely());
+        assert!(!nodes("amqp://guest:guest@localhost/%2f").uses_guest_remotely());
+        assert!(!nodes("amqp://guest:guest@[::1]:5672").uses_guest_remotely());
+        assert!(nodes("amqp://guest:guest@rabbit:5672/%2f").uses_guest_remotely());
+        assert!(
+            nodes("amqp://hearty:x@127.0.0.1,amqp://guest:guest@10.0.0.2").uses_guest_remotely()
+        );
+        assert!(!nodes("amqp://hearty-api:s3cret@rabbit:5672/%2f").uses_guest_remotely());
+        // No credentials: the client's default is guest.
+        assert!(!nodes("amqp://127.0.0.1").uses_guest_remotely());
+        assert!(nodes("amqp://rabbit:5672").uses_guest_remotely());
+    }
 
     #[test]
     fn one_url_or_a_list() {

@@ -216,7 +216,7 @@ pub async fn rebuild(config: &Config) -> anyhow::Result<Vec<(ViewKind, usize)>> 
             limit: i64::MAX,
             offset: 0,
         };
-        for food in kitchen::FOODS.list(&k, every, None)? {
+        for food in kitchen::FOODS.list(&k, every, None, None)? {
             events.extend(kitchen::FOODS.snapshot(&k, food.id)?);
         }
     }

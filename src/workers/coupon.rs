@@ -38,6 +38,7 @@ pub struct Coupon {
 /// The `coupons` table.
 pub(crate) const COUPONS: Table<Coupon> = Table {
     name: "coupons",
+    per_customer: true,
     columns: "id, customer_id, code, status, created_at, updated_at",
     row: coupon,
     key: std::marker::PhantomData,
@@ -86,9 +87,11 @@ impl WorkerLogic for CouponWorker {
     }
 }
 
-/// A new coupon's code: the order and a random part.
+/// A new coupon's code: the order and 64 random bits (from the operating
+/// system's generator, through `rand`'s thread-local CSPRNG), so a code
+/// cannot be guessed from another.
 fn code(id: OrderId) -> String {
-    format!("HEARTY-{:06}-{:04X}", id.get(), rand::random::<u16>())
+    format!("HEARTY-{:06}-{:016X}", id.get(), rand::random::<u64>())
 }
 
 impl Snapshot for Coupon {
@@ -115,4 +118,20 @@ fn coupon(r: &Row<'_>) -> rusqlite::Result<Coupon> {
         created_at: Millis(r.get(4)?),
         updated_at: Millis(r.get(5)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_carry_64_random_bits() {
+        let id = OrderId::new(7).expect("valid");
+        let c = code(id);
+        let random = c.rsplit('-').next().expect("a random part");
+        assert_eq!(random.len(), 16, "{c}");
+        assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{c}");
+        let codes: std::collections::HashSet<String> = (0..10_000).map(|_| code(id)).collect();
+        assert_eq!(codes.len(), 10_000, "no two alike");
+    }
 }

@@ -49,6 +49,7 @@ impl Delivery {
 /// The `deliveries` table.
 pub(crate) const DELIVERIES: Table<Delivery> = Table {
     name: "deliveries",
+    per_customer: true,
     columns: "id, customer_id, status, picked_up_at, delivered_at, created_at, updated_at",
     row: delivery,
     key: std::marker::PhantomData,

@@ -70,6 +70,7 @@ pub struct Ticket {
 pub(crate) const TICKETS: Table<Ticket> = Table {
     name: "kitchens",
     columns: "id, food_id, qty, status, reason, created_at, updated_at",
+    per_customer: false,
     row: ticket,
     key: std::marker::PhantomData,
 };
@@ -78,6 +79,7 @@ pub(crate) const TICKETS: Table<Ticket> = Table {
 pub(crate) const FOODS: Table<Food, FoodId> = Table {
     name: "food_catalog",
     columns: "id, name, stock, price_cents",
+    per_customer: false,
     row: food,
     key: std::marker::PhantomData,
 };

@@ -41,6 +41,7 @@ pub struct Payment {
 /// The `pays` table.
 pub(crate) const PAYS: Table<Payment> = Table {
     name: "pays",
+    per_customer: true,
     columns: "id, customer_id, amount_cents, status, reason, created_at, updated_at",
     row: payment,
     key: std::marker::PhantomData,

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use rusqlite::{Connection, Row, params};
 
-use crate::domain::{DomainError, OrderId};
+use crate::domain::{CustomerId, DomainError, OrderId};
 use crate::events::{DomainEvent, Payload};
 use crate::storage::{Page, optional};
 
@@ -52,20 +52,37 @@ pub(crate) struct Table<R, K = OrderId> {
     pub name: &'static str,
     /// The columns `row` reads, in its order.
     pub columns: &'static str,
+    /// Whether the table has a `customer_id` column (whose records a
+    /// customer may read).
+    pub per_customer: bool,
     /// One row as a record.
     pub row: fn(&Row<'_>) -> rusqlite::Result<R>,
     pub key: std::marker::PhantomData<K>,
 }
 
 impl<R, K: RecordId> Table<R, K> {
-    /// The records, by id: a page, optionally only one.
-    pub fn list(&self, c: &Connection, page: Page, only: Option<K>) -> rusqlite::Result<Vec<R>> {
+    /// The records, by id: a page, optionally only one, and (a table of
+    /// customers' records) only one customer's.
+    pub fn list(
+        &self,
+        c: &Connection,
+        page: Page,
+        only: Option<K>,
+        customer: Option<CustomerId>,
+    ) -> rusqlite::Result<Vec<R>> {
+        let of_customer = if self.per_customer {
+            "(?4 IS NULL OR customer_id = ?4)"
+        } else {
+            "(?4 IS NULL)"
+        };
         let mut stmt = c.prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE (?1 IS NULL OR id = ?1) ORDER BY id LIMIT ?2 OFFSET ?3",
+            "SELECT {} FROM {} WHERE (?1 IS NULL OR id = ?1) AND {of_customer}
+             ORDER BY id LIMIT ?2 OFFSET ?3",
             self.columns, self.name
         ))?;
-        stmt.query_map(params![only.map(K::raw), page.limit, page.offset], self.row)?
-            .collect()
+        let customer = customer.map(CustomerId::get);
+        let args = params![only.map(K::raw), page.limit, page.offset, customer];
+        stmt.query_map(args, self.row)?.collect()
     }
 
     /// One record, if there is one.

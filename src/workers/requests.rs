@@ -11,8 +11,9 @@ use super::coupon::{COUPONS, Coupon};
 use super::delivery::{DELIVERIES, Delivery};
 use super::kitchen::{FOODS, Food, TICKETS, Ticket};
 use super::pay::{PAYS, Payment};
+use crate::auth::{Caller, StaffRole, Who};
 use crate::cluster::owners::{Executor, Failure, Keyed, Protocol};
-use crate::domain::{FoodId, Money, OrderId, WorkerKind};
+use crate::domain::{CustomerId, FoodId, Money, OrderId, WorkerKind};
 use crate::partition::Owned;
 use crate::storage::{Db, Page, StorageError};
 
@@ -81,6 +82,8 @@ pub enum Outcome {
     Foods(Vec<Food>),
     Food(Option<Food>),
     FoodCreated(Food),
+    /// The caller may not do this.
+    Forbidden,
 }
 
 impl Outcome {
@@ -109,39 +112,80 @@ pub struct LocalWorker {
 }
 
 impl Executor<WorkerProtocol> for LocalWorker {
-    fn execute(&self, request: Request) -> BoxFuture<'_, Result<Outcome, Failure>> {
-        self.answer(request)
+    fn execute(&self, caller: Caller, request: Request) -> BoxFuture<'_, Result<Outcome, Failure>> {
+        self.answer(caller, request)
             .map(|r| r.map_err(Failure::from))
             .boxed()
     }
 }
 
+/// Whose records of `kind` a caller may read: every one's (`Some(None)`),
+/// only their own (`Some(Some(customer))`), or none. A customer reads their
+/// payments, deliveries and coupons; the kitchen its tickets; the delivery
+/// team its deliveries; a manager everything.
+fn readable(kind: WorkerKind, caller: &Caller) -> Option<Option<CustomerId>> {
+    match (caller.who(), kind) {
+        (
+            Who::Staff {
+                role: StaffRole::Manager,
+                ..
+            },
+            _,
+        )
+        | (
+            Who::Staff {
+                role: StaffRole::Kitchen,
+                ..
+            },
+            WorkerKind::Kitchen,
+        )
+        | (
+            Who::Staff {
+                role: StaffRole::Delivery,
+                ..
+            },
+            WorkerKind::Delivery,
+        ) => Some(None),
+        (Who::Customer { id, .. }, WorkerKind::Pay | WorkerKind::Delivery | WorkerKind::Coupon) => {
+            Some(Some(*id))
+        }
+        _ => None,
+    }
+}
+
 impl LocalWorker {
-    async fn answer(&self, request: Request) -> Result<Outcome, StorageError> {
+    async fn answer(&self, caller: Caller, request: Request) -> Result<Outcome, StorageError> {
         let kind = self.kind;
         match request {
             Request::Records { page, order } => {
+                let Some(customer) = readable(kind, &caller) else {
+                    return Ok(Outcome::Forbidden);
+                };
                 let records = self
                     .db
-                    .read(move |c| Ok(records(kind, c, page, order)?))
+                    .read(move |c| Ok(records(kind, c, page, order, customer)?))
                     .await?;
                 Ok(Outcome::Records(records))
             }
             Request::Record { order } => {
+                // Another customer's record is not found, not refused.
+                let Some(customer) = readable(kind, &caller) else {
+                    return Ok(Outcome::Record(None));
+                };
                 let page = Page {
                     limit: 1,
                     offset: 0,
                 };
                 let found = self
                     .db
-                    .read(move |c| Ok(records(kind, c, page, Some(order))?))
+                    .read(move |c| Ok(records(kind, c, page, Some(order), customer)?))
                     .await?;
                 Ok(Outcome::Record(found.into_iter().next()))
             }
             Request::Foods { page } => {
                 let foods = self
                     .db
-                    .read(move |c| Ok(FOODS.list(c, page, None)?))
+                    .read(move |c| Ok(FOODS.list(c, page, None, None)?))
                     .await?;
                 Ok(Outcome::Foods(foods))
             }
@@ -149,6 +193,7 @@ impl LocalWorker {
                 let found = self.db.read(move |c| Ok(FOODS.get(c, food)?)).await?;
                 Ok(Outcome::Food(found))
             }
+            Request::CreateFood { .. } if !caller.is_manager() => Ok(Outcome::Forbidden),
             Request::CreateFood { name, stock, price } => {
                 let owned = self.owned.clone();
                 let created = self
@@ -166,18 +211,20 @@ impl LocalWorker {
     }
 }
 
-/// A page of a worker's records (or one order's).
+/// A page of a worker's records (or one order's), optionally only one
+/// customer's.
 fn records(
     kind: WorkerKind,
     c: &rusqlite::Connection,
     page: Page,
     order: Option<OrderId>,
+    customer: Option<CustomerId>,
 ) -> rusqlite::Result<Vec<Record>> {
     Ok(match kind {
-        WorkerKind::Pay => wrap(PAYS.list(c, page, order)?, Record::Payment),
-        WorkerKind::Kitchen => wrap(TICKETS.list(c, page, order)?, Record::Ticket),
-        WorkerKind::Delivery => wrap(DELIVERIES.list(c, page, order)?, Record::Delivery),
-        WorkerKind::Coupon => wrap(COUPONS.list(c, page, order)?, Record::Coupon),
+        WorkerKind::Pay => wrap(PAYS.list(c, page, order, customer)?, Record::Payment),
+        WorkerKind::Kitchen => wrap(TICKETS.list(c, page, order, customer)?, Record::Ticket),
+        WorkerKind::Delivery => wrap(DELIVERIES.list(c, page, order, customer)?, Record::Delivery),
+        WorkerKind::Coupon => wrap(COUPONS.list(c, page, order, customer)?, Record::Coupon),
     })
 }
 

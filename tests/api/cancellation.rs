@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TOKEN, TestApp};
+use crate::helpers::{Options, TestApp, staff_token, token};
 use crate::on_both_transports;
 
 /// Places the seed's order and returns (order id, food id).
@@ -18,7 +18,9 @@ async fn place(app: &TestApp) -> (i64, i64) {
 }
 
 async fn cancel(app: &TestApp, id: i64) -> Value {
-    let (status, body) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (status, body) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["sagaId"], id);
     body
@@ -43,7 +45,9 @@ async fn assert_cancelled(app: &TestApp, id: i64, food: i64, expected: [Option<&
     }
     assert_eq!(app.stock(food).await, 100, "stock returned");
     // A second cancel is refused, and never refunds twice.
-    let (status, body) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (status, body) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (_, pays) = app.get(&format!("/pays?orderId={id}")).await;
     assert_eq!(pays.as_array().map(Vec::len), Some(1));
@@ -57,6 +61,11 @@ async fn after_completion(app: &TestApp) {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = app
         .delete_as(&format!("/kitchens/{id}"), Some("wrong-token"))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The kitchen may not cancel: that is the manager's.
+    let (s, _) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(&staff_token("kitchen")))
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(
@@ -258,7 +267,9 @@ async fn after_delivery(app: &TestApp) {
     assert_eq!(s, StatusCode::ACCEPTED);
     app.wait_saga(id, "Delivered", |v| v["orderStatus"] == "Delivered")
         .await;
-    let (status, body) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (status, body) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(
         app.record_status("pays", id).await.as_deref(),
@@ -328,7 +339,9 @@ async fn refund_keeps_failing_until_retried(app: &TestApp) {
     );
     let (_, failed) = app.get("/sagas?state=Failed").await;
     assert_eq!(failed.as_array().map(Vec::len), Some(1));
-    let (s, _) = app.post(&format!("/sagas/{id}/retry"), json!({})).await;
+    let (s, _) = app
+        .post_as(&format!("/sagas/{id}/retry"), json!({}), None)
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // The fourth attempt still fails, the fifth succeeds.
     let (s, body) = app
@@ -369,7 +382,7 @@ async fn racing_the_payment(app: &TestApp) {
     // The payment takes 400 ms; the manager cancels order 1 meanwhile.
     let canceller = async {
         loop {
-            let (status, body) = app.delete_as("/kitchens/1", Some(TOKEN)).await;
+            let (status, body) = app.delete_as("/kitchens/1", Some(token())).await;
             if status != StatusCode::NOT_FOUND {
                 return (status, body);
             }

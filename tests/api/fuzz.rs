@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Broker, Options, TOKEN, TestApp, spawn_app};
+use crate::helpers::{Broker, Options, TestApp, spawn_app, token};
 use crate::invariants::{Answers, assert_invariants};
 
 /// The seed `cargo test` runs.
@@ -146,7 +146,7 @@ async fn client(
             }
             7..=8 => {
                 let (s, body) = app
-                    .delete_as(&format!("/kitchens/{target}"), Some(TOKEN))
+                    .delete_as(&format!("/kitchens/{target}"), Some(token()))
                     .await;
                 if !matches!(s.as_u16(), 202 | 404 | 409) {
                     log.lock()

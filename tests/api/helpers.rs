@@ -6,12 +6,29 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hearty::app::{Running, start};
-use hearty::config::{Config, Mode, Secret};
+use hearty::config::{Config, Mode, Rate, Secret};
 use hearty::transport::amqp::AmqpTransport;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-pub const TOKEN: &str = "test-manager-token";
+/// The manager's token of this test run (every test app's default client
+/// sends it) and its signing key; random: no secret that works is written
+/// down.
+pub use crate::common::{auth_key, token};
+
+/// A staff member's token (`manager`, `kitchen`, `delivery`), signed with
+/// this run's key, as `hearty token --role ROLE` prints it.
+pub fn staff_token(role: &str) -> String {
+    let auth = hearty::auth::Authenticator::new(&Secret::new(auth_key()), None, None)
+        .expect("the test key");
+    let subject = format!("test-{role}");
+    let role = role.parse().expect("a staff role");
+    auth.staff_token(role, &subject, Duration::from_secs(3600))
+        .expect("signed")
+        .token
+        .expose()
+        .to_owned()
+}
 
 /// Which transport a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +62,23 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Edit the saga file: replace the first text with the second.
     pub saga_edit: Option<(&'static str, &'static str)>,
+    /// Rate limits as configured (`HEARTY_RATE_*`); by default off, so that
+    /// tests placing many orders from one address are not limited.
+    pub rates: Option<(&'static str, &'static str, &'static str)>,
+    /// Connection caps (total, per address) instead of the defaults.
+    pub connections: Option<(usize, usize)>,
+    /// `HEARTY_BODY_TIMEOUT`.
+    pub body_timeout: Option<&'static str>,
+    /// An external identity provider: its JWKS (file or URL), issuer and
+    /// audience.
+    pub external: Option<(String, String, String)>,
+    /// `HEARTY_TRUSTED_PROXIES`.
+    pub trusted_proxies: Option<&'static str>,
+    /// Serve probes and metrics on a listener of their own too.
+    pub ops_listener: bool,
 }
 
-pub fn amqp_url() -> String {
-    std::env::var("HEARTY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use crate::common::amqp_url;
 
 /// Deletes a namespace's queues and exchanges when dropped.
 pub struct NamespaceGuard {
@@ -76,7 +104,10 @@ impl Drop for NamespaceGuard {
 
 pub struct TestApp {
     pub base: String,
+    /// Sends the manager's token with every request.
     pub client: reqwest::Client,
+    /// Sends no credential unless a request names one.
+    pub anonymous: reqwest::Client,
     /// Prefix of this test's exchanges and queues.
     pub namespace: String,
     /// This test's `HEARTY_DATA_DIR`.
@@ -122,7 +153,31 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
         .clone()
         .unwrap_or_else(|| dir.path().join("data"));
     config.namespace = namespace.clone();
-    config.manager_token = Some(Secret::new(TOKEN));
+    config.manager_token = Some(Secret::new(token()));
+    config.auth_key = Some(Secret::new(auth_key()));
+    let rates = opts.rates.unwrap_or(("off", "off", "off"));
+    config.rate_orders = rates.0.parse::<Rate>().expect("rate");
+    config.rate_address = rates.1.parse::<Rate>().expect("rate");
+    config.rate_signups = rates.2.parse::<Rate>().expect("rate");
+    config.rate_reviews = Rate(None);
+    if let Some((total, per_address)) = opts.connections {
+        config.max_connections = total;
+        config.max_connections_per_address = per_address;
+    }
+    if opts.ops_listener {
+        config.ops_addr = Some("127.0.0.1:0".into());
+    }
+    if let Some(p) = opts.trusted_proxies {
+        config.trusted_proxies = p.parse().expect("proxies");
+    }
+    if let Some(t) = opts.body_timeout {
+        config.body_timeout = hearty::saga::definition::parse_duration(t).expect("duration");
+    }
+    if let Some((jwks, issuer, audience)) = &opts.external {
+        config.auth_jwks = Some(jwks.clone());
+        config.auth_issuer = Some(issuer.clone());
+        config.auth_audience = Some(audience.clone());
+    }
     config.amqp_url = None;
     // Fail (and skip outside CI) quickly when no broker runs.
     config.broker_wait = Duration::from_millis(500);
@@ -177,10 +232,22 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
         }
         Err(e) => panic!("the app did not start: {e:#}"),
     };
+    let mut manager = reqwest::header::HeaderMap::new();
+    manager.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token()).parse().expect("header"),
+    );
     Some(TestApp {
         base: format!("http://{}", running.http_addr),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .default_headers(manager)
+            .build()
+            .expect("client"),
+        anonymous: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .expect("client"),
         namespace,
@@ -189,6 +256,13 @@ pub async fn spawn_app(broker: Broker, opts: Options) -> Option<TestApp> {
         _guard: guard,
         _dir: dir,
     })
+}
+
+/// A signed-up customer.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub id: i64,
+    pub token: String,
 }
 
 /// Runs a test body on both transports.
@@ -233,6 +307,14 @@ async fn decode(res: reqwest::Response) -> (StatusCode, Value) {
 }
 
 impl TestApp {
+    /// The probes' own listener, when the test asked for one.
+    pub fn ops_base(&self) -> Option<String> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.ops_addr)
+            .map(|a| format!("http://{a}"))
+    }
+
     pub fn transport(&self) -> std::sync::Arc<dyn hearty::transport::Transport> {
         self.running.as_ref().expect("running").transport()
     }
@@ -261,16 +343,60 @@ impl TestApp {
     }
 
     pub async fn post_as_manager(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        decode(
-            self.client
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .expect("POST"),
-        )
-        .await
+        self.post(path, body).await
+    }
+
+    /// `GET` as `who` (a token; `None`: anonymous).
+    pub async fn get_as(&self, path: &str, who: Option<&str>) -> (StatusCode, Value) {
+        self.send_as(reqwest::Method::GET, path, None, who).await
+    }
+
+    /// `POST` as `who` (a token; `None`: anonymous).
+    pub async fn post_as(&self, path: &str, body: Value, who: Option<&str>) -> (StatusCode, Value) {
+        self.send_as(reqwest::Method::POST, path, Some(body), who)
+            .await
+    }
+
+    /// Any request as `who` (a token; `None`: anonymous).
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        who: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .anonymous
+            .request(method, format!("{}{path}", self.base));
+        if let Some(t) = who {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.expect("body");
+        // Pages and metrics are not JSON: their text.
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Signs a customer up (anonymously, as a customer does): their id and
+    /// token.
+    pub async fn sign_up(&self, name: &str) -> Customer {
+        let (s, v) = self
+            .post_as(
+                "/customers",
+                json!({"name": name, "phone": "010-1234", "address": "seoul", "age": 30}),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        Customer {
+            id: v["id"].as_i64().expect("id"),
+            token: v["token"].as_str().expect("a token").to_owned(),
+        }
     }
 
     /// `POST /orders` the seed's way, with an `Idempotency-Key`.
@@ -303,11 +429,8 @@ impl TestApp {
     }
 
     pub async fn delete_as(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.client.delete(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        decode(req.send().await.expect("DELETE")).await
+        self.send_as(reqwest::Method::DELETE, path, None, token)
+            .await
     }
 
     /// The seed's customer, sent the way httpie sends it (strings).

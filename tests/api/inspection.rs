@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, token};
 use crate::on_both_transports;
 
 async fn a_saga_says_what_it_waits_on(app: &TestApp) {
@@ -66,6 +66,7 @@ async fn the_cli_prints_the_same(app: &TestApp) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearty"))
             .args(args)
             .args(["--url", &app.base])
+            .env("HEARTY_TOKEN", token())
             .output()
             .expect("run hearty");
         assert!(
@@ -91,10 +92,23 @@ async fn the_cli_prints_the_same(app: &TestApp) {
     assert!(show.contains("pay replied done"), "{show}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearty"))
         .args(["sagas", "show", "999", "--url", &app.base])
+        .env("HEARTY_TOKEN", token())
         .output()
         .expect("run hearty");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    // Without a token: the server's 401, said as such.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearty"))
+        .args(["sagas", "list", "--url", &app.base])
+        .env_remove("HEARTY_TOKEN")
+        .output()
+        .expect("run hearty");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 on_both_transports!(

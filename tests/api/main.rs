@@ -1,8 +1,11 @@
 //! End-to-end tests through HTTP, over the in-process transport and over
 //! the real RabbitMQ broker (`HEARTY_TEST_AMQP_URL`).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 
+mod access;
 mod bad_input;
 mod cancellation;
 mod duplicates;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Broker, Options, TOKEN, TestApp, spawn_app};
+use crate::helpers::{Broker, Options, TestApp, spawn_app, token};
 use crate::invariants::{Answers, assert_invariants};
 use crate::on_both_transports;
 
@@ -26,7 +26,7 @@ async fn place_racing_cancels_of_the_next_id(app: &TestApp) {
             let mut accepted = false;
             for _ in 0..200 {
                 let (s, _) = app
-                    .delete_as(&format!("/kitchens/{next}"), Some(TOKEN))
+                    .delete_as(&format!("/kitchens/{next}"), Some(token()))
                     .await;
                 if s == StatusCode::ACCEPTED {
                     accepted = true;
@@ -188,7 +188,7 @@ async fn an_undecodable_saga_is_quarantined_not_fatal() {
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
     }
     let (s, v) = app
-        .delete_as(&format!("/kitchens/{bad}"), Some(TOKEN))
+        .delete_as(&format!("/kitchens/{bad}"), Some(token()))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"], "saga_quarantined", "{v}");
@@ -308,7 +308,9 @@ async fn a_stuck_coupon_holds_back_nothing(app: &TestApp) {
     assert_eq!(s, StatusCode::CREATED, "{order}");
     let id = order["id"].as_i64().expect("id");
     app.wait_state(id, "Completed").await;
-    let (s, body) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (s, body) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let saga = app.wait_state(id, "Failed").await;
     assert!(
@@ -367,7 +369,7 @@ async fn cancel_racing_delivered(app: &TestApp) {
             format!("/kitchens/{id}"),
             format!("/deliveries/{id}/delivered"),
         );
-        let cancel = app.delete_as(&kitchen, Some(TOKEN));
+        let cancel = app.delete_as(&kitchen, Some(token()));
         let delivered = app.post_as_manager(&delivery, json!({}));
         let ((c, cb), (d, db)) = tokio::join!(cancel, delivered);
         let won = [c, d]

@@ -6,7 +6,7 @@ use hearty::transport::{Outgoing, Route};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TOKEN, TestApp};
+use crate::helpers::{Options, TestApp, token};
 use crate::on_both_transports;
 
 async fn seed_cqrs_checks(app: &TestApp) {
@@ -28,7 +28,9 @@ async fn seed_cqrs_checks(app: &TestApp) {
     .await;
     app.wait_view("/foodCatalogViews", food, "90 left", |f| f["stock"] == 90)
         .await;
-    let (s, _) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (s, _) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     app.wait_view("/myOrders", id, "cancelled", |m| {
         m["status"] == "Cancelled"

@@ -3,7 +3,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{Broker, Options, TOKEN, spawn_app};
+use crate::helpers::{Broker, Options, spawn_app, token};
 
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -64,8 +64,28 @@ async fn the_inspection_page_shows_a_cancelled_sagas_compensation_timeline() {
     let app = spawn_app(Broker::InProcess, Options::default())
         .await
         .expect("app");
+    // The page asks the browser for credentials (Basic, the manager's token
+    // as the password): given them in the address, it shows the sagas.
+    let signed_in = app
+        .base
+        .replacen("http://", &format!("http://manager:{}@", token()), 1);
+    // Without them: 401 and a Basic challenge, no page.
+    let res = app
+        .anonymous
+        .get(format!("{}/ui", app.base))
+        .send()
+        .await
+        .expect("GET /ui");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("Basic ")),
+        "{:?}",
+        res.headers()
+    );
     // An empty list first.
-    let dom = dump_dom(browser.clone(), format!("{}/ui", app.base)).await;
+    let dom = dump_dom(browser.clone(), format!("{signed_in}/ui")).await;
     assert!(dom.contains("id=\"no-sagas\""), "{dom}");
 
     let customer = app.seed_customer().await;
@@ -74,19 +94,21 @@ async fn the_inspection_page_shows_a_cancelled_sagas_compensation_timeline() {
     assert_eq!(s, StatusCode::CREATED, "{order}");
     let id = order["id"].as_i64().expect("id");
     app.wait_state(id, "Completed").await;
-    let (s, _) = app.delete_as(&format!("/kitchens/{id}"), Some(TOKEN)).await;
+    let (s, _) = app
+        .delete_as(&format!("/kitchens/{id}"), Some(token()))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     app.wait_state(id, "Compensated").await;
 
     // The saga appears in the list...
-    let dom = dump_dom(browser.clone(), format!("{}/ui", app.base)).await;
+    let dom = dump_dom(browser.clone(), format!("{signed_in}/ui")).await;
     assert!(
         dom.contains(&format!("data-saga=\"{id}\" data-state=\"Compensated\"")),
         "{dom}"
     );
     assert!(dom.contains(&format!("href=\"#/sagas/{id}\"")), "{dom}");
     // ...and opens on its steps and compensation timeline.
-    let dom = dump_dom(browser, format!("{}/ui#/sagas/{id}", app.base)).await;
+    let dom = dump_dom(browser, format!("{signed_in}/ui#/sagas/{id}")).await;
     assert!(
         dom.contains(&format!(
             "id=\"saga\" data-saga=\"{id}\" data-state=\"Compensated\""

@@ -5,7 +5,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{Broker, Options, TOKEN, spawn_app};
+use crate::helpers::{Broker, Options, spawn_app, token};
 
 /// Turns this version's `orchestrator.db` back into version 1's layout, as
 /// the previous release wrote it.
@@ -36,7 +36,8 @@ fn downgrade(db: &std::path::Path) {
     }
     c.execute_batch(
         "CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, saga_id INTEGER NOT NULL, created_at INTEGER NOT NULL);
-         INSERT INTO idempotency_keys SELECT key, saga_id, created_at FROM order_keys;
+         INSERT INTO idempotency_keys
+             SELECT substr(key, instr(key, '/') + 1), saga_id, created_at FROM order_keys;
          DROP TABLE order_keys;
          DROP INDEX IF EXISTS sagas_wakes;
          ALTER TABLE sagas DROP COLUMN wakes_at;
@@ -84,7 +85,7 @@ async fn a_version_1_database_upgrades_in_place() {
     assert_eq!(again["id"], first, "{again}");
     // A paid order of the old version can still be cancelled: refund and stock.
     let (s, body) = app
-        .delete_as(&format!("/kitchens/{second}"), Some(TOKEN))
+        .delete_as(&format!("/kitchens/{second}"), Some(token()))
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     app.wait_state(second, "Compensated").await;

@@ -290,15 +290,15 @@ impl Siege {
 }
 
 /// A `siege` run in the background, ordering the seed's breakfast (food 1,
-/// customer 1, quantity 1) through `base`: `clients` concurrent users with a
-/// random delay up to `delay` seconds between requests, until
-/// [`SiegeRun::finish`].
+/// customer 1, quantity 1) through `base` as that customer (`token`):
+/// `clients` concurrent users with a random delay up to `delay` seconds
+/// between requests, until [`SiegeRun::finish`].
 pub struct SiegeRun {
     child: std::process::Child,
 }
 
 impl SiegeRun {
-    pub fn start(base: &str, clients: u32, delay: f64) -> Option<SiegeRun> {
+    pub fn start(base: &str, token: &str, clients: u32, delay: f64) -> Option<SiegeRun> {
         let siege = tool("siege")?;
         let target =
             format!(r#"{base}/orders POST {{"qty":"1","foodcaltalogid":"1","customerid":"1"}}"#);
@@ -312,6 +312,7 @@ impl SiegeRun {
                 &format!("--delay={delay}"),
                 "--time=10M",
                 "--content-type=application/json",
+                &format!("--header=Authorization: Bearer {token}"),
             ])
             .arg(target)
             .stdout(Stdio::piped())

@@ -5,11 +5,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{LazyLock, mpsc};
 use std::time::{Duration, Instant};
 
 use hearty::partition::PartitionCount;
-use hearty::transport::amqp::{AmqpSettings, AmqpTransport};
+use hearty::transport::amqp::{AmqpSettings, AmqpTransport, Scope};
 use hearty::transport::nodes::BrokerNodes;
 use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
@@ -17,26 +17,56 @@ use serde_json::{Value, json};
 pub mod deploy;
 pub mod rabbit;
 
-pub const TOKEN: &str = "fault-test-token";
+/// The manager's static token of this test run (random: no secret that
+/// works is written down).
+static TOKEN: LazyLock<String> = LazyLock::new(|| format!("test-{:032x}", rand::random::<u128>()));
+
+/// The signing key every process of this test run shares.
+static AUTH_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
+});
+
+/// The manager's token of this test run.
+pub fn token() -> &'static str {
+    &TOKEN
+}
+
+/// The signing key of this test run.
+pub fn auth_key() -> &'static str {
+    &AUTH_KEY
+}
+
+/// Settings every test process gets: the run's secrets, no rate limits and
+/// room for many connections (a test's clients all come from one
+/// address), unless a test sets its own.
+fn test_settings(cmd: &mut Command) {
+    cmd.env("HEARTY_MANAGER_TOKEN", token())
+        .env("HEARTY_AUTH_KEY", auth_key())
+        .env("HEARTY_RATE_ORDERS", "off")
+        .env("HEARTY_RATE_ADDRESS", "off")
+        .env("HEARTY_RATE_SIGNUPS", "off")
+        .env("HEARTY_RATE_REVIEWS", "off")
+        .env("HEARTY_MAX_CONNECTIONS_PER_ADDRESS", "4096");
+}
 
 /// Starts a zero-setup `hearty serve` (in-process transport, SQLite under
 /// `data`, port chosen by the system), with none of the caller's `HEARTY_*`
 /// settings but `env`; answers the child and its base URL once the service
 /// says where it listens.
-pub fn serve_zero_setup(
-    data: &std::path::Path,
-    token: &str,
-    env: &[(&str, &str)],
-) -> (Child, String) {
+pub fn serve_zero_setup(data: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearty"));
     for (k, _) in std::env::vars() {
         if k.starts_with("HEARTY_") {
             cmd.env_remove(k);
         }
     }
+    test_settings(&mut cmd);
     cmd.args(["serve", "--http-addr", "127.0.0.1:0"])
         .env("HEARTY_DATA_DIR", data)
-        .env("HEARTY_MANAGER_TOKEN", token)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -201,6 +231,7 @@ impl Cluster {
             adopt_queue_type: false,
             connect_wait: Duration::from_millis(500),
             partitions: PartitionCount::default(),
+            scope: Scope::everything(),
         }));
         match probe {
             Ok(t) => rt.block_on(t.close()),
@@ -218,8 +249,12 @@ impl Cluster {
             url: url.to_owned(),
             dir: tempfile::tempdir().expect("tempdir"),
             rt,
+            // Idle connections are dropped well before the service's 5 s
+            // keep-alive closes them: a POST is never sent on a connection
+            // the server is closing at that moment (it could not be retried).
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
         })
@@ -326,13 +361,13 @@ impl Cluster {
                 cmd.env_remove(k);
             }
         }
+        test_settings(&mut cmd);
         cmd.arg("serve")
             .env("HEARTY_ROLES", roles)
             .env("HEARTY_AMQP_URL", &self.url)
             .env("HEARTY_NAMESPACE", &self.namespace)
             .env("HEARTY_DATA_DIR", self.data_dir_of(roles, env))
             .env("HEARTY_HTTP_ADDR", "127.0.0.1:0")
-            .env("HEARTY_MANAGER_TOKEN", TOKEN)
             .env(
                 "HEARTY_SAGA_FILE",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/sagas/order_fulfilment.toml"),
@@ -391,18 +426,30 @@ impl Cluster {
         }
     }
 
+    /// A request as the manager.
     pub fn request(
         &self,
         method: reqwest::Method,
         url: String,
         body: Option<Value>,
     ) -> (u16, Value, Option<String>) {
+        self.request_as(method, url, body, Some(token()))
+    }
+
+    /// A request as the holder of `token` (`None`: anonymous).
+    pub fn request_as(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value, Option<String>) {
         self.rt.block_on(async {
             let send = || {
-                let mut req = self
-                    .client
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(TOKEN);
+                let mut req = self.client.request(method.clone(), url.clone());
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
                 if let Some(b) = &body {
                     req = req.json(b);
                 }
@@ -454,20 +501,25 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no metric {name} in {text}"))
     }
 
-    /// The seed's customer and a cake with `stock`.
-    pub fn seed(&self, api: &Service, stock: i64) {
+    /// The seed's customer and a cake with `stock`: the customer's token.
+    pub fn seed(&self, api: &Service, stock: i64) -> String {
         let (s, v, _) = self.post(
             api,
             "/customers",
             json!({"name": "yang", "phone": "01011", "address": "korea11", "age": "27"}),
         );
         assert_eq!(s, 201, "{v}");
+        let customer = v["token"]
+            .as_str()
+            .expect("the customer's token")
+            .to_owned();
         let (s, v, _) = self.post(
             api,
             "/foodCatalogs",
             json!({"name": "cake", "stock": stock.to_string(), "price": "4.0"}),
         );
         assert_eq!(s, 201, "{v}");
+        customer
     }
 
     pub fn order(&self, api: &Service, qty: i64) -> (u16, Value, Option<String>) {
@@ -524,6 +576,7 @@ impl Cluster {
                 adopt_queue_type: false,
                 connect_wait: Duration::from_millis(500),
                 partitions: PartitionCount::default(),
+                scope: Scope::everything(),
             })
             .await
             .expect("connect");

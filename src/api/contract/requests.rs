@@ -38,11 +38,11 @@ pub struct NewFood {
 
 /// `POST /orders`: `{customerId, foodCatalogId, qty}`, or the seed's own
 /// spelling `{customerid, foodcaltalogid, qty}` — one spelling or the
-/// other, not a mix.
+/// other, not a mix. A customer may leave their own id out.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "OrderFields")]
 pub struct NewOrder {
-    pub customer_id: IdField,
+    pub customer_id: Option<IdField>,
     pub food_catalog_id: IdField,
     pub qty: QtyField,
 }
@@ -71,15 +71,15 @@ impl TryFrom<OrderFields> for NewOrder {
             f.customerid,
             f.foodcaltalogid,
         ) {
-            (Some(customer_id), Some(food_catalog_id), None, None)
-            | (None, None, Some(customer_id), Some(food_catalog_id)) => Ok(NewOrder {
+            (customer_id, Some(food_catalog_id), None, None)
+            | (None, None, customer_id, Some(food_catalog_id)) => Ok(NewOrder {
                 customer_id,
                 food_catalog_id,
                 qty,
             }),
             _ => Err(
-                "send `customerId` and `foodCatalogId`, or the seed's `customerid` and \
-                      `foodcaltalogid`: both fields in one of the spellings"
+                "send `foodCatalogId` (and `customerId`), or the seed's `foodcaltalogid` (and \
+                      `customerid`): the fields in one of the spellings"
                     .into(),
             ),
         }
@@ -92,7 +92,7 @@ impl PartialSchema for NewOrder {
             serde_json::json!({
                 "type": "object",
                 "additionalProperties": false,
-                "required": [customer, food, "qty"],
+                "required": [food, "qty"],
                 "properties": {
                     customer: { "$ref": "#/components/schemas/IdField" },
                     food: { "$ref": "#/components/schemas/IdField" },

@@ -1,18 +1,22 @@
 //! Idempotency keys: each bound to its order and to its request's
 //! fingerprint, checked and written in the transaction that creates the
-//! saga.
+//! saga. A key belongs to the customer the order is for: two customers'
+//! equal keys are two keys (stored as `<customer>/<key>`), so one
+//! customer's key never finds, nor blocks, another's order. (Routing to a
+//! partition still goes by the key as sent, so a retry finds its owner.)
 
 use rusqlite::Connection;
 
 use super::Stored;
 use super::sagas::get_saga;
-use crate::domain::{IdempotencyKey, OrderId, SagaId};
+use crate::domain::{CustomerId, IdempotencyKey, OrderId, SagaId};
 use crate::messages::OrderDetails;
 use crate::saga::machine::Admission;
 use crate::storage::{StorageError, StorageResult, optional};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS order_keys (
+    -- `<customer id>/<the client's key>`
     key        TEXT PRIMARY KEY,
     saga_id    INTEGER NOT NULL,
     -- The request's fingerprint; NULL for a key kept from before version 2,
@@ -36,14 +40,20 @@ pub enum KeyUse {
     TurnedAway,
 }
 
+/// How `key`, sent for an order of `customer`, is stored.
+pub(super) fn stored(customer: CustomerId, key: &IdempotencyKey) -> String {
+    format!("{customer}/{key}")
+}
+
 pub(super) fn key_use(
     tx: &Connection,
+    customer: CustomerId,
     key: &IdempotencyKey,
     request: &str,
 ) -> StorageResult<KeyUse> {
     let row: Option<(i64, Option<String>)> = optional(tx.query_row(
         "SELECT saga_id, request FROM order_keys WHERE key = ?1",
-        [key.as_str()],
+        [stored(customer, key)],
         |r| Ok((r.get(0)?, r.get(1)?)),
     ))?;
     let Some((raw, stored)) = row else {
@@ -71,4 +81,14 @@ pub fn request_fingerprint(order: &OrderDetails) -> String {
         order.food_id,
         order.qty.get()
     )
+}
+
+/// Layout 2 → 3: each kept key scoped to its order's customer.
+pub(super) fn scope_to_customers(tx: &Connection) -> StorageResult<()> {
+    tx.execute_batch(
+        "DELETE FROM order_keys WHERE saga_id NOT IN (SELECT id FROM sagas);
+         UPDATE order_keys
+            SET key = (SELECT customer_id FROM sagas WHERE sagas.id = order_keys.saga_id) || '/' || key;",
+    )?;
+    Ok(())
 }

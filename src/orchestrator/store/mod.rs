@@ -105,14 +105,17 @@ impl SagaStore {
                 let now = Millis::now();
                 let request = keys::request_fingerprint(&draft);
                 if let Some(key) = &key {
-                    match keys::key_use(tx, key, &request)? {
+                    match keys::key_use(tx, draft.customer_id, key, &request)? {
                         KeyUse::Fresh => {}
                         KeyUse::OtherRequest(id) => return Ok(Created::KeyReused(id)),
                         KeyUse::Placed(id) => return Ok(Created::Existing(id)),
                         KeyUse::TurnedAway => {
                             // Its order was turned away with a 503 and nothing
                             // was established: the retry places it anew.
-                            tx.execute("DELETE FROM order_keys WHERE key = ?1", [key.as_str()])?;
+                            tx.execute(
+                                "DELETE FROM order_keys WHERE key = ?1",
+                                [keys::stored(draft.customer_id, key)],
+                            )?;
                         }
                     }
                 }
@@ -132,7 +135,7 @@ impl SagaStore {
                 if let Some(key) = &key {
                     tx.execute(
                         "INSERT INTO order_keys (key, saga_id, request, created_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![key.as_str(), id.get(), request, now.0],
+                        params![keys::stored(draft.customer_id, key), id.get(), request, now.0],
                     )?;
                 }
                 Ok(Created::New(Box::new(saga)))
@@ -152,8 +155,9 @@ impl SagaStore {
         draft: &OrderDetails,
     ) -> StorageResult<KeyUse> {
         let (key, request) = (key.clone(), keys::request_fingerprint(draft));
+        let customer = draft.customer_id;
         self.db
-            .read(move |c| keys::key_use(c, &key, &request))
+            .read(move |c| keys::key_use(c, customer, &key, &request))
             .await
     }
 

@@ -241,6 +241,9 @@ pub struct HistoryEntry {
     pub step: Option<String>,
     pub step_status: Option<StepStatus>,
     pub detail: Option<String>,
+    /// Who asked for it (a person's or an operator's event: `manager:alice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The result of applying an event.
@@ -313,11 +316,24 @@ impl Saga {
         event: &Event,
         now: Millis,
     ) -> Result<Transition, Refusal> {
+        self.apply_by(def, event, now, None)
+    }
+
+    /// Applies an event someone asked for (a cancel, progress, a retry),
+    /// recording who in the history lines it makes.
+    pub fn apply_by(
+        &mut self,
+        def: &SagaDefinition,
+        event: &Event,
+        now: Millis,
+        by: Option<&str>,
+    ) -> Result<Transition, Refusal> {
         let mut run = rules::Run {
             saga: self,
             def,
             now,
             cause: event.describe(),
+            by: by.map(str::to_owned),
             out: Transition::default(),
         };
         run.handle(event)?;

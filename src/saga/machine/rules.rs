@@ -13,6 +13,8 @@ pub(super) struct Run<'a> {
     pub(super) def: &'a SagaDefinition,
     pub(super) now: Millis,
     pub(super) cause: String,
+    /// Who asked for the event, for the history.
+    pub(super) by: Option<String>,
     pub(super) out: Transition,
 }
 
@@ -508,6 +510,7 @@ impl Run<'_> {
                 .reason
                 .clone()
                 .filter(|_| to != SagaState::Completed),
+            by: self.by.clone(),
         });
     }
 
@@ -528,6 +531,7 @@ impl Run<'_> {
             step: name,
             step_status: status,
             detail,
+            by: self.by.clone(),
         });
     }
 }

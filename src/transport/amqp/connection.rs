@@ -88,7 +88,15 @@ async fn open(
 ) -> Result<(Live, usize), OpenError> {
     let (connection, node) = connect_any(settings, first_node).await?;
     let mut channel = connection.create_channel().await.map_err(unavailable)?;
-    if let Err(e) = declare(&connection, &channel, topology, settings.quorum_queues).await {
+    if let Err(e) = declare(
+        &connection,
+        &channel,
+        topology,
+        settings.quorum_queues,
+        &settings.scope,
+    )
+    .await
+    {
         // A namespace declared with the other queue type (before nodes were
         // added, or by an older version) keeps its queues unless the type
         // was configured: a queue's type cannot change in place.
@@ -107,9 +115,15 @@ async fn open(
              (set HEARTY_QUORUM_QUEUES, on a new namespace, to change it)"
         );
         channel = connection.create_channel().await.map_err(unavailable)?;
-        declare(&connection, &channel, topology, !settings.quorum_queues)
-            .await
-            .map_err(unavailable)?;
+        declare(
+            &connection,
+            &channel,
+            topology,
+            !settings.quorum_queues,
+            &settings.scope,
+        )
+        .await
+        .map_err(unavailable)?;
     }
     // The leases before the connection is handed out: a connection that
     // cannot hold them never consumes (consumers subscribe on it after).

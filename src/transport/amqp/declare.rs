@@ -1,4 +1,10 @@
 //! The namespace's topology, declared at every (re)connection; idempotent.
+//! The orchestrator declares the shared exchanges, the streams, its replies
+//! queues and the dead-letter queue; a worker checks that those exist and
+//! declares its own command queues; a process serving only the API (or only
+//! read models) declares nothing and checks that the namespace exists. So
+//! only the orchestrator's broker user may configure what every role uses
+//! (see `permissions`).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -8,17 +14,64 @@ use super::{is_missing_queue, string_arg};
 use crate::domain::WorkerKind;
 use crate::transport::{QueueName, Topology};
 
-/// Declares exchanges, queues and bindings; idempotent.
+/// What a process declares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The exchanges and the streams every role uses (the orchestrator
+    /// declares them; the others check that they exist).
+    pub shared: bool,
+    /// The workers whose command queues this process consumes.
+    pub workers: Vec<WorkerKind>,
+    /// The orchestrator's replies queues and the dead-letter queue.
+    pub replies: bool,
+}
+
+impl Scope {
+    /// Everything: one process of every role.
+    pub fn everything() -> Self {
+        Scope {
+            shared: true,
+            workers: WorkerKind::ALL.to_vec(),
+            replies: true,
+        }
+    }
+}
+
+/// Declares what `scope` says (exchanges, queues and bindings); idempotent.
+/// With nothing shared to declare, checks that the namespace exists.
 pub(super) async fn declare(
     connection: &Connection,
     ch: &Channel,
     t: &Topology,
     quorum: bool,
+    scope: &Scope,
 ) -> lapin::Result<()> {
-    declare_exchanges(ch, t).await?;
-    declare_partitioned_queues(ch, t, quorum).await?;
-    declare_streams(ch, t).await?;
-    declare_dead_letters(connection, ch, t, quorum).await
+    if scope.shared {
+        declare_exchanges(ch, t).await?;
+        declare_streams(ch, t).await?;
+    } else {
+        check_exists(ch, t).await?;
+    }
+    declare_partitioned_queues(ch, t, quorum, scope).await?;
+    if scope.replies {
+        declare_dead_letters(connection, ch, t, quorum).await?;
+    }
+    Ok(())
+}
+
+/// The namespace's exchanges with their kinds (in `Topology::exchanges`'
+/// order).
+fn exchanges(t: &Topology) -> impl Iterator<Item = (String, ExchangeKind)> {
+    const KINDS: [ExchangeKind; 7] = [
+        ExchangeKind::Direct, // commands
+        ExchangeKind::Direct, // replies
+        ExchangeKind::Topic,  // events
+        ExchangeKind::Fanout, // dead letters
+        ExchangeKind::Direct, // requests
+        ExchangeKind::Fanout, // the event log's
+        ExchangeKind::Fanout, // the registry's
+    ];
+    t.exchanges().into_iter().zip(KINDS)
 }
 
 async fn declare_exchanges(ch: &Channel, t: &Topology) -> lapin::Result<()> {
@@ -26,15 +79,35 @@ async fn declare_exchanges(ch: &Channel, t: &Topology) -> lapin::Result<()> {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    for (name, kind) in [
-        (t.commands_exchange(), ExchangeKind::Direct),
-        (t.replies_exchange(), ExchangeKind::Direct),
-        (t.events_exchange(), ExchangeKind::Topic),
-        (t.dead_letter_exchange(), ExchangeKind::Fanout),
-        (t.rpc_exchange(), ExchangeKind::Direct),
-    ] {
+    for (name, kind) in exchanges(t) {
         ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
             .await?;
+    }
+    Ok(())
+}
+
+/// Passive declarations (which need no right): the exchanges and streams
+/// an owner declares. Missing ones are an error (`NOT_FOUND`): the process
+/// tries again until an owner has declared them.
+async fn check_exists(ch: &Channel, t: &Topology) -> lapin::Result<()> {
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in exchanges(t) {
+        ch.exchange_declare(name.into(), kind, passive, FieldTable::default())
+            .await?;
+    }
+    for stream in [t.registry(), t.queue(QueueName::EventLog)] {
+        ch.queue_declare(
+            stream.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -61,15 +134,23 @@ fn work_queue_args(t: &Topology, quorum: bool) -> FieldTable {
 /// One queue per (role, partition), consumed by one process at a time: the
 /// owner holds the partition's lease; the single-active-consumer flag keeps
 /// even a misbehaving second consumer from getting messages.
-async fn declare_partitioned_queues(ch: &Channel, t: &Topology, quorum: bool) -> lapin::Result<()> {
+async fn declare_partitioned_queues(
+    ch: &Channel,
+    t: &Topology,
+    quorum: bool,
+    scope: &Scope,
+) -> lapin::Result<()> {
     let mut args = work_queue_args(t, quorum);
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     for p in t.partitions.all() {
-        let mut queues: Vec<(QueueName, String)> = WorkerKind::ALL
-            .into_iter()
-            .map(|k| (QueueName::Worker(k, p), t.commands_exchange()))
+        let mut queues: Vec<(QueueName, String)> = scope
+            .workers
+            .iter()
+            .map(|k| (QueueName::Worker(*k, p), t.commands_exchange()))
             .collect();
-        queues.push((QueueName::Replies(p), t.replies_exchange()));
+        if scope.replies {
+            queues.push((QueueName::Replies(p), t.replies_exchange()));
+        }
         for (q, exchange) in queues {
             let name = t.queue(q);
             ch.queue_declare(
@@ -93,17 +174,33 @@ async fn declare_partitioned_queues(ch: &Channel, t: &Topology, quorum: bool) ->
 
 /// The registry, and the event log: every domain event, kept, so each
 /// read-model replica reads it from its own offset and a new one catches up
-/// by itself. Publishers append to the log directly, in batches
-/// (`event_log`); the binding to the events exchange that versions before
-/// batches made is removed, or every event would be in the log twice
-/// (harmless to the versioned read models, but twice the broker's work).
+/// by itself. Each is appended to through its fanout exchange (the event log
+/// in batches, `event_log`); the binding to the events exchange that
+/// versions before batches made is removed, or every event would be in the
+/// log twice (harmless to the versioned read models, but twice the
+/// broker's work).
 async fn declare_streams(ch: &Channel, t: &Topology) -> lapin::Result<()> {
     let mut stream = FieldTable::default();
     stream.insert("x-queue-type".into(), string_arg("stream"));
     let log = t.queue(QueueName::EventLog);
-    for name in [t.registry(), log.clone()] {
-        ch.queue_declare(name.into(), QueueDeclareOptions::durable(), stream.clone())
-            .await?;
+    for (name, exchange) in [
+        (t.registry(), t.registry_exchange()),
+        (log.clone(), t.log_exchange()),
+    ] {
+        ch.queue_declare(
+            name.clone().into(),
+            QueueDeclareOptions::durable(),
+            stream.clone(),
+        )
+        .await?;
+        ch.queue_bind(
+            name.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     ch.queue_unbind(
         log.into(),

@@ -20,6 +20,7 @@
 mod connection;
 mod declare;
 mod leases;
+pub mod permissions;
 mod publish;
 mod rpc;
 mod streams;
@@ -42,6 +43,7 @@ use super::{
     Transport, TransportError, nodes::BrokerNodes,
 };
 use crate::partition::PartitionCount;
+pub use declare::Scope;
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the outbox keeps the row and tries again).
@@ -69,6 +71,8 @@ pub struct AmqpSettings {
     pub connect_wait: Duration,
     /// The namespace's partitions.
     pub partitions: PartitionCount,
+    /// What this process declares (see `declare`).
+    pub scope: Scope,
 }
 
 /// A RabbitMQ connection with the namespace's topology declared, which
@@ -200,13 +204,7 @@ impl AmqpTransport {
                 .await
                 .map_err(unavailable)?;
         }
-        for ex in [
-            t.commands_exchange(),
-            t.replies_exchange(),
-            t.events_exchange(),
-            t.dead_letter_exchange(),
-            t.rpc_exchange(),
-        ] {
+        for ex in t.exchanges() {
             ch.exchange_delete(ex.into(), ExchangeDeleteOptions::default())
                 .await
                 .map_err(unavailable)?;

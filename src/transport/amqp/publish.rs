@@ -7,7 +7,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::{AmqpTransport, CONFIRM_TIMEOUT, string_arg, unavailable};
-use crate::transport::{DeadLetter, Outgoing, QueueName, Route, TransportError, event_log};
+use crate::transport::{DeadLetter, Outgoing, Route, TransportError, event_log};
 
 impl AmqpTransport {
     pub(super) fn properties(m: &Outgoing, headers: Option<FieldTable>) -> BasicProperties {
@@ -136,7 +136,7 @@ impl AmqpTransport {
             .enumerate()
             .filter(|(_, m)| matches!(m.route, Route::Event(_)))
             .collect();
-        let log = self.inner.topology.queue(QueueName::EventLog);
+        let log = self.inner.topology.log_exchange();
         let mut logged = Vec::new();
         for chunk in events.chunks(event_log::MAX_BATCH) {
             let members: Vec<&Outgoing> = chunk.iter().map(|(_, m)| *m).collect();
@@ -150,7 +150,7 @@ impl AmqpTransport {
             let what = format!("{} via {log}", entry.message_id);
             let props = Self::properties(&entry, None);
             let sent =
-                Self::publish_one(ch, String::new(), log.clone(), true, &entry.body, props).await;
+                Self::publish_one(ch, log.clone(), String::new(), true, &entry.body, props).await;
             let indexes: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
             let confirmed = settled(what, sent);
             logged.push(async move { (indexes, confirmed.await) });

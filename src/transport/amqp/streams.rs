@@ -22,7 +22,7 @@ impl AmqpTransport {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
-        let log = self.inner.topology.queue(QueueName::EventLog);
+        let log = self.inner.topology.log_exchange();
         let marker = Outgoing {
             message_id: id.to_owned(),
             correlation_id: String::new(),
@@ -32,8 +32,8 @@ impl AmqpTransport {
         };
         let confirm = Self::publish_one(
             &live.publisher,
-            String::new(),
             log.clone(),
+            String::new(),
             true,
             &marker.body,
             Self::properties(&marker, None),
@@ -72,17 +72,17 @@ impl AmqpTransport {
             route: Route::Reply(0),
             body: record.to_vec(),
         };
-        let queue = self.inner.topology.registry();
+        let exchange = self.inner.topology.registry_exchange();
         let confirm = Self::publish_one(
             &live.publisher,
+            exchange.clone(),
             String::new(),
-            queue.clone(),
             true,
             &out.body,
             Self::properties(&out, None),
         )
         .await?;
-        settle_confirm(format!("{id} via {queue}"), confirm).await
+        settle_confirm(format!("{id} via {exchange}"), confirm).await
     }
 
     /// Reads the registry stream from its first record up to and including

@@ -46,7 +46,8 @@ pub struct Live {
 /// One database's health.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StorageHealth {
-    pub file: String,
+    /// The database's name (`orchestrator.p0`): never a path of the host.
+    pub database: String,
     pub ok: bool,
 }
 

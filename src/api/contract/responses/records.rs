@@ -40,6 +40,18 @@ impl From<Customer> for CustomerRecord {
     }
 }
 
+/// A sign-up's answer: the customer, and the token that is their credential
+/// (`Authorization: Bearer <token>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedUp {
+    #[serde(flatten)]
+    pub customer: CustomerRecord,
+    pub token: String,
+    /// When the token expires (RFC 3339).
+    pub token_expires_at: String,
+}
+
 /// A product review.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -129,6 +129,10 @@ pub struct HistoryLine {
     pub step: Option<String>,
     pub step_status: Option<StepStatus>,
     pub detail: Option<String>,
+    /// Who asked for it, for a person's or an operator's event
+    /// (`manager:mia`, `kitchen:kim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl From<&HistoryEntry> for HistoryLine {
@@ -141,6 +145,7 @@ impl From<&HistoryEntry> for HistoryLine {
             step: e.step.clone(),
             step_status: e.step_status,
             detail: e.detail.clone(),
+            by: e.by.clone(),
         }
     }
 }

@@ -1,21 +1,40 @@
-//! `hearty sagas list|show`: saga inspection from a terminal, against a
-//! running server, through the API's own response types.
+//! The command line besides `serve`: `hearty sagas list|show` (saga
+//! inspection from a terminal, against a running server, through the API's
+//! own response types), `hearty token` (a staff member's token) and
+//! `hearty broker-users` (one RabbitMQ user per role).
+
+mod broker_users;
+mod token;
+
+pub use broker_users::{BrokerUsers, broker_users};
+pub use token::{MAX_STAFF_TTL, staff_token};
 
 use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
 
 use crate::api::contract::responses::{ErrorBody, SagaView};
+use crate::config::Secret;
+
+/// A running server and the credential to call it with.
+pub struct Server<'a> {
+    pub url: &'a str,
+    /// A manager's token.
+    pub token: Option<&'a Secret>,
+}
 
 /// `GET url`, decoded as `T`; a 4xx or 5xx is an error with the server's
 /// detail.
-fn get_json<T: DeserializeOwned>(url: &str) -> anyhow::Result<T> {
-    let res = reqwest::blocking::Client::builder()
+fn get_json<T: DeserializeOwned>(server: &Server<'_>, path: &str) -> anyhow::Result<T> {
+    let url = format!("{}{path}", server.url.trim_end_matches('/'));
+    let mut req = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()?
-        .get(url)
-        .header("Accept", "application/json")
-        .send()
-        .with_context(|| format!("requesting {url}"))?;
+        .get(&url)
+        .header("Accept", "application/json");
+    if let Some(t) = server.token {
+        req = req.bearer_auth(t.expose());
+    }
+    let res = req.send().with_context(|| format!("requesting {url}"))?;
     let status = res.status();
     let body = res.bytes().with_context(|| format!("reading {url}"))?;
     if status.is_client_error() || status.is_server_error() {
@@ -32,12 +51,12 @@ fn text<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 /// `hearty sagas list`: one line per saga.
-pub fn sagas_list(base: &str, state: Option<&str>, limit: u32) -> anyhow::Result<String> {
-    let mut url = format!("{}/sagas?limit={limit}", base.trim_end_matches('/'));
+pub fn sagas_list(server: &Server<'_>, state: Option<&str>, limit: u32) -> anyhow::Result<String> {
+    let mut path = format!("/sagas?limit={limit}");
     if let Some(s) = state {
-        url.push_str(&format!("&state={s}"));
+        path.push_str(&format!("&state={s}"));
     }
-    let sagas: Vec<SagaView> = get_json(&url)?;
+    let sagas: Vec<SagaView> = get_json(server, &path)?;
     let mut out = format!(
         "{:>8}  {:<13} {:<11} {:<10} {}\n",
         "ID", "STATE", "ORDER", "STEP", "REASON"
@@ -56,8 +75,8 @@ pub fn sagas_list(base: &str, state: Option<&str>, limit: u32) -> anyhow::Result
 }
 
 /// `hearty sagas show ID`: why a saga is where it is.
-pub fn sagas_show(base: &str, id: &str) -> anyhow::Result<String> {
-    let s: SagaView = get_json(&format!("{}/sagas/{id}", base.trim_end_matches('/')))?;
+pub fn sagas_show(server: &Server<'_>, id: &str) -> anyhow::Result<String> {
+    let s: SagaView = get_json(server, &format!("/sagas/{id}"))?;
     let (name, version) = s
         .definition
         .as_ref()
@@ -110,8 +129,9 @@ pub fn sagas_show(base: &str, id: &str) -> anyhow::Result<String> {
             }
             _ => h.to.as_str().to_owned(),
         };
+        let by = h.by.map(|b| format!(" (by {b})")).unwrap_or_default();
         out.push_str(&format!(
-            "  {}  {:<32} {:<30} {}\n",
+            "  {}  {:<32} {:<30} {}{by}\n",
             h.at,
             h.event,
             what,
