@@ -154,3 +154,91 @@ fn the_manifests_agree_with_the_service() {
         "the API autoscales"
     );
 }
+
+/// No secret that works is in the manifests (the operator creates them),
+/// no container runs as root or may gain privileges, the ingress speaks
+/// TLS, and each role logs in to the broker as its own user.
+#[test]
+fn the_manifests_ship_no_secret_and_run_unprivileged() {
+    let docs = documents();
+    let kind = |d: &Value| d["kind"].as_str().unwrap_or("").to_owned();
+    assert!(
+        !docs.iter().any(|d| kind(d) == "Secret"),
+        "no Secret in the repository: the operator creates them"
+    );
+    let mut pods = 0;
+    for d in &docs {
+        let k = kind(d);
+        if !matches!(k.as_str(), "Deployment" | "StatefulSet" | "Job") {
+            continue;
+        }
+        pods += 1;
+        let name = d["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{name} runs as non-root"
+        );
+        for c in pod["containers"].as_sequence().expect("containers") {
+            let sc = &c["securityContext"];
+            assert_eq!(
+                sc["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{name}"
+            );
+            assert_eq!(
+                sc["capabilities"]["drop"][0].as_str(),
+                Some("ALL"),
+                "{name}"
+            );
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                let var = e["name"].as_str().unwrap_or("");
+                let literal = e["value"].as_str().unwrap_or("");
+                if var.contains("TOKEN") || var.contains("KEY") || var.contains("PASSWORD") {
+                    assert!(
+                        e["valueFrom"]["secretKeyRef"].is_mapping(),
+                        "{name}: {var} comes from a Secret"
+                    );
+                }
+                if var == "HEARTY_AMQP_URL" {
+                    let role = c["env"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .find(|e| e["name"].as_str() == Some("HEARTY_ROLES"))
+                        .and_then(|e| e["value"].as_str())
+                        .unwrap_or("?");
+                    for node in literal.split(',') {
+                        assert!(
+                            node.starts_with(&format!(
+                                "amqp://hearty-{role}:$(HEARTY_BROKER_PASSWORD)@"
+                            )),
+                            "{name} logs in as its role's user: {node}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(pods >= 8, "every workload checked");
+    let ingress = docs
+        .iter()
+        .find(|d| kind(d) == "Ingress")
+        .expect("an Ingress");
+    assert!(
+        ingress["spec"]["tls"][0]["secretName"].is_string(),
+        "the ingress terminates TLS"
+    );
+    let dockerfile =
+        std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).expect("Dockerfile");
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the image names its user");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "{user}"
+    );
+}
