@@ -17,33 +17,76 @@ fn chromium() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The DOM of `url` after its scripts ran.
+/// The DOM of `url` after its scripts ran. Headless Chromium can hang for
+/// good now and then (a virtual-time budget that never runs out): a run
+/// that takes more than a minute is killed and tried again.
 async fn dump_dom(browser: String, url: String) -> String {
     tokio::task::spawn_blocking(move || {
-        let profile = tempfile::tempdir().expect("profile dir");
-        let out = std::process::Command::new(&browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(&url)
-            .output()
-            .expect("run chromium");
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        for attempt in 1..=3 {
+            use std::os::unix::process::CommandExt as _;
+            let profile = tempfile::tempdir().expect("profile dir");
+            let mut child = std::process::Command::new(&browser)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--virtual-time-budget=5000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(&url)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                // Its own process group: a hung browser is killed with all
+                // of its helper processes (which hold its output open).
+                .process_group(0)
+                .spawn()
+                .expect("run chromium");
+            // Read its output as it comes (a full pipe would block it).
+            let mut stdout = child.stdout.take().expect("stdout");
+            let mut stderr = child.stderr.take().expect("stderr");
+            let out = std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+                s
+            });
+            let err = std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+                s
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait for chromium") {
+                    break Some(status);
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{}", child.id())])
+                        .status();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            let (out, err) = (
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+            );
+            match status {
+                Some(status) => {
+                    assert!(status.success(), "chromium failed: {err}");
+                    return out;
+                }
+                None => eprintln!("chromium hung (attempt {attempt} of 3); killed, trying again"),
+            }
+        }
+        panic!("chromium hung three times on {url}");
     })
     .await
     .expect("chromium task")
