@@ -122,6 +122,16 @@ impl WorkerCommand {
         }
     }
 
+    /// The key of the partition of `worker` this command is for, when it
+    /// says (a kitchen's progress report names no food).
+    pub fn partition_key(&self, worker: WorkerKind) -> Option<i64> {
+        match (self, worker) {
+            (WorkerCommand::Step { order, .. }, _) => Some(partition_key(worker, order)),
+            (WorkerCommand::Progress { .. }, WorkerKind::Kitchen) => None,
+            (WorkerCommand::Progress { order_id, .. }, _) => Some(order_id.get()),
+        }
+    }
+
     pub fn step(&self) -> &str {
         match self {
             WorkerCommand::Step { step, .. } | WorkerCommand::Progress { step, .. } => step,
@@ -211,6 +221,19 @@ pub struct WorkerReply {
     pub attempt: u32,
     #[serde(flatten)]
     pub outcome: ReplyOutcome,
+    /// Who answered: the receiver judges the epoch the reply carries
+    /// against that owner's (absent from earlier versions' replies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<ReplySender>,
+}
+
+/// The worker owner that answered: its kind and the key of its partition
+/// (the order id; the food id for the kitchen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplySender {
+    pub worker: WorkerKind,
+    pub key: i64,
 }
 
 impl WorkerReply {
@@ -253,6 +276,7 @@ mod tests {
             in_reply_to: cmd.message_id(),
             attempt: 1,
             outcome: ReplyOutcome::Compensated,
+            sender: None,
         };
         assert_eq!(reply.message_id(), "order-7.pay.undo.reply.compensated");
         assert_eq!(reply.message_type(), "reply.pay.compensated");
@@ -268,6 +292,10 @@ mod tests {
             outcome: ReplyOutcome::Failed {
                 reason: "out of stock".into(),
             },
+            sender: Some(ReplySender {
+                worker: WorkerKind::Kitchen,
+                key: 3,
+            }),
         };
         let json = serde_json::to_string(&reply).expect("serializes");
         assert!(json.contains("\"outcome\":\"failed\""), "{json}");

@@ -28,6 +28,8 @@ macro_rules! metrics {
             pub step_duration: HistogramVec,
             /// 0 = closed, 1 = open, 2 = half-open, per step.
             pub breaker_state: IntGaugeVec,
+            /// Each step's breaker per partition.
+            pub breaker_partition_state: IntGaugeVec,
             /// Times each step's breaker opened.
             pub breaker_opened: IntCounterVec,
             /// Outbox rows committed and not yet confirmed, per database.
@@ -56,10 +58,21 @@ macro_rules! metrics {
                 )?;
                 registry.register(Box::new(step_duration.clone()))?;
                 let breaker_state = IntGaugeVec::new(
-                    Opts::new("circuit_breaker_state", "0 = closed, 1 = open, 2 = half-open."),
+                    Opts::new(
+                        "circuit_breaker_state",
+                        "The step's worst breaker over its partitions: 0 = closed, 1 = open, 2 = half-open.",
+                    ),
                     &["step"],
                 )?;
                 registry.register(Box::new(breaker_state.clone()))?;
+                let breaker_partition_state = IntGaugeVec::new(
+                    Opts::new(
+                        "circuit_breaker_partition_state",
+                        "The step's breaker for one partition: 0 = closed, 1 = open, 2 = half-open.",
+                    ),
+                    &["step", "partition"],
+                )?;
+                registry.register(Box::new(breaker_partition_state.clone()))?;
                 let breaker_opened = IntCounterVec::new(
                     Opts::new("circuit_breaker_opened_total", "Times the breaker opened."),
                     &["step"],
@@ -89,6 +102,7 @@ macro_rules! metrics {
                     )?,
                     step_duration,
                     breaker_state,
+                    breaker_partition_state,
                     breaker_opened,
                     outbox_backlog,
                     registry,

@@ -57,6 +57,30 @@ impl fmt::Display for Partition {
     }
 }
 
+/// A fencing token: the position, in the registry stream, of the takeover
+/// that made a process the owner of its partitions. A later takeover has a
+/// greater epoch (the stream is one total order the cluster replicates), so
+/// a stale owner can be told from the current one wherever the epoch is
+/// kept: in the partition's database, and on the messages its owner sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(i64);
+
+impl Epoch {
+    pub fn new(position: i64) -> Self {
+        Epoch(position)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// How many partitions a namespace has: 1 to [`MAX_PARTITIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartitionCount(u16);

@@ -7,8 +7,10 @@
 //! moment, an owner crashes at a failpoint (after a commit before
 //! publishing, after a confirm before the outbox row is deleted, after
 //! applying a reply before acking it), the broker goes away and comes back
-//! (owners stop and are restarted), the workers are killed, and every reply
-//! is delivered twice with jittered delays.
+//! (owners stop and are restarted), a partition owner hangs (SIGSTOP) past
+//! its lease and wakes (its standby, if it has one, takes over meanwhile;
+//! the woken owner must change nothing), the workers are killed, and every
+//! reply is delivered twice with jittered delays.
 //!
 //! Then, with the system quiet, the invariants are checked and the suite
 //! ends with an `N passed, N failed` line. Replay a run with
@@ -68,6 +70,9 @@ struct Processes {
     duplicate: Option<common::Spawned>,
     /// Failpoints for the next start of one orchestrator owner.
     failpoint: Option<(usize, &'static str)>,
+    /// The duplicated owner hung: its duplicate may take over beside it
+    /// (until the woken owner is gone).
+    duplicate_excused: bool,
     /// Which API replica the next call goes to.
     turn: usize,
 }
@@ -120,6 +125,7 @@ fn deployment(c: &Cluster) -> Processes {
         running,
         duplicate: None,
         failpoint: None,
+        duplicate_excused: false,
         turn: 0,
     }
 }
@@ -154,13 +160,15 @@ impl Processes {
             if i == DUPLICATED
                 && let Some(mut dup) = self.duplicate.take()
             {
-                // The owner is gone: its duplicate takes over (it waits on
-                // the folder lock, looking twice a second).
+                // The owner is gone: its duplicate takes over (it waits for
+                // the leases, looking four times a second), or took over
+                // already (the owner hung).
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     if let Some(addr) = dup.try_listening() {
                         eprintln!("chaos: the duplicate took {} over", self.specs[i].name);
                         self.running[i] = Some(dup.into_service(addr));
+                        self.duplicate_excused = false;
                         break;
                     }
                     assert!(
@@ -182,11 +190,14 @@ impl Processes {
         }
     }
 
-    /// The duplicate has not started while its owner lives.
+    /// The duplicate has not started while its owner lives (unless the
+    /// owner hung: then it must have).
     fn duplicate_waits(&mut self) -> bool {
-        self.duplicate
-            .as_mut()
-            .is_none_or(|d| d.try_listening().is_none())
+        self.duplicate_excused
+            || self
+                .duplicate
+                .as_mut()
+                .is_none_or(|d| d.try_listening().is_none())
     }
 
     /// The next API replica's address.
@@ -259,8 +270,10 @@ fn chaos_loses_nothing_and_doubles_nothing() {
     let failpoint = FAILPOINTS[rng.below(3) as usize];
     let outage_at = at(&mut rng, 10, 38);
     let worker_kill_at = at(&mut rng, 4, 44);
+    let pause_at = at(&mut rng, 6, 42);
+    let paused = 2 + rng.below(4) as usize;
     eprintln!(
-        "chaos: kills at {kills:?}, failpoint {failpoint} at {failpoint_at}, broker outage at {outage_at}, worker kill at {worker_kill_at}"
+        "chaos: kills at {kills:?}, failpoint {failpoint} at {failpoint_at}, broker outage at {outage_at}, worker kill at {worker_kill_at}, owner {paused} hangs at {pause_at}"
     );
 
     let procs = Arc::new(Mutex::new(deployment(&c)));
@@ -289,6 +302,8 @@ fn chaos_loses_nothing_and_doubles_nothing() {
     let mut answered: BTreeMap<i64, i64> = BTreeMap::new(); // order id → qty, for every 201
     // Joined (and the broker started) even if the test panics.
     let mut outage = Outage(None);
+    // Joined (and the process woken) even if the test panics.
+    let mut hang = Hang(None);
     let started = Instant::now();
     for op in 0..OPS {
         if kills.contains(&op) {
@@ -328,6 +343,33 @@ fn chaos_loses_nothing_and_doubles_nothing() {
         }
         if op == worker_kill_at {
             procs.lock().expect("lock").kill(6);
+        }
+        if op == pause_at {
+            // A partition owner hangs past its lease (12 s: the broker drops
+            // it after two missed 3 s heartbeats) while orders go on, then
+            // wakes: it must stop by itself without changing anything.
+            let mut p = procs.lock().expect("lock");
+            if let Some(pid) = p.running[paused].as_ref().map(Service::pid) {
+                if paused == DUPLICATED {
+                    p.duplicate_excused = true;
+                }
+                let name = p.specs[paused].name;
+                drop(p);
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status();
+                eprintln!("chaos: {name} hangs");
+                hang.0 = Some((
+                    pid,
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(12));
+                        let _ = std::process::Command::new("kill")
+                            .args(["-CONT", &pid.to_string()])
+                            .status();
+                        eprintln!("chaos: {name} wakes");
+                    }),
+                ));
+            }
         }
         if op == outage_at {
             outage.0 = Some(std::thread::spawn(move || {
@@ -390,6 +432,7 @@ fn chaos_loses_nothing_and_doubles_nothing() {
         }
     }
     drop(outage);
+    drop(hang);
     eprintln!(
         "chaos: {} orders answered 201 in {:?}; waiting for quiet",
         answered.len(),
@@ -634,6 +677,20 @@ fn chaos_loses_nothing_and_doubles_nothing() {
 /// The broker-outage thread: dropping it waits for the thread and makes
 /// sure the broker runs again, even when the test panics.
 struct Outage(Option<std::thread::JoinHandle<()>>);
+
+/// A hung process and the thread that wakes it.
+struct Hang(Option<(u32, std::thread::JoinHandle<()>)>);
+
+impl Drop for Hang {
+    fn drop(&mut self) {
+        if let Some((pid, t)) = self.0.take() {
+            let _ = t.join();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
 
 impl Drop for Outage {
     fn drop(&mut self) {

@@ -294,9 +294,12 @@ fn the_payment_breaker_trips_under_latency_and_recovers() {
     let saga_path = c.dir.path().join("breaker_saga.toml");
     std::fs::write(&saga_path, saga).expect("write");
     let saga_env = saga_path.to_str().expect("utf-8").to_owned();
-    let api = c.start("api,orchestrator", &[("HEARTY_SAGA_FILE", &saga_env)]);
-    let _others = c.start("kitchen,delivery,coupon", &[]);
-    let slow_pay = c.start("pay", &[("HEARTY_PAY_LATENCY", "1s")]);
+    // One partition: breakers are kept per partition (tests/fencing.rs has
+    // several), and this one watches a single breaker trip and recover.
+    let one = ("HEARTY_PARTITION_COUNT", "1");
+    let api = c.start("api,orchestrator", &[("HEARTY_SAGA_FILE", &saga_env), one]);
+    let _others = c.start("kitchen,delivery,coupon", &[one]);
+    let slow_pay = c.start("pay", &[("HEARTY_PAY_LATENCY", "1s"), one]);
     c.seed(&api, 100);
 
     let mut turned_away = Vec::new();
@@ -338,7 +341,7 @@ fn the_payment_breaker_trips_under_latency_and_recovers() {
 
     // The payment system recovers; after the cool-down one trial goes through.
     slow_pay.kill();
-    let _fast_pay = c.start("pay", &[]);
+    let _fast_pay = c.start("pay", &[one]);
     let mut admitted = None;
     c.wait("a trial order to be admitted", || {
         let (s, v, _) = c.order(&api, 1);

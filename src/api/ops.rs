@@ -95,8 +95,9 @@ pub async fn ready(probes: web::Data<Probes>) -> HttpResponse {
         },
         circuit_breakers: probes
             .breakers
-            .iter()
-            .map(|b| (b.step.clone(), b.state().as_str().to_owned()))
+            .worst()
+            .into_iter()
+            .map(|(step, state)| (step, state.as_str().to_owned()))
             .collect(),
     };
     if ok {
@@ -133,14 +134,19 @@ pub async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
                 .set(n);
         }
     }
-    for b in probes.breakers.iter() {
-        let state = i64::from(b.state().gauge());
+    for (step, state) in probes.breakers.worst() {
         METRICS
             .breaker_state
-            .with_label_values(&[&b.step])
-            .set(state);
+            .with_label_values(&[&step])
+            .set(i64::from(state.gauge()));
         // Present from the start, at 0, before the breaker ever opens.
-        METRICS.breaker_opened.with_label_values(&[&b.step]);
+        METRICS.breaker_opened.with_label_values(&[&step]);
+    }
+    for b in probes.breakers.iter() {
+        METRICS
+            .breaker_partition_state
+            .with_label_values(&[&b.step, &b.partition.to_string()])
+            .set(i64::from(b.state().gauge()));
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -32,9 +32,29 @@ pub fn placement(placement: Placement) -> Result<HttpResponse, ApiError> {
             ),
             order,
         )),
-        Placement::TurnedAway { order, reason } => Err(with_order(
+        Placement::TurnedAway {
+            order,
+            reason,
+            payment_sent: false,
+        } => Err(with_order(
             ApiError::unavailable(
                 format!("{reason}; nothing was established, try again shortly"),
+                RETRY_AFTER_SECS,
+            ),
+            order,
+        )),
+        Placement::TurnedAway {
+            order,
+            reason,
+            payment_sent: true,
+        } => Err(with_order(
+            ApiError::unavailable(
+                format!(
+                    "{reason}; the order was abandoned, but the payment had been requested and its \
+                     outcome is not known yet: if the customer was charged, the charge is refunded \
+                     (GET /orders/{order} shows how it settled). Placing the order again starts a \
+                     new one"
+                ),
                 RETRY_AFTER_SECS,
             ),
             order,

@@ -1,20 +1,22 @@
 //! What every role of a process stands on, built first: the saga
-//! definition, the partitions it owns (locked in its folder, a standby
-//! waiting here), the orchestrator's database claimed, and the transport
-//! with the partitions claimed on the broker.
+//! definition, the partitions it owns, the transport with the partitions
+//! claimed on the broker (a standby waits here for their leases) and the
+//! takeover's epoch, and the orchestrator's database claimed and fenced
+//! with that epoch.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::auth::{Authenticator, keys};
-use crate::cluster::ownership::{self, Claim, FolderLocks};
+use crate::cluster::epochs::{Seen, Senders};
+use crate::cluster::ownership::{self, Claim};
 use crate::config::{Config, Role, Secret};
 use crate::orchestrator::store;
-use crate::partition::{self, OwnerRole, Partition, PartitionCount};
+use crate::partition::{self, Epoch, OwnerRole, Partition, PartitionCount};
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
-use crate::storage::Db;
+use crate::storage::{Claimant, Db, StorageError};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpSettings, AmqpTransport, Scope};
 use crate::transport::memory::MemoryTransport;
@@ -30,8 +32,12 @@ pub(super) struct Foundation {
     pub breakers: Breakers,
     /// The orchestrator's database, claimed, when this process runs it.
     pub orchestrator_db: Option<Db>,
-    /// The data folder's locks of the owned partitions, released last.
-    pub locks: FolderLocks,
+    /// This process's fencing token for its partitions, from the registry
+    /// (`None`: no broker, or no partitions to own).
+    pub epoch: Option<Epoch>,
+    /// The epochs of the owners whose commands and replies this process
+    /// receives (a replaced owner's are refused).
+    pub senders: Senders,
     /// Verifies callers (at the API, and again at the owners).
     pub auth: Arc<Authenticator>,
     /// The manager's static token, when there is one.
@@ -56,41 +62,50 @@ impl Foundation {
                  HEARTY_PARTITIONS must be `all`"
             );
         }
-        // Partitions first: a second process for an owned partition of this
-        // folder waits here, as a standby, before it touches anything.
         let claims = claims_of(config, &owned);
         let home = ownership::home_of(&config.data_dir)?;
-        let locks = ownership::lock_folder(&config.data_dir, &claims).await?;
-        // One orchestrator per orchestrator.db: claimed before anything else
-        // starts, so a second process on the same data folder refuses to
-        // start without having touched a queue (sagas must have one actor).
-        let orchestrator_db = if config.roles.has(Role::Orchestrator) {
-            Some(
-                Db::open_owned(&config.db_path("orchestrator"), &store::schema())
-                    .context("opening the orchestrator database")?,
-            )
-        } else {
-            None
-        };
         let manager_token = manager_token(config);
         let auth = Arc::new(Authenticator::new(
             &keys::deployment_key(config)?,
             keys::external(config).await?,
             manager_token.clone(),
         )?);
-        let transport = connect(config, count, &home, &claims).await?;
+        // The partitions' leases first: a second process for an owned
+        // partition waits here, as a standby, before it opens a database.
+        // Then the takeover's epoch, which fences every earlier owner.
+        let (transport, epoch) = connect(config, count, &home, &claims).await?;
         if !claims.is_empty() {
             tracing::info!(partitions = %partition::describe(&owned), "owning partitions");
         }
+        // One orchestrator per orchestrator.db (sagas must have one actor).
+        let orchestrator_db = if config.roles.has(Role::Orchestrator) {
+            Some(
+                own_db(
+                    config,
+                    &owned,
+                    epoch,
+                    OwnerRole::Orchestrator,
+                    &store::schema(),
+                )
+                .await
+                .context("opening the orchestrator database")?,
+            )
+        } else {
+            None
+        };
         tracing::info!(transport = transport.kind(), namespace = %config.namespace, roles = %config.roles, "starting");
         Ok(Foundation {
-            breakers: Breakers::for_definition(&def),
+            breakers: Breakers::for_definition(&def, count),
             def,
             count,
             owned,
             transport,
             orchestrator_db,
-            locks,
+            epoch,
+            senders: Senders {
+                seen: Arc::new(Seen::new()),
+                count,
+            },
             auth,
             manager_token,
         })
@@ -101,6 +116,76 @@ impl Foundation {
     pub fn shared(&self) -> bool {
         self.transport.requests().is_some()
     }
+
+    /// Opens the database of a stateful `role`, claimed and fenced (see
+    /// [`own_db`]).
+    pub async fn own_db(
+        &self,
+        config: &Config,
+        role: OwnerRole,
+        schema: &str,
+    ) -> anyhow::Result<Db> {
+        own_db(config, &self.owned, self.epoch, role, schema).await
+    }
+}
+
+/// Opens the database of a stateful `role` as its one owner: claims its
+/// file (a second process of another partition set on this folder refuses
+/// to start; a previous owner of these partitions that lost their leases is
+/// not waited for), then records this process's epoch in it, so that every
+/// later commit of an earlier owner is refused.
+async fn own_db(
+    config: &Config,
+    owned: &[Partition],
+    epoch: Option<Epoch>,
+    role: OwnerRole,
+    schema: &str,
+) -> anyhow::Result<Db> {
+    let partitions: Vec<u16> = owned.iter().map(|p| p.index()).collect();
+    let claimant = Claimant {
+        partitions: &partitions,
+        leased: epoch.is_some(),
+    };
+    let mut polls = 0u32;
+    let db = loop {
+        match Db::open_owned(&config.db_path(role.as_str()), schema, claimant) {
+            Ok(db) => break db,
+            // Without a broker there is no lease to wait for: a second
+            // process of this folder waits for the file as a standby.
+            Err(StorageError::Claimed { pid, .. }) if epoch.is_none() => {
+                if polls.is_multiple_of(20) {
+                    tracing::warn!(
+                        database = %config.db_path(role.as_str()).display(),
+                        owner_pid = %pid,
+                        "standby: another process of this data folder owns it; waiting to take over"
+                    );
+                }
+                polls += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(epoch) = epoch {
+        let owner = format!("{role} pid {}", std::process::id());
+        loop {
+            match db.take_over(epoch, &partitions, &owner).await {
+                Ok(()) => break,
+                // A previous owner hung in the middle of a commit holds the
+                // file's write lock: its commit ends when it wakes (it was
+                // the owner's), and the takeover follows it.
+                Err(StorageError::Busy(path, _)) => tracing::warn!(
+                    database = %path.display(),
+                    "standby: a previous owner holds the database's write lock (it hangs \
+                     mid-commit); waiting to take over"
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("taking over the {role} database"));
+                }
+            }
+        }
+    }
+    Ok(db)
 }
 
 /// Refuses to start with a manager token too short to be a secret, a
@@ -164,9 +249,9 @@ async fn connect(
     count: PartitionCount,
     home: &str,
     claims: &[Claim],
-) -> anyhow::Result<Arc<dyn Transport>> {
+) -> anyhow::Result<(Arc<dyn Transport>, Option<Epoch>)> {
     let Some(url) = &config.amqp_url else {
-        return Ok(Arc::new(MemoryTransport::new(count)));
+        return Ok((Arc::new(MemoryTransport::new(count)), None));
     };
     let nodes = BrokerNodes::parse(url).map_err(|e| anyhow::anyhow!("HEARTY_AMQP_URL {e}"))?;
     let t = AmqpTransport::connect(&AmqpSettings {
@@ -183,8 +268,8 @@ async fn connect(
     })
     .await
     .with_context(|| format!("connecting to RabbitMQ at {nodes}"))?;
-    ownership::claim_on_broker(&t, t.topology(), count, home, claims).await?;
-    Ok(Arc::new(t))
+    let epoch = ownership::claim_on_broker(&t, t.topology(), count, home, claims).await?;
+    Ok((Arc::new(t), epoch))
 }
 
 /// What a process declares on the broker: the orchestrator the shared

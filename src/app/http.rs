@@ -88,7 +88,6 @@ pub(super) fn start(
         ops_addr,
         parts,
         transport: base.transport,
-        locks: base.locks,
     })
 }
 

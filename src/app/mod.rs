@@ -1,6 +1,6 @@
 //! Wires the roles of one process. [`start`] reads as the list of what a
-//! process is: its foundation (definition, partitions, folder locks, the
-//! transport and its claims), then each role it runs — workers, read
+//! process is: its foundation (definition, partitions, the transport and
+//! its claims, the takeover's epoch), then each role it runs — workers, read
 //! models, orchestrator — each started by its own function that returns a
 //! handle, then HTTP (zero2prod's `Application::build`: a process with
 //! several roles is the sum of per-role builders). Must run inside an
@@ -43,7 +43,7 @@ pub fn load_definition(path: &Path) -> anyhow::Result<SagaDefinition> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let base = foundation::Foundation::build(&config).await?;
     let mut parts = parts::Parts::new();
-    let workers = workers::start(&config, &base, &mut parts)?;
+    let workers = workers::start(&config, &base, &mut parts).await?;
     let views = if config.roles.has(Role::Api) || config.roles.has(Role::Views) {
         Some(views::start(&config, &base, &mut parts)?)
     } else {
@@ -74,12 +74,15 @@ pub async fn run(
         why = running.fenced() => Some(why),
     };
     tracing::info!("shutting down");
-    if fenced.is_none() {
-        running.drain().await;
-    }
-    running.stop().await;
     match fenced {
-        None => Ok(()),
-        Some(why) => Err(anyhow::anyhow!("stopped: fenced off its partitions: {why}")),
+        None => {
+            running.drain().await;
+            running.stop().await;
+            Ok(())
+        }
+        Some(why) => {
+            running.stop_fenced().await;
+            Err(anyhow::anyhow!("stopped: fenced off its partitions: {why}"))
+        }
     }
 }

@@ -62,13 +62,14 @@ pub(super) async fn start(
         tracing::info!(recovered, "sagas recovered");
     }
     for &p in &base.owned {
-        let (o, t, s) = (
+        let (o, t, s, senders) = (
             orchestrator.clone(),
             base.transport.clone(),
             parts.shutdown.clone(),
+            base.senders.clone(),
         );
         actix::spawn(async move {
-            if let Err(e) = consume_replies(p, o, t, s).await {
+            if let Err(e) = consume_replies(p, o, t, senders, s).await {
                 tracing::error!(partition = %p, error = %e, "replies consumer stopped");
             }
         });

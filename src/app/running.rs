@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::parts::Parts;
-use crate::cluster::ownership::FolderLocks;
 use crate::config::Secret;
 use crate::transport::Transport;
 
@@ -33,8 +32,6 @@ pub struct Running {
     pub ops_addr: Option<SocketAddr>,
     pub(super) parts: Parts,
     pub(super) transport: Arc<dyn Transport>,
-    /// The data folder's locks of the owned partitions, released last.
-    pub(super) locks: FolderLocks,
 }
 
 impl Running {
@@ -98,18 +95,42 @@ impl Running {
         // takes the partitions over without waiting for a timeout.
         self.transport.close().await;
         drop(self.transport);
-        drop(self.locks);
         if let Some(ops) = self.ops {
             ops.stop(true).await;
         }
     }
 
+    /// The stop of a process that no longer owns its partitions: its
+    /// connection is closed first, so nothing more leaves it (not even
+    /// what its outboxes hold: the new owner publishes those), then the
+    /// rest stops as in [`Running::stop`].
+    pub async fn stop_fenced(self) {
+        self.transport.close().await;
+        self.stop().await;
+    }
+
     /// Resolves when another process has taken this process's partitions
-    /// (it was cut off from the broker meanwhile): it must stop acting.
+    /// (it lost the connection that held their leases, a lease was deleted,
+    /// or a database found a newer epoch in a transaction): it must stop
+    /// acting.
     pub async fn fenced(&self) -> String {
-        match self.transport.leases() {
-            Some(leases) => leases.fenced().await,
-            None => std::future::pending().await,
+        let leases = async {
+            match self.transport.leases() {
+                Some(leases) => leases.fenced().await,
+                None => std::future::pending().await,
+            }
+        };
+        let dbs = self.parts.dbs.iter().map(|db| Box::pin(db.fenced()));
+        let databases = async {
+            if self.parts.dbs.is_empty() {
+                std::future::pending().await
+            } else {
+                futures_util::future::select_all(dbs).await.0
+            }
+        };
+        tokio::select! {
+            why = leases => why,
+            why = databases => why,
         }
     }
 }

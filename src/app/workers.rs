@@ -15,7 +15,6 @@ use crate::cluster::serve;
 use crate::config::Config;
 use crate::domain::WorkerKind;
 use crate::partition::{Owned, OwnerRole};
-use crate::storage::Db;
 use crate::workers::requests::{LocalWorker, WorkerProtocol};
 use crate::workers::{self, Faults, Knobs, WorkerActor};
 
@@ -24,7 +23,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts the workers of `config`; the owners of every worker's partitions
 /// as the API reaches them (these, directly; the others over the broker).
-pub(super) fn start(
+pub(super) async fn start(
     config: &Config,
     base: &Foundation,
     parts: &mut Parts,
@@ -34,7 +33,9 @@ pub(super) fn start(
         .map_err(|e| anyhow::anyhow!(e))?;
     for kind in config.roles.workers() {
         let logic = workers::logic_for(kind, Knobs::from_config(config));
-        let db = Db::open(&config.db_path(kind.as_str()), &workers::schema_of(kind))
+        let db = base
+            .own_db(config, OwnerRole::Worker(kind), &workers::schema_of(kind))
+            .await
             .with_context(|| format!("opening the {kind} database"))?;
         let faults = Faults {
             latency: config.latency_of(kind),
@@ -51,13 +52,14 @@ pub(super) fn start(
         });
         parts.relay(&arbiter, db.clone(), base.transport.clone());
         for &p in &base.owned {
-            let (t, s, a) = (
+            let (t, s, a, senders) = (
                 base.transport.clone(),
                 parts.shutdown.clone(),
                 actor.clone(),
+                base.senders.clone(),
             );
             arbiter.spawn(async move {
-                if let Err(e) = workers::consume(kind, p, a, t, s).await {
+                if let Err(e) = workers::consume(kind, p, a, t, senders, s).await {
                     tracing::error!(worker = %kind, partition = %p, error = %e, "consumer stopped");
                 }
             });

@@ -4,11 +4,13 @@
 //! owner of a partition.
 //!
 //! - [`ownership`]: one acting owner per (role, partition): the data folder's
-//!   home, folder locks, the registry stream and the broker leases.
+//!   home, the registry stream, the broker leases and the takeover's epoch.
+//! - [`epochs`]: receivers refuse commands and replies of a replaced owner.
 //! - [`owners`]: the one client of every role's owners, asked in-process or
 //!   over RabbitMQ the same way (owner wait, correlation, page merge).
 //! - [`serve`]: the owner's side of those requests.
 
+pub mod epochs;
 pub mod owners;
 pub mod ownership;
 pub mod serve;

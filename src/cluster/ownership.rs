@@ -1,24 +1,32 @@
 //! Fenced single ownership of every (role, partition): at most one process
-//! acts for a partition of a stateful role at any moment.
-//!
-//! Three things enforce it, each covering what the others cannot:
+//! acts for a partition of a stateful role at any moment, and an earlier
+//! owner that still runs cannot store or send anything for it.
 //!
 //! 1. **The data folder's claim.** The broker's registry stream
 //!    (`<ns>.registry`) records, for every (role, partition), the *home* —
 //!    the identity of the data folder (`<HEARTY_DATA_DIR>/home`) that holds
-//!    its state. The first claim in the stream wins; a process whose folder
-//!    is another home refuses to start, naming the owner, so a partition's
+//!    its state. A process claims its whole set in one record, and the
+//!    first claim of a partition wins; a set naming a partition another
+//!    folder holds binds none of its partitions. A process whose folder is
+//!    another home refuses to start, naming the owner, so a partition's
 //!    state is never re-created empty beside the real one. The same stream
 //!    records the namespace's partition count (first record wins).
-//! 2. **A lock in the folder.** An exclusive `flock` on
-//!    `<role>.<partition>.lock`: two processes on one folder (the same host)
-//!    never both act; the second waits as a standby until the first ends.
-//! 3. **A lease on the broker.** An exclusive queue `<ns>.<role>.<p>.owner`
-//!    per owned partition, declared before any consumer starts and on every
-//!    reconnection: two processes of the same home on different hosts (a
-//!    volume moved to a new pod) never both consume; the second waits as a
-//!    standby. A process that comes back from a lost connection to find its
-//!    lease taken is fenced: it stops (see `app::run`).
+//! 2. **A lease on the broker.** An exclusive queue `<ns>.<role>.<p>.owner`
+//!    per owned partition, declared before any database is opened: of the
+//!    processes of one home (a standby on the same folder, or the folder's
+//!    volume moved to another host) one holds them; the others wait as
+//!    standbys. The broker drops a lease with its connection: a hung owner
+//!    misses its heartbeats and loses it within seconds. An owner whose
+//!    connection breaks, or whose lease queue is deleted under it, is fenced
+//!    at once: it stops (see `app::run`).
+//! 3. **An epoch (fencing token).** Having taken the leases, a process
+//!    appends a takeover record to the registry; its position in the stream
+//!    is the process's epoch, greater than every earlier owner's. It is
+//!    written into the role's database before anything is recovered, and
+//!    every transaction checks it (`storage::fence`): an earlier owner that
+//!    wakes from a pause and tries to commit is refused and stops. This,
+//!    not a lock of the host, is what makes a hung owner harmless, so a
+//!    standby never waits for one.
 //!
 //! Partitioned queues also have `x-single-active-consumer`, so even a
 //! consumer outside these rules would not get messages beside the owner.
@@ -26,14 +34,15 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::partition::Epoch;
 use crate::partition::{OwnerRole, Partition, PartitionCount};
-use crate::transport::{Lease, Leases, Topology};
+use crate::transport::{Lease, Leases, RegistryEntry, Topology};
 
 /// One (role, partition) a process wants to own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,8 +58,8 @@ impl std::fmt::Display for Claim {
 }
 
 /// How often a standby looks again, and how often it says it waits.
-const STANDBY_POLL: Duration = Duration::from_millis(500);
-const STANDBY_LOG_EVERY: u32 = 20;
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+const STANDBY_LOG_EVERY: u32 = 40;
 
 /// The identity of a data folder, created on first use: the registry binds
 /// partitions to it.
@@ -97,57 +106,20 @@ pub fn home_of(dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// The folder locks of a process's partitions, held until dropped (the
-/// kernel releases them however the process ends).
-pub struct FolderLocks {
-    _files: Vec<File>,
+/// One (role, partition) as the registry records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Named {
+    role: String,
+    partition: u16,
 }
 
-fn lock_path(dir: &Path, claim: &Claim) -> PathBuf {
-    dir.join(format!("{}.{}.lock", claim.role, claim.partition))
-}
-
-/// Locks every claim's file in `dir`, waiting as a standby while another
-/// process of this folder holds one.
-pub async fn lock_folder(dir: &Path, claims: &[Claim]) -> anyhow::Result<FolderLocks> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the data folder {}", dir.display()))?;
-    let mut files = Vec::new();
-    for claim in claims {
-        let path = lock_path(dir, claim);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let mut polls = 0u32;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if polls.is_multiple_of(STANDBY_LOG_EVERY) {
-                        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                        tracing::warn!(
-                            partition = %claim,
-                            owner_pid = pid.trim(),
-                            "standby: another process of this data folder owns it; waiting to take over"
-                        );
-                    }
-                    polls += 1;
-                    tokio::time::sleep(STANDBY_POLL).await;
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {}", path.display()));
-                }
-            }
+impl From<&Claim> for Named {
+    fn from(c: &Claim) -> Self {
+        Named {
+            role: c.role.as_str().to_owned(),
+            partition: c.partition.index(),
         }
-        file.set_len(0)?;
-        write!(file, "{}", std::process::id())?;
-        files.push(file);
     }
-    Ok(FolderLocks { _files: files })
 }
 
 /// A record of the registry stream.
@@ -157,11 +129,29 @@ enum Record {
     /// The namespace's partition count: the first one recorded holds.
     #[serde(rename_all = "camelCase")]
     Namespace { partition_count: u16, by: String },
-    /// A data folder claims a (role, partition): the first claim holds.
+    /// A data folder claims one (role, partition): the first claim holds.
+    /// (Written by earlier versions; read as a set of one.)
     #[serde(rename_all = "camelCase")]
     Claim {
         role: String,
         partition: u16,
+        home: String,
+        by: String,
+    },
+    /// A data folder claims a set of (role, partition)s, all or none: a set
+    /// naming one that another folder holds binds nothing, so a lost claim
+    /// race leaves no partition bound to a process that did not start.
+    #[serde(rename_all = "camelCase")]
+    Claims {
+        claims: Vec<Named>,
+        home: String,
+        by: String,
+    },
+    /// A process took the leases of `claims`: its position in the stream is
+    /// its epoch (fencing token) for them.
+    #[serde(rename_all = "camelCase")]
+    Takeover {
+        claims: Vec<Named>,
         home: String,
         by: String,
     },
@@ -175,13 +165,15 @@ enum Record {
 struct Registry {
     partition_count: Option<u16>,
     owners: HashMap<(String, u16), (String, String)>,
+    /// The latest takeover of each (role, partition): its epoch and taker.
+    epochs: HashMap<(String, u16), (i64, String)>,
 }
 
 impl Registry {
-    fn fold(bodies: &[Vec<u8>]) -> Registry {
+    fn fold(entries: &[RegistryEntry]) -> Registry {
         let mut r = Registry::default();
-        for body in bodies {
-            match serde_json::from_slice::<Record>(body) {
+        for entry in entries {
+            match serde_json::from_slice::<Record>(&entry.body) {
                 Ok(Record::Namespace {
                     partition_count, ..
                 }) => {
@@ -192,14 +184,37 @@ impl Registry {
                     partition,
                     home,
                     by,
-                }) => {
-                    r.owners.entry((role, partition)).or_insert((home, by));
+                }) => r.claim_all(&[Named { role, partition }], &home, &by),
+                Ok(Record::Claims { claims, home, by }) => r.claim_all(&claims, &home, &by),
+                Ok(Record::Takeover { claims, by, .. }) => {
+                    for c in claims {
+                        r.epochs
+                            .insert((c.role, c.partition), (entry.offset, by.clone()));
+                    }
                 }
                 Ok(Record::Hello { .. }) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable registry record; skipped"),
             }
         }
         r
+    }
+
+    /// Binds every one of `claims` to `home`, unless one of them is bound
+    /// to another home: then none.
+    fn claim_all(&mut self, claims: &[Named], home: &str, by: &str) {
+        let taken = claims.iter().any(|c| {
+            self.owners
+                .get(&(c.role.clone(), c.partition))
+                .is_some_and(|(h, _)| h != home)
+        });
+        if taken {
+            return;
+        }
+        for c in claims {
+            self.owners
+                .entry((c.role.clone(), c.partition))
+                .or_insert_with(|| (home.to_owned(), by.to_owned()));
+        }
     }
 }
 
@@ -214,30 +229,33 @@ async fn read_all(amqp: &dyn Leases) -> anyhow::Result<Registry> {
     amqp.append_registry(&hello, &marker)
         .await
         .context("writing to the registry stream")?;
-    let bodies = amqp
+    let entries = amqp
         .read_registry(&marker)
         .await
         .context("reading the registry stream")?;
-    Ok(Registry::fold(&bodies))
+    Ok(Registry::fold(&entries))
 }
 
-async fn append(amqp: &dyn Leases, record: &Record) -> anyhow::Result<()> {
+async fn append(amqp: &dyn Leases, record: &Record) -> anyhow::Result<String> {
     let id = format!("record.{:032x}", rand::random::<u128>());
     amqp.append_registry(&serde_json::to_vec(record)?, &id)
         .await
-        .context("writing to the registry stream")
+        .context("writing to the registry stream")?;
+    Ok(id)
 }
 
 /// Checks the namespace's partition count and binds `claims` to `home` in
 /// the registry (refusing a partition another folder holds), then takes the
-/// leases of `claims`, waiting as a standby while another process holds one.
+/// leases of `claims`, waiting as a standby while another process holds one,
+/// and records the takeover: its position is this process's epoch (`None`:
+/// no claims, nothing to fence).
 pub async fn claim_on_broker(
     amqp: &dyn Leases,
     topology: &Topology,
     count: PartitionCount,
     home: &str,
     claims: &[Claim],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Epoch>> {
     // The broker may be coming back (a restart, a node moving): reading and
     // writing the registry is retried for a while; a refusal is final.
     let deadline = tokio::time::Instant::now() + REGISTRY_PATIENCE;
@@ -252,7 +270,43 @@ pub async fn claim_on_broker(
             Err(Settle::Broker(e)) => return Err(e),
         }
     }
-    take_leases(amqp, topology, claims).await
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    take_leases(amqp, topology, claims).await?;
+    let epoch = record_takeover(amqp, home, claims).await?;
+    amqp.set_epoch(epoch);
+    tracing::info!(%epoch, "took the partitions' leases");
+    Ok(Some(epoch))
+}
+
+/// Appends the takeover of `claims` (whose leases this process holds) and
+/// answers its position in the registry: greater than every earlier
+/// takeover's, so the epoch of every earlier owner of these partitions.
+async fn record_takeover(amqp: &dyn Leases, home: &str, claims: &[Claim]) -> anyhow::Result<Epoch> {
+    let record = Record::Takeover {
+        claims: claims.iter().map(Named::from).collect(),
+        home: home.to_owned(),
+        by: who(),
+    };
+    let id = append(amqp, &record).await?;
+    let entries = amqp
+        .read_registry(&id)
+        .await
+        .context("reading the registry stream")?;
+    let (ours, before) = entries
+        .split_last()
+        .context("the registry stream ended before this process's takeover")?;
+    let earlier = Registry::fold(before);
+    for c in claims {
+        if let Some((epoch, by)) = earlier
+            .epochs
+            .get(&(c.role.as_str().to_owned(), c.partition.index()))
+        {
+            tracing::info!(partition = %c, previous_epoch = epoch, previous_owner = %by, epoch = ours.offset, "taking over");
+        }
+    }
+    Ok(Epoch::new(ours.offset))
 }
 
 /// How long start-up retries the registry while the broker is unavailable.
@@ -323,19 +377,18 @@ async fn settle_registry(
             settled = true;
             break;
         }
-        for c in missing {
-            append(
-                amqp,
-                &Record::Claim {
-                    role: c.role.as_str().to_owned(),
-                    partition: c.partition.index(),
-                    home: home.to_owned(),
-                    by: who(),
-                },
-            )
-            .await
-            .map_err(Settle::Broker)?;
-        }
+        // One record for the whole set: if another folder claimed one of
+        // them first, the set binds nothing and the next round says whose.
+        append(
+            amqp,
+            &Record::Claims {
+                claims: missing.into_iter().map(Named::from).collect(),
+                home: home.to_owned(),
+                by: who(),
+            },
+        )
+        .await
+        .map_err(Settle::Broker)?;
     }
     if !settled {
         return Err(Settle::Broker(anyhow::anyhow!(
@@ -394,6 +447,62 @@ mod tests {
         assert_eq!(home_of(dir.path()).expect("read"), first);
     }
 
+    fn entries(bodies: Vec<Vec<u8>>) -> Vec<RegistryEntry> {
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| RegistryEntry {
+                offset: i as i64,
+                body,
+            })
+            .collect()
+    }
+
+    fn named(role: &str, partition: u16) -> Named {
+        Named {
+            role: role.into(),
+            partition,
+        }
+    }
+
+    #[test]
+    fn a_claim_set_binds_all_or_nothing() {
+        let rec = |r: &Record| serde_json::to_vec(r).expect("json");
+        let r = Registry::fold(&entries(vec![
+            rec(&Record::Claims {
+                claims: vec![named("pay", 0), named("pay", 1)],
+                home: "h1".into(),
+                by: "a".into(),
+            }),
+            // Overlaps h1's set: binds nothing, not even pay 2.
+            rec(&Record::Claims {
+                claims: vec![named("pay", 1), named("pay", 2)],
+                home: "h2".into(),
+                by: "b".into(),
+            }),
+            rec(&Record::Claims {
+                claims: vec![named("pay", 2), named("pay", 3)],
+                home: "h3".into(),
+                by: "c".into(),
+            }),
+            rec(&Record::Takeover {
+                claims: vec![named("pay", 2)],
+                home: "h3".into(),
+                by: "c".into(),
+            }),
+            rec(&Record::Takeover {
+                claims: vec![named("pay", 2), named("pay", 3)],
+                home: "h3".into(),
+                by: "d".into(),
+            }),
+        ]));
+        assert_eq!(r.owners[&("pay".to_owned(), 1)].0, "h1");
+        assert_eq!(r.owners[&("pay".to_owned(), 2)].0, "h3");
+        assert_eq!(r.owners[&("pay".to_owned(), 3)].0, "h3");
+        // The later takeover's position is the epoch.
+        assert_eq!(r.epochs[&("pay".to_owned(), 2)], (4, "d".to_owned()));
+    }
+
     #[test]
     fn the_first_record_holds() {
         let rec = |r: &Record| serde_json::to_vec(r).expect("json");
@@ -420,32 +529,8 @@ mod tests {
             }),
             b"not json".to_vec(),
         ];
-        let r = Registry::fold(&bodies);
+        let r = Registry::fold(&entries(bodies));
         assert_eq!(r.partition_count, Some(8));
         assert_eq!(r.owners[&("pay".to_owned(), 3)].0, "h1");
-    }
-
-    #[tokio::test]
-    async fn a_second_process_of_a_folder_waits() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let claim = Claim {
-            role: OwnerRole::Worker(crate::domain::WorkerKind::Pay),
-            partition: PartitionCount::default().of(3),
-        };
-        let held = lock_folder(dir.path(), std::slice::from_ref(&claim))
-            .await
-            .expect("first");
-        // flock locks belong to the open file: a second open in this process
-        // conflicts like another process would.
-        let second = tokio::time::timeout(
-            Duration::from_millis(300),
-            lock_folder(dir.path(), std::slice::from_ref(&claim)),
-        )
-        .await;
-        assert!(second.is_err(), "the second waits while the first holds it");
-        drop(held);
-        lock_folder(dir.path(), &[claim])
-            .await
-            .expect("free once the first is gone");
     }
 }

@@ -22,6 +22,7 @@ use crate::auth::{Caller, StaffRole};
 use crate::cluster::owners::{Executor, Failure};
 use crate::domain::{IdempotencyKey, Millis, OrderId};
 use crate::messages::{OrderDetails, Progress};
+use crate::partition::Owned;
 use crate::saga::breaker::Breakers;
 use crate::saga::machine::{Admission, Event, Saga};
 use crate::transport::Transport;
@@ -239,14 +240,23 @@ impl OrchestratorExecutor {
         if !self.transport.is_ready() {
             return Ok(Outcome::Placement(Placement::BrokerUnavailable));
         }
-        // The breaker turns the order away at once while payment is failing,
-        // without touching the broker.
-        let breaker = self.breakers.admission();
-        if let Some(b) = breaker
-            && let Err(wait) = b.try_acquire(Millis::now())
-        {
+        // The breakers turn the order away from the partitions whose payment
+        // is failing, at once and without touching the broker; the order
+        // gets an id in one of the others. Only when every owned partition's
+        // breaker is open is it turned away.
+        let now = Millis::now();
+        let owned = self.sagas.owned();
+        let mut admissible = Vec::new();
+        let mut wait: Option<Duration> = None;
+        for p in owned.count().all().filter(|p| owned.contains(*p)) {
+            match self.breakers.admission(p).map(|b| b.admits(now)) {
+                None | Some(Ok(())) => admissible.push(p),
+                Some(Err(w)) => wait = Some(wait.map_or(w, |x| x.min(w))),
+            }
+        }
+        if admissible.is_empty() {
             return Ok(Outcome::Placement(Placement::PaymentOverloaded {
-                retry_after_secs: wait.as_secs().max(1),
+                retry_after_secs: wait.unwrap_or(Duration::from_secs(1)).as_secs().max(1),
             }));
         }
         let placed = self
@@ -255,24 +265,22 @@ impl OrchestratorExecutor {
                 order,
                 key: Some(key),
                 admit_within,
+                within: Owned::new(owned.count(), &admissible),
             })
             .await
             .map_err(OrchestratorError::from)
             .and_then(|r| r);
         match placed {
-            Ok((id, Some(actor))) => self.admission(id, Some(actor)).await,
-            Ok((id, None)) => {
-                // A concurrent request with the same key placed it: this one
-                // started nothing, so its trial permit goes back.
-                breaker.inspect(|b| b.release());
-                self.admission(id, None).await
+            Ok((id, Some(actor))) => {
+                // A half-open breaker lets this saga through as its trial.
+                if let Some(b) = self.breakers.of_saga(0, id.get()) {
+                    let _ = b.try_acquire(now);
+                }
+                self.admission(id, Some(actor)).await
             }
-            Err(e) => {
-                // No saga started: the breaker's trial permit, if this was
-                // one, goes back.
-                breaker.inspect(|b| b.release());
-                outcome_of(e)
-            }
+            // A concurrent request with the same key placed it.
+            Ok((id, None)) => self.admission(id, None).await,
+            Err(e) => outcome_of(e),
         }
     }
 
@@ -292,7 +300,11 @@ impl OrchestratorExecutor {
             },
             Admission::CancelledUnpaid(reason) => Placement::CancelledUnpaid { order: id, reason },
             Admission::Declined(reason) => Placement::Declined { order: id, reason },
-            Admission::Unavailable(reason) => Placement::TurnedAway { order: id, reason },
+            Admission::Unavailable(reason) => Placement::TurnedAway {
+                order: id,
+                reason,
+                payment_sent: saga.payment_sent(),
+            },
             Admission::Pending => Placement::Unknown { order: id },
         }))
     }

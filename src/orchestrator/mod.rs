@@ -26,6 +26,7 @@ use actix::prelude::*;
 use crate::domain::{IdempotencyKey, SagaId};
 use crate::messages::OrderDetails;
 use crate::metrics::{METRICS, inc};
+use crate::partition::Owned;
 use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::saga::machine::{Event, Refusal, Saga};
@@ -185,6 +186,9 @@ pub struct PlaceOrder {
     pub key: Option<IdempotencyKey>,
     /// How long the payment may take before the saga abandons the order.
     pub admit_within: std::time::Duration,
+    /// The owned partitions its id may fall in (those whose payment is
+    /// not failing).
+    pub within: Owned,
 }
 
 impl Handler<PlaceOrder> for Orchestrator {
@@ -193,26 +197,30 @@ impl Handler<PlaceOrder> for Orchestrator {
     fn handle(&mut self, msg: PlaceOrder, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
-            async move { store.create(msg.order, msg.key, msg.admit_within).await }
-                .into_actor(self)
-                .map(|created, act, _ctx| match created? {
-                    Created::New(saga) => {
-                        inc(&METRICS.sagas_started_total);
-                        METRICS.sagas_in_flight.inc();
-                        let id = saga.id;
-                        // The saga is committed, so a `Locate` handled since
-                        // may have started its actor already: `actor_for`
-                        // keeps that one. The actor arms the first timer.
-                        let live = act.actor_for(*saga);
-                        let located = Located {
-                            addr: live.addr.clone(),
-                            _interest: live.interest.hold(),
-                        };
-                        Ok((id, Some(located)))
-                    }
-                    Created::Existing(id) => Ok((id, None)),
-                    Created::KeyReused(id) => Err(OrchestratorError::KeyReused(id)),
-                }),
+            async move {
+                store
+                    .create(msg.order, msg.key, msg.admit_within, msg.within)
+                    .await
+            }
+            .into_actor(self)
+            .map(|created, act, _ctx| match created? {
+                Created::New(saga) => {
+                    inc(&METRICS.sagas_started_total);
+                    METRICS.sagas_in_flight.inc();
+                    let id = saga.id;
+                    // The saga is committed, so a `Locate` handled since
+                    // may have started its actor already: `actor_for`
+                    // keeps that one. The actor arms the first timer.
+                    let live = act.actor_for(*saga);
+                    let located = Located {
+                        addr: live.addr.clone(),
+                        _interest: live.interest.hold(),
+                    };
+                    Ok((id, Some(located)))
+                }
+                Created::Existing(id) => Ok((id, None)),
+                Created::KeyReused(id) => Err(OrchestratorError::KeyReused(id)),
+            }),
         )
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use actix::Addr;
 
 use super::{Orchestrator, OrchestratorError, dispatch};
+use crate::cluster::epochs::Senders;
 use crate::messages::WorkerReply;
+
 use crate::partition::Partition;
 use crate::saga::machine::Event;
 use crate::shutdown::Shutdown;
@@ -20,19 +22,21 @@ pub async fn consume_replies(
     partition: Partition,
     orchestrator: Addr<Orchestrator>,
     transport: Arc<dyn Transport>,
+    senders: Senders,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
     consume_each(
         transport,
         QueueName::Replies(partition),
         shutdown,
-        |d, f| handle_reply(orchestrator.clone(), d, f),
+        |d, f| handle_reply(orchestrator.clone(), senders.clone(), d, f),
     )
     .await
 }
 
 async fn handle_reply(
     orchestrator: Addr<Orchestrator>,
+    senders: Senders,
     delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
@@ -43,6 +47,17 @@ async fn handle_reply(
             return;
         }
     };
+    // A replaced worker owner's copy: the saga asks again if it must.
+    if let Some(from) = reply.sender
+        && let Err(reason) = senders.seen.admit(
+            from.worker.as_str(),
+            senders.count.of(from.key),
+            delivery.epoch,
+        )
+    {
+        dead_letter(delivery, &reason).await;
+        return;
+    }
     let id = reply.message_id();
     let (saga, step) = (reply.order_id, reply.step.clone());
     let event = Event::Reply {

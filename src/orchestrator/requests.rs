@@ -87,6 +87,12 @@ pub enum Request {
     },
 }
 
+/// What an owner of an earlier version meant by `TurnedAway`: it did not
+/// say whether the payment had left, so the cautious answer.
+fn payment_may_have_left() -> bool {
+    true
+}
+
 /// How an order's admission (its payment) came out, as its saga decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "placement", rename_all = "camelCase")]
@@ -98,8 +104,15 @@ pub enum Placement {
     /// Cancelled by the manager before it was paid.
     CancelledUnpaid { order: OrderId, reason: String },
     /// The payment did not answer in time, so the saga turned the order
-    /// away (compensating whatever a late payment did).
-    TurnedAway { order: OrderId, reason: String },
+    /// away (compensating whatever a late payment did). `payment_sent`: the
+    /// payment command had left, so the customer may have been charged
+    /// (and is refunded); else nothing was established.
+    TurnedAway {
+        order: OrderId,
+        reason: String,
+        #[serde(default = "payment_may_have_left")]
+        payment_sent: bool,
+    },
     /// Its outcome is not known yet: ask again with its key.
     Unknown { order: OrderId },
     /// No saga was started: payment is failing (its breaker is open).

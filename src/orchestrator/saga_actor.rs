@@ -227,7 +227,7 @@ impl Handler<SagaEvent> for SagaActor {
                     return Err(e.into());
                 }
                 if let Some((step, failed)) = observed
-                    && let Some(b) = act.breakers.step(step)
+                    && let Some(b) = act.breakers.of_saga(step, act.saga.id.get())
                 {
                     b.record(failed, Millis::now());
                 }

@@ -1,6 +1,7 @@
-//! A circuit breaker per saga step (configured in the saga file): when the
-//! step's worker stops answering in time, new sagas are turned away at once
-//! instead of piling up.
+//! A circuit breaker per saga step (configured in the saga file) and
+//! partition: when the step's worker stops answering in time for a
+//! partition, new sagas are turned away from that partition at once instead
+//! of piling up, while the other partitions (other owners) go on.
 //!
 //! Closed → Open after `consecutive_failures` timeouts in a row, or once at
 //! least `min_calls` of the last `window` outcomes are in and `failure_ratio`
@@ -12,33 +13,77 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::domain::Millis;
+use crate::partition::{Partition, PartitionCount};
 use crate::saga::definition::BreakerPolicy;
 
-/// The breakers of a saga definition, by step index.
+/// The breakers of a saga definition, by step index, then by partition.
 #[derive(Debug, Clone, Default)]
-pub struct Breakers(std::sync::Arc<Vec<Option<CircuitBreaker>>>);
+pub struct Breakers {
+    count: PartitionCount,
+    steps: std::sync::Arc<Vec<Vec<CircuitBreaker>>>,
+}
 
 impl Breakers {
-    pub fn for_definition(def: &crate::saga::definition::SagaDefinition) -> Self {
-        Breakers(std::sync::Arc::new(
-            def.steps
-                .iter()
-                .map(|s| s.circuit_breaker.map(|p| CircuitBreaker::new(&s.name, p)))
-                .collect(),
-        ))
+    pub fn for_definition(
+        def: &crate::saga::definition::SagaDefinition,
+        count: crate::partition::PartitionCount,
+    ) -> Self {
+        let steps = def
+            .steps
+            .iter()
+            .map(|s| match s.circuit_breaker {
+                Some(policy) => count
+                    .all()
+                    .map(|p| CircuitBreaker::new(&s.name, p.index(), policy))
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        Breakers {
+            count,
+            steps: std::sync::Arc::new(steps),
+        }
     }
 
-    pub fn step(&self, i: usize) -> Option<&CircuitBreaker> {
-        self.0.get(i).and_then(Option::as_ref)
+    /// Step `i`'s breaker for the sagas of `partition`.
+    pub fn step(&self, i: usize, partition: Partition) -> Option<&CircuitBreaker> {
+        self.steps.get(i)?.get(usize::from(partition.index()))
     }
 
-    /// The breaker guarding new sagas: the first step's.
-    pub fn admission(&self) -> Option<&CircuitBreaker> {
-        self.step(0)
+    /// Step `i`'s breaker for the saga (order) with this id.
+    pub fn of_saga(&self, i: usize, id: i64) -> Option<&CircuitBreaker> {
+        self.step(i, self.count.of(id))
     }
 
+    /// The breaker guarding new sagas of `partition`: the first step's.
+    pub fn admission(&self, partition: Partition) -> Option<&CircuitBreaker> {
+        self.step(0, partition)
+    }
+
+    /// Every breaker, each step's partitions in order.
     pub fn iter(&self) -> impl Iterator<Item = &CircuitBreaker> {
-        self.0.iter().flatten()
+        self.steps.iter().flatten()
+    }
+
+    /// Each step's worst state over its partitions (open, then half-open,
+    /// then closed), for readiness and the per-step gauge.
+    pub fn worst(&self) -> Vec<(String, BreakerState)> {
+        self.steps
+            .iter()
+            .filter_map(|partitions| {
+                let first = partitions.first()?;
+                let worst =
+                    partitions
+                        .iter()
+                        .map(CircuitBreaker::state)
+                        .max_by_key(|s| match s {
+                            BreakerState::Closed => 0,
+                            BreakerState::HalfOpen => 1,
+                            BreakerState::Open => 2,
+                        })?;
+                Some((first.step.clone(), worst))
+            })
+            .collect()
     }
 }
 
@@ -111,19 +156,21 @@ struct Inner {
     times_opened: u64,
 }
 
-/// One step's breaker. Shared by the API (which asks) and the saga actors
-/// (which report outcomes).
+/// One step's breaker for one partition. Shared by the placing of orders
+/// (which asks) and the saga actors (which report outcomes).
 #[derive(Debug)]
 pub struct CircuitBreaker {
     pub step: String,
+    pub partition: u16,
     policy: BreakerPolicy,
     inner: Mutex<Inner>,
 }
 
 impl CircuitBreaker {
-    pub fn new(step: &str, policy: BreakerPolicy) -> Self {
+    pub fn new(step: &str, partition: u16, policy: BreakerPolicy) -> Self {
         CircuitBreaker {
             step: step.to_owned(),
+            partition,
             policy,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -141,6 +188,30 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Would a new saga be let through now? Like [`Self::try_acquire`], but
+    /// takes nothing (a half-open breaker's trial is taken once the saga
+    /// exists).
+    pub fn admits(&self, now: Millis) -> Result<(), Duration> {
+        let b = self.lock();
+        match b.state {
+            BreakerState::Closed => Ok(()),
+            BreakerState::Open => {
+                let reopen = b.opened_at.plus(self.policy.cool_down);
+                if now < reopen {
+                    Err(reopen.until_from(now))
+                } else {
+                    Ok(())
+                }
+            }
+            BreakerState::HalfOpen => match b.trial_since {
+                Some(since) if now < since.plus(self.policy.cool_down) => {
+                    Err(since.plus(self.policy.cool_down).until_from(now))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// May a new saga start? `Err(wait)` = no, try again after `wait`.
     pub fn try_acquire(&self, now: Millis) -> Result<(), Duration> {
         let mut b = self.lock();
@@ -153,7 +224,7 @@ impl CircuitBreaker {
                 }
                 b.state = BreakerState::HalfOpen;
                 b.trial_since = Some(now);
-                tracing::info!(step = %self.step, "circuit half-open: letting one trial through");
+                tracing::info!(step = %self.step, partition = self.partition, "circuit half-open: letting one trial through");
                 Ok(())
             }
             BreakerState::HalfOpen => match b.trial_since {
@@ -189,7 +260,7 @@ impl CircuitBreaker {
                 b.state = BreakerState::Closed;
                 b.recent.clear();
                 b.trial_since = None;
-                tracing::info!(step = %self.step, "circuit closed");
+                tracing::info!(step = %self.step, partition = self.partition, "circuit closed");
             }
             (BreakerState::HalfOpen, true) => self.open(&mut b, now),
             (BreakerState::Closed, true) => {
@@ -215,7 +286,7 @@ impl CircuitBreaker {
                 .breaker_opened
                 .with_label_values(&[&self.step]),
         );
-        tracing::warn!(step = %self.step, "circuit open: turning new orders away");
+        tracing::warn!(step = %self.step, partition = self.partition, "circuit open: turning new orders of this partition away");
     }
 
     pub fn state(&self) -> BreakerState {
@@ -243,7 +314,7 @@ mod tests {
 
     #[test]
     fn opens_on_consecutive_failures_then_half_opens_and_closes() {
-        let b = CircuitBreaker::new("pay", policy());
+        let b = CircuitBreaker::new("pay", 0, policy());
         let t = Millis(1_000_000);
         for _ in 0..2 {
             b.record(true, t);
@@ -268,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_failed_trial_opens_it_again() {
-        let b = CircuitBreaker::new("pay", policy());
+        let b = CircuitBreaker::new("pay", 0, policy());
         let t = Millis(1_000_000);
         for _ in 0..3 {
             b.record(true, t);
@@ -285,7 +356,7 @@ mod tests {
     /// for ever.
     #[test]
     fn a_lost_trial_lapses_after_the_cool_down() {
-        let b = CircuitBreaker::new("pay", policy());
+        let b = CircuitBreaker::new("pay", 0, policy());
         let t = Millis(1_000_000);
         for _ in 0..3 {
             b.record(true, t);
@@ -305,7 +376,7 @@ mod tests {
 
     #[test]
     fn opens_on_a_failure_ratio() {
-        let b = CircuitBreaker::new("pay", policy());
+        let b = CircuitBreaker::new("pay", 0, policy());
         let t = Millis(1_000_000);
         // Alternating: never 3 in a row, but 50% of 6 calls.
         for i in 0..6 {

@@ -5,6 +5,7 @@
 //! database's writer thread and commits it before answering; nothing async
 //! ever blocks on SQLite.
 
+pub mod fence;
 pub mod inbox;
 pub mod outbox;
 
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::partition::Epoch;
 
 /// A storage failure. Callers treat it as "try again later": the message that
 /// caused it is not acknowledged.
@@ -27,15 +30,37 @@ pub enum StorageError {
     WriterGone(PathBuf),
     #[error("reader task failed: {0}")]
     Join(String),
+    /// Another process took this one's partitions over: nothing it writes
+    /// is stored any more, and it must stop (see [`fence`]).
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// Another running process owns the database file (its pid, if it
+    /// wrote it yet).
+    #[error("{message}")]
+    Claimed { message: String, pid: String },
+    /// Another process held the file's write lock for longer than the busy
+    /// timeout (10 s): nothing was written.
+    #[error("{0} is locked by another process: {1}")]
+    Busy(PathBuf, String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
 /// What the writer thread runs for one `write`: the caller's work inside the
 /// shared transaction, answering whether it succeeded and a finisher that
-/// delivers the result once the transaction's fate is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
-type Finisher = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// delivers the result once the transaction's fate is known. Given no
+/// connection, the work is not done, only answered (a fenced writer).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Finisher) + Send>;
+type Finisher = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
+
+/// Why a group commit stored nothing.
+#[derive(Debug, Clone)]
+enum CommitError {
+    Failed(String),
+    /// Another process holds the file's write lock (past the busy timeout).
+    Busy(String),
+    Fenced(String),
+}
 
 /// Most `write` calls committed together (group commit).
 const MAX_BATCH: usize = 256;
@@ -57,6 +82,22 @@ struct DbInner {
     outbox_ready: [Notify; 2],
     /// The writer thread, joined by `close`.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This process's fencing token here, once it took its partitions over.
+    fencing: Arc<Fencing>,
+}
+
+/// The epoch the writer checks in every transaction, and whether a check
+/// failed (then every later write is refused too).
+#[derive(Default)]
+struct Fencing {
+    held: Mutex<Option<fence::Held>>,
+    fenced: watch::Sender<Option<String>>,
+}
+
+impl Fencing {
+    fn fenced_why(&self) -> Option<String> {
+        self.fenced.borrow().clone()
+    }
 }
 
 /// The pragmas of every connection. `synchronous = FULL` in WAL mode makes a
@@ -69,14 +110,24 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// An exclusive claim of one process on a database file: `<file>.owner`,
-/// locked (`flock`) for the life of the process and naming its pid. The
-/// kernel releases it when the process ends, however it ends, so a
-/// restarted owner claims it again at once.
+/// locked (`flock`) for the life of the process and naming its pid and
+/// partitions. The kernel releases it when the process ends, however it
+/// ends, so a restarted owner claims it again at once.
 struct Owner {
-    _file: std::fs::File,
+    _file: Option<std::fs::File>,
 }
 
-fn claim(path: &Path) -> StorageResult<Owner> {
+/// Who claims an owned database: the partitions it acts for, and whether
+/// it already holds their leases on the broker (it won them: a process of
+/// this folder still holding the file's lock lost them, and is fenced by
+/// the epoch, not waited for).
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    pub partitions: &'a [u16],
+    pub leased: bool,
+}
+
+fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
     use std::io::{Read, Seek, Write};
     // Next to the real file, so a symlink to it claims the same.
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -98,22 +149,54 @@ fn claim(path: &Path) -> StorageResult<Owner> {
         Ok(()) => {
             file.set_len(0).map_err(invalid)?;
             file.rewind().map_err(invalid)?;
-            write!(file, "{}", std::process::id()).map_err(invalid)?;
-            Ok(Owner { _file: file })
+            let parts: Vec<String> = claimant.partitions.iter().map(u16::to_string).collect();
+            write!(file, "{} {}", std::process::id(), parts.join(",")).map_err(invalid)?;
+            Ok(Owner { _file: Some(file) })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+            let mut content = String::new();
+            let _ = file.read_to_string(&mut content);
+            let mut words = content.split_whitespace();
             // The owner may not have written its pid yet.
-            let who = match pid.trim() {
+            let pid = words.next().unwrap_or("").to_owned();
+            let theirs: Vec<u16> = words
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let overlap = theirs.iter().any(|p| claimant.partitions.contains(p));
+            if claimant.leased && (overlap || theirs.is_empty()) {
+                // This process holds the leases of partitions the holder
+                // claimed: the holder lost them (it hangs, or is cut off),
+                // and the epoch this process records refuses its commits.
+                tracing::warn!(
+                    database = %path.display(),
+                    holder_pid = %pid,
+                    "taking over a database whose previous owner still runs without its leases; \
+                     its commits are refused from now on (fencing epoch)"
+                );
+                return Ok(Owner { _file: None });
+            }
+            let who = match pid.as_str() {
                 "" => "another running process".to_owned(),
                 pid => format!("another running process (pid {pid})"),
             };
-            Err(StorageError::Invalid(format!(
-                "{} is owned by {who}: one process acts for a database at a time; give \
-                 this one its own HEARTY_DATA_DIR",
-                path.display()
-            )))
+            let serving = if theirs.is_empty() {
+                String::new()
+            } else {
+                let theirs: Vec<String> = theirs.iter().map(u16::to_string).collect();
+                format!(" for partitions {}", theirs.join(","))
+            };
+            Err(StorageError::Claimed {
+                message: format!(
+                    "{} is owned by {who}{serving}: one process acts for a database at a time; \
+                     start this one with the same partitions (a standby) or give it its own \
+                     HEARTY_DATA_DIR",
+                    path.display()
+                ),
+                pid,
+            })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(invalid(e)),
     }
@@ -145,8 +228,8 @@ impl Db {
     /// to start instead of acting beside the first.
     /// The claim is held by the writer thread and given up when it ends
     /// (after `close`, once the queued writes are done, or with the process).
-    pub fn open_owned(path: &Path, schema: &str) -> StorageResult<Db> {
-        let owner = claim(path)?;
+    pub fn open_owned(path: &Path, schema: &str, claimant: Claimant<'_>) -> StorageResult<Db> {
+        let owner = claim(path, claimant)?;
         Db::open_with(path, schema, Some(owner))
     }
 
@@ -168,9 +251,12 @@ impl Db {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(schema)?;
             tx.execute_batch(outbox::SCHEMA)?;
+            tx.execute_batch(fence::SCHEMA)?;
             tx.commit()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let fencing = Arc::new(Fencing::default());
+        let writer_fencing = fencing.clone();
         let name = format!(
             "sqlite-writer-{}",
             path.file_stem().and_then(|s| s.to_str()).unwrap_or("db")
@@ -178,7 +264,7 @@ impl Db {
         let writer = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                writer_loop(&mut conn, &rx);
+                writer_loop(&mut conn, &rx, &writer_fencing);
                 // The last write is done: only now may another process own it.
                 drop(owner);
             })
@@ -190,12 +276,52 @@ impl Db {
                 readers: Mutex::new(Vec::new()),
                 outbox_ready: [Notify::new(), Notify::new()],
                 writer: Mutex::new(Some(writer)),
+                fencing,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Records `epoch` as this process's for `partitions` (refused if a
+    /// newer takeover holds one), and from then on checks it in every
+    /// transaction: once another process takes a partition over, every
+    /// write here fails with [`StorageError::Fenced`].
+    pub async fn take_over(
+        &self,
+        epoch: Epoch,
+        partitions: &[u16],
+        owner: &str,
+    ) -> StorageResult<()> {
+        let held = fence::Held::new(epoch, partitions);
+        let job = held.clone();
+        let owner = owner.to_owned();
+        self.write(move |tx| fence::take_over(tx, &job, &owner).map_err(StorageError::Fenced))
+            .await?;
+        *self
+            .inner
+            .fencing
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(held);
+        tracing::info!(database = %self.inner.path.display(), %epoch, "took over the database's partitions");
+        Ok(())
+    }
+
+    /// Resolves, with the reason, once a transaction found that another
+    /// process took this one's partitions over.
+    pub async fn fenced(&self) -> String {
+        let mut rx = self.inner.fencing.fenced.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Runs `f` in a transaction on the writer thread and answers once it is
@@ -213,23 +339,32 @@ impl Db {
     {
         let (reply, answer) = oneshot::channel();
         let span = tracing::Span::current();
+        let path = self.inner.path.clone();
         let job: Job = Box::new(move |conn| {
-            let result = {
-                let _entered = span.enter();
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))).unwrap_or_else(
-                    |p| {
-                        Err(StorageError::Invalid(format!(
-                            "a write panicked: {}",
-                            crate::panic_message(p.as_ref())
-                        )))
-                    },
-                )
+            let result = match conn {
+                Some(conn) => {
+                    let _entered = span.enter();
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                        .unwrap_or_else(|p| {
+                            Err(StorageError::Invalid(format!(
+                                "a write panicked: {}",
+                                crate::panic_message(p.as_ref())
+                            )))
+                        })
+                }
+                None => Err(StorageError::Invalid(
+                    "not written: its group commit failed before it".into(),
+                )),
             };
             let ok = result.is_ok();
             let finish: Finisher = Box::new(move |committed| {
                 let outcome = match (result, committed) {
+                    (_, Err(CommitError::Fenced(why))) => Err(StorageError::Fenced(why)),
+                    (_, Err(CommitError::Busy(e))) => Err(StorageError::Busy(path, e)),
                     (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(e)) => Err(StorageError::Invalid(format!("commit failed: {e}"))),
+                    (Ok(_), Err(CommitError::Failed(e))) => {
+                        Err(StorageError::Invalid(format!("commit failed: {e}")))
+                    }
                     (Err(e), _) => Err(e),
                 };
                 // The caller may have gone away; the commit stands either way.
@@ -322,7 +457,7 @@ impl Db {
 }
 
 /// The writer thread: batches waiting writes into one transaction.
-fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>) {
+fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>, fencing: &Fencing) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -332,11 +467,36 @@ fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>) {
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
+        if let Some(why) = fencing.fenced_why() {
+            // Fenced before: nothing is tried any more.
+            for job in batch.drain(..) {
+                let (_, finish) = job(None);
+                finish(Err(CommitError::Fenced(why.clone())));
+            }
+            continue;
+        }
+        let held = fencing
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut fenced = None;
         let committed = (|| -> rusqlite::Result<()> {
             let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The fencing token, inside the transaction that would commit:
+            // one indexed read per group commit.
+            if let Some(held) = &held
+                && let Err(why) = fence::check(&tx, held)?
+            {
+                fenced = Some(why);
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("fenced".into()),
+                ));
+            }
             for job in batch.drain(..) {
                 let sp = tx.savepoint()?;
-                let (ok, finish) = job(&sp);
+                let (ok, finish) = job(Some(&sp));
                 finishers.push(finish);
                 // Some errors (SQLITE_FULL, IOERR, NOMEM, ...) make SQLite roll
                 // back the whole transaction, not just the statement. Going on
@@ -359,16 +519,30 @@ fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>) {
                 }
             }
             tx.commit()
-        })()
-        .map_err(|e| e.to_string());
-        if let Err(e) = &committed {
+        })();
+        let committed = committed.map_err(|e| match (&fenced, &e) {
+            (Some(why), _) => CommitError::Fenced(why.clone()),
+            (None, rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                CommitError::Busy(e.to_string())
+            }
+            (None, _) => CommitError::Failed(e.to_string()),
+        });
+        // Jobs an early error kept from running are answered with it.
+        for job in batch.drain(..) {
+            let (_, finish) = job(None);
+            finishers.push(finish);
+        }
+        if let Some(why) = fenced {
+            tracing::error!(database = ?conn.path(), reason = %why, "fenced: another process owns these partitions now; nothing more is written");
+            fencing.fenced.send_replace(Some(why));
+        } else if let Err(CommitError::Failed(e) | CommitError::Busy(e)) = &committed {
             tracing::warn!(error = %e, writes = finishers.len(), "group commit failed");
         }
         for finish in finishers {
             finish(committed.clone());
         }
-        // Jobs left in `batch` after an early error are dropped: their
-        // callers see the writer's answer channel closed and retry.
     }
 }
 
@@ -487,31 +661,106 @@ mod tests {
         }
     }
 
+    const LOW: Claimant<'static> = Claimant {
+        partitions: &[0, 1, 2, 3],
+        leased: false,
+    };
+
     #[tokio::test]
     async fn an_owned_database_has_one_owner_at_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("o.db");
         let schema = "CREATE TABLE IF NOT EXISTS t (v INTEGER);";
-        let first = Db::open_owned(&path, schema).expect("first owner");
-        let second = Db::open_owned(&path, schema);
+        let first = Db::open_owned(&path, schema, LOW).expect("first owner");
+        let second = Db::open_owned(&path, schema, LOW);
         let err = second.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("owned by another running process"), "{err}");
         assert!(
             err.contains(&std::process::id().to_string()),
             "names the owner: {err}"
         );
+        assert!(err.contains("for partitions 0,1,2,3"), "{err}");
+        // Another partition set is refused even holding its leases: one
+        // process acts for a database.
+        let high = Claimant {
+            partitions: &[4, 5, 6, 7],
+            leased: true,
+        };
+        assert!(Db::open_owned(&path, schema, high).is_err());
+        // A process holding the leases of the holder's partitions took
+        // them over: the holder lost them, and is not waited for.
+        let standby = Claimant {
+            partitions: &[0, 1, 2, 3],
+            leased: true,
+        };
+        let took_over = Db::open_owned(&path, schema, standby).expect("taken over");
+        took_over.close();
         first.close();
         drop(first);
         // The writer thread gives the claim up once it has stopped.
-        let mut again = Db::open_owned(&path, schema);
+        let mut again = Db::open_owned(&path, schema, LOW);
         for _ in 0..100 {
             if again.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            again = Db::open_owned(&path, schema);
+            again = Db::open_owned(&path, schema, LOW);
         }
         again.expect("free again once the owner is gone");
+    }
+
+    #[tokio::test]
+    async fn a_newer_epoch_refuses_every_commit_of_the_older_owner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.db");
+        let schema = "CREATE TABLE IF NOT EXISTS t (v INTEGER NOT NULL);";
+        let insert = |v: i64| {
+            move |c: &Connection| -> StorageResult<()> {
+                c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                Ok(())
+            }
+        };
+        let old = Db::open(&path, schema).expect("old owner");
+        old.take_over(Epoch::new(10), &[0, 1], "old")
+            .await
+            .expect("old");
+        old.write(insert(1)).await.expect("the owner commits");
+        // A hung owner's successor, on the same file (a moved volume).
+        let new = Db::open(&path, schema).expect("new owner");
+        new.take_over(Epoch::new(20), &[1, 2], "new")
+            .await
+            .expect("new");
+        let refused = old.write(insert(2)).await;
+        assert!(
+            matches!(&refused, Err(StorageError::Fenced(why)) if why.contains("epoch 20")),
+            "{refused:?}"
+        );
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), old.fenced())
+            .await
+            .expect("the old owner learns it is fenced");
+        assert!(why.contains("partition 1"), "{why}");
+        // Every later write of the old owner is refused too, and it cannot
+        // take the partitions back.
+        assert!(matches!(
+            old.write(insert(3)).await,
+            Err(StorageError::Fenced(_))
+        ));
+        assert!(old.take_over(Epoch::new(10), &[0, 1], "old").await.is_err());
+        new.write(insert(4)).await.expect("the new owner commits");
+        let stored: Vec<i64> = new
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT v FROM t ORDER BY v")?;
+                Ok(stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<i64>>>()?)
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            stored,
+            vec![1, 4],
+            "nothing of the old owner after the takeover"
+        );
     }
 
     #[tokio::test]

@@ -149,6 +149,7 @@ impl Transport for MemoryTransport {
                         body: msg.body.clone(),
                         redelivered: msg.redelivered,
                         stream_offset: None,
+                        epoch: None,
                         settle: Box::new(MemorySettle {
                             msg: Some(msg),
                             requeue,

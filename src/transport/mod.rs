@@ -298,6 +298,8 @@ pub struct Received {
     pub redelivered: bool,
     /// Its offset, when it comes from a stream.
     pub stream_offset: Option<i64>,
+    /// The epoch of the owner that sent it, when it says.
+    pub epoch: Option<i64>,
     pub(crate) settle: Box<dyn Settle>,
 }
 
@@ -461,6 +463,14 @@ pub trait Requests: Send + Sync {
     ) -> BoxFuture<'a, Result<(), TransportError>>;
 }
 
+/// One record of the registry stream and its position (offset) in it:
+/// positions only grow, so they order the records of the whole cluster.
+#[derive(Debug, Clone)]
+pub struct RegistryEntry {
+    pub offset: i64,
+    pub body: Vec<u8>,
+}
+
 /// The lease of one (role, partition): an exclusive queue of its owner's
 /// connection, bound to the requests exchange with the partition's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,11 +492,11 @@ pub trait Leases: Send + Sync {
     ) -> BoxFuture<'a, Result<(), TransportError>>;
 
     /// Every record of the registry, from its first up to and including the
-    /// one with message id `until`.
+    /// one with message id `until`, with its position in the stream.
     fn read_registry<'a>(
         &'a self,
         until: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, TransportError>>;
+    ) -> BoxFuture<'a, Result<Vec<RegistryEntry>, TransportError>>;
 
     /// Takes `leases`, all or none, and keeps them on every later
     /// connection. Answers the queue of one another process holds, if any.
@@ -498,6 +508,10 @@ pub trait Leases: Send + Sync {
     /// Resolves, with the reason, once this process no longer owns its
     /// partitions: it must stop acting.
     fn fenced(&self) -> BoxFuture<'_, String>;
+
+    /// This process's epoch from now on: every command and reply it
+    /// publishes carries it, so a receiver can refuse a stale owner's.
+    fn set_epoch(&self, epoch: crate::partition::Epoch);
 
     /// The first step of handing the partitions over: no new requests reach
     /// the leases, the queued ones are answered (waiting while `busy`), at

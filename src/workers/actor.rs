@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::{Applied, Faults, WorkerLogic};
 use crate::config::FailureCount;
 use crate::domain::{Millis, WorkerKind};
-use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
+use crate::messages::{ReplyOutcome, ReplySender, WorkerCommand, WorkerReply};
 use crate::metrics::{METRICS, inc};
 use crate::storage::{Db, StorageError, inbox, outbox};
 use crate::transport::{Outgoing, Route};
@@ -85,7 +85,8 @@ impl Handler<Apply> for WorkerActor {
                 }
                 let queued = db
                     .write(move |tx| {
-                        apply_in_tx(logic.as_ref(), faults, tx, &cmd).map_err(StorageError::from)
+                        apply_in_tx(kind, logic.as_ref(), faults, tx, &cmd)
+                            .map_err(StorageError::from)
                     })
                     .await?;
                 inc(&METRICS.worker_commands_total);
@@ -139,6 +140,7 @@ impl Handler<NoteDeadLetter> for WorkerActor {
 
 /// The transaction of one command: returns whether replies were queued.
 fn apply_in_tx(
+    kind: WorkerKind,
     logic: &dyn WorkerLogic,
     faults: Faults,
     tx: &Connection,
@@ -182,6 +184,9 @@ fn apply_in_tx(
             in_reply_to: id.clone(),
             attempt,
             outcome: outcome.clone(),
+            sender: cmd
+                .partition_key(kind)
+                .map(|key| ReplySender { worker: kind, key }),
         };
         let message = reply_message(&reply);
         outbox::enqueue(tx, &message, now)?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{Apply, NoteDeadLetter, WorkerActor};
+use crate::cluster::epochs::Senders;
 use crate::domain::{OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
 use crate::partition::Partition;
@@ -22,6 +23,7 @@ pub async fn consume(
     partition: Partition,
     worker: Addr<WorkerActor>,
     transport: Arc<dyn Transport>,
+    senders: Senders,
     shutdown: Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
     // The database serializes the effects of deliveries handled at once.
@@ -29,13 +31,14 @@ pub async fn consume(
         transport,
         QueueName::Worker(kind, partition),
         shutdown,
-        |d, f| handle_delivery(worker.clone(), d, f),
+        |d, f| handle_delivery(worker.clone(), senders.clone(), d, f),
     )
     .await
 }
 
 async fn handle_delivery(
     worker: Addr<WorkerActor>,
+    senders: Senders,
     delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
@@ -54,6 +57,13 @@ async fn handle_delivery(
             return;
         }
     };
+    // A replaced orchestrator owner's copy: its saga's current owner sends
+    // its own (nothing to tell the saga).
+    let sender = senders.count.of(cmd.order_id().get());
+    if let Err(reason) = senders.seen.admit("orchestrator", sender, delivery.epoch) {
+        dead_letter(delivery, &reason).await;
+        return;
+    }
     let id = cmd.message_id();
     let error = match worker.send(Apply(cmd)).await {
         Ok(Ok(())) => {
@@ -93,6 +103,7 @@ async fn note_dead_letter(
             outcome: ReplyOutcome::DeadLettered {
                 reason: reason.to_owned(),
             },
+            sender: None,
         };
         if let Err(e) = worker.send(NoteDeadLetter(reply)).await {
             tracing::warn!(error = %e, "cannot tell the saga about its dead letter");

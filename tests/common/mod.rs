@@ -15,6 +15,7 @@ use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
 
 pub mod deploy;
+pub mod management;
 pub mod rabbit;
 
 /// The manager's static token of this test run (random: no secret that
@@ -139,6 +140,14 @@ impl Spawned {
     /// Whether it listens already (without waiting).
     pub fn try_listening(&mut self) -> Option<String> {
         self.addr.try_recv().ok()
+    }
+
+    /// Whether the process still runs (a standby does; a refused start
+    /// does not).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Becomes a service at `addr` (from [`Spawned::try_listening`]).
@@ -566,6 +575,11 @@ impl Cluster {
     }
 
     pub fn publish(&self, msg: Outgoing) {
+        self.publish_at_epoch(msg, None);
+    }
+
+    /// Publishes `msg` as an owner at `epoch` would (stamped with it).
+    pub fn publish_at_epoch(&self, msg: Outgoing, epoch: Option<i64>) {
         self.rt.block_on(async {
             let t = AmqpTransport::connect(&AmqpSettings {
                 nodes: BrokerNodes::parse(&self.url).expect("HEARTY_TEST_AMQP_URL"),
@@ -580,6 +594,9 @@ impl Cluster {
             })
             .await
             .expect("connect");
+            if let Some(e) = epoch {
+                t.set_epoch(hearty::partition::Epoch::new(e));
+            }
             let results = t.publish(vec![msg]).await;
             assert!(results.iter().all(Result::is_ok), "{results:?}");
             t.close().await;

@@ -91,14 +91,16 @@ impl SagaStore {
     /// Creates an order's saga and applies its `Start`, in one transaction.
     /// `admit_within`: how long the payment may take before the order is
     /// abandoned (kept in the saga, so it survives a restart).
+    /// The new saga's id falls in one of `within` (owned partitions).
     pub async fn create(
         &self,
         draft: OrderDetails,
         key: Option<IdempotencyKey>,
         admit_within: std::time::Duration,
+        within: Owned,
     ) -> StorageResult<Created> {
         let def = self.def.clone();
-        let owned = self.owned.clone();
+        let owned = within;
         let result = self
             .db
             .write(move |tx| {
@@ -201,10 +203,13 @@ impl SagaStore {
         self.db.read(move |c| sagas::get_saga(c, id)).await
     }
 
-    /// Every saga that still has work to do (for recovery), in one query.
+    /// Every saga of an owned partition that still has work to do (for
+    /// recovery), in one query: the sagas of other partitions in this file
+    /// (a process restarted with fewer partitions) are their owner's.
     /// Rows that cannot be decoded are marked `Failed` (quarantined) and
     /// returned apart, so that one bad row never stops start-up.
     pub async fn load_active(&self) -> StorageResult<(Vec<Saga>, Vec<Quarantined>)> {
+        let owned = self.owned.clone();
         let rows = self
             .db
             .read(|c| {
@@ -218,6 +223,7 @@ impl SagaStore {
                     .collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
+        let rows = rows.into_iter().filter(|row| owned.owns(row.id().get()));
         let (mut sagas, mut bad) = (Vec::new(), Vec::new());
         for row in rows {
             match row {

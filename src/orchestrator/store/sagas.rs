@@ -62,6 +62,15 @@ pub enum Stored {
     Quarantined(Quarantined),
 }
 
+impl Stored {
+    pub fn id(&self) -> SagaId {
+        match self {
+            Stored::Saga(s) => s.id,
+            Stored::Quarantined(q) => q.id,
+        }
+    }
+}
+
 /// The columns `decode` reads, in this order.
 pub(super) const ROW: &str = "id, body, order_status, created_at, updated_at";
 

@@ -382,6 +382,13 @@ impl Saga {
         admission.into_iter().chain(steps).collect()
     }
 
+    /// Whether the first step's command (the payment) was ever sent: then a
+    /// turned-away order may have been charged, and its compensation
+    /// refunds it.
+    pub fn payment_sent(&self) -> bool {
+        self.steps.first().is_some_and(|s| s.attempts > 0)
+    }
+
     /// The outcome of the first step (payment): what `POST /orders` waits
     /// for and answers.
     pub fn admission(&self) -> Admission {

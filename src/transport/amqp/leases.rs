@@ -122,6 +122,13 @@ impl AmqpTransport {
         }
     }
 
+    /// Stamps every command and reply published from now on with `epoch`.
+    pub fn set_epoch(&self, epoch: crate::partition::Epoch) {
+        self.inner
+            .epoch
+            .store(epoch.get(), std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Resolves when this process has been fenced off (another process
     /// took one of its leases while it was disconnected), with the reason.
     pub async fn fenced(&self) -> String {

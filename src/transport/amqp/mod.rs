@@ -39,8 +39,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    DeadLetter, EventLog, Lease, Leases, Outgoing, QueueName, Received, Requests, Topology,
-    Transport, TransportError, nodes::BrokerNodes,
+    DeadLetter, EventLog, Lease, Leases, Outgoing, QueueName, Received, RegistryEntry, Requests,
+    Topology, Transport, TransportError, nodes::BrokerNodes,
 };
 use crate::partition::PartitionCount;
 pub use declare::Scope;
@@ -103,7 +103,13 @@ struct Inner {
     /// Set when a lease was taken by another process while this one was
     /// disconnected: this process no longer owns its partitions.
     fenced: watch::Sender<Option<String>>,
+    /// This process's epoch (0: none yet), carried by every command and
+    /// reply it publishes (`x-hearty-epoch`).
+    epoch: std::sync::atomic::AtomicI64,
 }
+
+/// The header that carries the sender's epoch on commands and replies.
+pub const EPOCH_HEADER: &str = "x-hearty-epoch";
 
 #[derive(Clone)]
 struct Live {
@@ -290,7 +296,7 @@ impl Leases for AmqpTransport {
     fn read_registry<'a>(
         &'a self,
         until: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<Vec<u8>>, TransportError>> {
+    ) -> BoxFuture<'a, Result<Vec<RegistryEntry>, TransportError>> {
         AmqpTransport::read_registry(self, until).boxed()
     }
 
@@ -303,6 +309,10 @@ impl Leases for AmqpTransport {
 
     fn fenced(&self) -> BoxFuture<'_, String> {
         AmqpTransport::fenced(self).boxed()
+    }
+
+    fn set_epoch(&self, epoch: crate::partition::Epoch) {
+        AmqpTransport::set_epoch(self, epoch);
     }
 
     fn stop_taking_requests<'a>(

@@ -3,7 +3,7 @@
 
 use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::{AmqpTransport, CONFIRM_TIMEOUT, string_arg, unavailable};
@@ -105,7 +105,13 @@ impl AmqpTransport {
             // subscriber yet.
             let mandatory = !matches!(m.route, Route::Event(_));
             let what = format!("{} via {exchange}/{key}", m.message_id);
-            let props = Self::properties(m, None);
+            let epoch = self.inner.epoch.load(std::sync::atomic::Ordering::SeqCst);
+            let headers = (mandatory && epoch > 0).then(|| {
+                let mut h = FieldTable::default();
+                h.insert(super::EPOCH_HEADER.into(), AMQPValue::LongLongInt(epoch));
+                h
+            });
+            let props = Self::properties(m, headers);
             let sent = Self::publish_one(ch, exchange, key, mandatory, &m.body, props).await;
             pending.push(settled(what, sent));
         }

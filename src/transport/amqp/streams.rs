@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use super::publish::settle_confirm;
 use super::subscribe::tokio_stream_from;
 use super::{AmqpTransport, CONFIRM_TIMEOUT, string_arg, unavailable};
-use crate::transport::{Outgoing, QueueName, Received, Route, TransportError, event_log};
+use crate::transport::{
+    Outgoing, QueueName, Received, RegistryEntry, Route, TransportError, event_log,
+};
 
 impl AmqpTransport {
     /// Appends a catch-up marker named `id` to the event log (see
@@ -86,8 +88,12 @@ impl AmqpTransport {
     }
 
     /// Reads the registry stream from its first record up to and including
-    /// the one with message id `until`, answering every record's body.
-    pub(crate) async fn read_registry(&self, until: &str) -> Result<Vec<Vec<u8>>, TransportError> {
+    /// the one with message id `until`, answering every record's body and
+    /// position (its stream offset).
+    pub(crate) async fn read_registry(
+        &self,
+        until: &str,
+    ) -> Result<Vec<RegistryEntry>, TransportError> {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
@@ -129,7 +135,15 @@ impl AmqpTransport {
                     .ack(BasicAckOptions::default())
                     .await
                     .map_err(unavailable)?;
-                bodies.push(d.data);
+                let offset = stream_offset(&d.properties).ok_or_else(|| {
+                    TransportError::Unavailable(
+                        "a registry record came without its stream offset".into(),
+                    )
+                })?;
+                bodies.push(RegistryEntry {
+                    offset,
+                    body: d.data,
+                });
                 if done {
                     let _ = ch.close(200, "registry read".into()).await;
                     return Ok(bodies);
@@ -140,5 +154,18 @@ impl AmqpTransport {
             ))
         };
         read.await
+    }
+}
+
+/// The position of a delivery from a stream (`x-stream-offset`).
+fn stream_offset(props: &lapin::BasicProperties) -> Option<i64> {
+    use lapin::types::AMQPValue;
+    match props.headers().as_ref()?.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        _ => None,
     }
 }

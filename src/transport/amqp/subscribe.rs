@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use lapin::Channel;
 
-use super::{AmqpTransport, CONFIRM_TIMEOUT, Live, WATCH_INTERVAL, unavailable};
+use super::{AmqpTransport, CONFIRM_TIMEOUT, Live, WATCH_INTERVAL, is_missing_queue, unavailable};
 use crate::transport::{DeadLetter, QueueName, Received, Settle, TransportError};
 
 impl AmqpTransport {
@@ -26,7 +26,7 @@ impl AmqpTransport {
     ) {
         let mut generations = self.inner.generation.subscribe();
         loop {
-            if self.is_closed() || tx.is_closed() {
+            if self.is_closed() || tx.is_closed() || self.inner.fenced.borrow().is_some() {
                 return;
             }
             let Some(live) = self.live() else {
@@ -84,6 +84,9 @@ impl AmqpTransport {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(unavailable(e)),
                 None => {
+                    if let QueueName::Lease(..) = queue {
+                        self.lease_gone(live, queue);
+                    }
                     return Err(TransportError::Unavailable(
                         "the consumer was cancelled".into(),
                     ));
@@ -126,21 +129,47 @@ impl AmqpTransport {
         let consumer = ch
             .basic_consume(name.into(), tag.into(), options, args)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                if let QueueName::Lease(..) = queue
+                    && is_missing_queue(&e)
+                {
+                    self.lease_gone(live, queue);
+                }
+                unavailable(e)
+            })?;
         Ok((ch, consumer))
+    }
+
+    /// A lease's queue is gone while its connection lives (deleted under
+    /// this process, by an operator or a tool): another process may hold
+    /// the lease already, so this one is fenced at once rather than at its
+    /// next reconnection.
+    fn lease_gone(&self, live: &Live, queue: QueueName) {
+        if self.is_closed() || !live.connection.status().connected() {
+            return;
+        }
+        self.fence(format!(
+            "the lease {} was deleted while this process held it",
+            self.inner.topology.queue(queue)
+        ));
     }
 
     /// A lapin delivery as a [`Received`] settled with this broker.
     fn received(&self, d: lapin::message::Delivery) -> Received {
         let props = &d.properties;
         let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-        let stream_offset = props.headers().as_ref().and_then(|h| {
-            h.inner().iter().find_map(|(k, v)| match (k.as_str(), v) {
-                ("x-stream-offset", AMQPValue::LongLongInt(o)) => Some(*o),
-                ("x-stream-offset", AMQPValue::LongInt(o)) => Some(i64::from(*o)),
-                _ => None,
+        let header = |name: &str| {
+            props.headers().as_ref().and_then(|h| {
+                h.inner().iter().find_map(|(k, v)| match v {
+                    _ if k.as_str() != name => None,
+                    AMQPValue::LongLongInt(o) => Some(*o),
+                    AMQPValue::LongInt(o) => Some(i64::from(*o)),
+                    _ => None,
+                })
             })
-        });
+        };
+        let stream_offset = header("x-stream-offset");
+        let epoch = header(super::EPOCH_HEADER);
         Received {
             message_id: text(props.message_id()),
             correlation_id: text(props.correlation_id()),
@@ -149,6 +178,7 @@ impl AmqpTransport {
             body: d.data,
             redelivered: d.redelivered,
             stream_offset,
+            epoch,
             settle: Box::new(AmqpSettle {
                 acker: Some(d.acker),
                 transport: self.clone(),

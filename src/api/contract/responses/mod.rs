@@ -70,6 +70,7 @@ pub struct Ready {
     pub status: String,
     pub storage: Vec<StorageHealth>,
     pub broker: BrokerHealth,
-    /// Each step breaker's state (`Closed`, `Open`, `HalfOpen`).
+    /// Each step breaker's worst state over its partitions (`Closed`, `Open`,
+    /// `HalfOpen`); `hearty_circuit_breaker_partition_state` has each one.
     pub circuit_breakers: std::collections::BTreeMap<String, String>,
 }
