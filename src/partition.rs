@@ -58,26 +58,43 @@ impl fmt::Display for Partition {
 }
 
 /// A fencing token: the position, in the registry stream, of the takeover
-/// that made a process the owner of its partitions. A later takeover has a
-/// greater epoch (the stream is one total order the cluster replicates), so
-/// a stale owner can be told from the current one wherever the epoch is
-/// kept: in the partition's database, and on the messages its owner sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Epoch(i64);
+/// that made a process the owner of its partitions, and which registry
+/// (its incarnation: a stream deleted and declared again starts its
+/// positions over). Within one registry a later takeover has a greater
+/// position (the stream is one total order the cluster replicates), so a
+/// stale owner can be told from the current one wherever the epoch is kept:
+/// in the partition's database, and on the messages its owner sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch {
+    registry: i64,
+    position: i64,
+}
 
 impl Epoch {
-    pub fn new(position: i64) -> Self {
-        Epoch(position)
+    pub fn new(registry: i64, position: i64) -> Self {
+        Epoch { registry, position }
     }
 
-    pub fn get(self) -> i64 {
-        self.0
+    /// The incarnation of the registry the position is in.
+    pub fn registry(self) -> i64 {
+        self.registry
+    }
+
+    pub fn position(self) -> i64 {
+        self.position
+    }
+
+    /// Whether `self` comes from a later takeover than `other`; `None` when
+    /// they come from different registries (not comparable: the older
+    /// registry is gone, so its epochs are all stale).
+    pub fn is_after(self, other: Epoch) -> Option<bool> {
+        (self.registry == other.registry).then_some(self.position > other.position)
     }
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{} (registry {:x})", self.position, self.registry)
     }
 }
 

@@ -399,18 +399,29 @@ fn racing_claims_bind_all_or_nothing_and_roles_share_a_folder() {
 }
 
 #[test]
-fn a_replaced_owners_command_is_dead_lettered_with_the_reason() {
+fn a_replaced_owners_late_command_is_dead_lettered_with_the_reason() {
     let Some(c) = Cluster::new() else { return };
     let api = c.start("api,orchestrator", &[]);
     let _workers = c.start("pay,kitchen,delivery,coupon", &[]);
     c.seed(&api, 100);
-    // A command stamped by an owner of orchestrator p1 at an epoch newer
-    // than any takeover of this namespace: for the workers, the owner of
-    // p1 was replaced by it (a report for an order that does not exist, so
+    // The epoch the owner of orchestrator p1 recorded in its database.
+    let db = c
+        .data_dir_of("api,orchestrator", &[])
+        .join("orchestrator.db");
+    let (registry, position): (i64, i64) = rusqlite::Connection::open(&db)
+        .expect("orchestrator.db")
+        .query_row(
+            "SELECT registry, epoch FROM fence WHERE partition = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the owner's epoch");
+    // A successor of that owner (a later epoch of the same registry)
+    // publishes to pay p1 (a report for an order that does not exist, so
     // it changes nothing).
-    let newer = i64::MAX / 2;
+    let successor = hearty::partition::Epoch::new(registry, position + 1_000);
     let report = hearty::messages::WorkerCommand::Progress {
-        step: "delivery".into(),
+        step: "pay".into(),
         order_id: hearty::domain::OrderId::new(9).expect("id"),
         progress: hearty::messages::Progress::PickedUp,
     };
@@ -418,14 +429,15 @@ fn a_replaced_owners_command_is_dead_lettered_with_the_reason() {
         hearty::transport::Outgoing {
             message_id: report.message_id(),
             correlation_id: "9".into(),
-            message_type: "delivery.pickedUp".into(),
-            route: hearty::transport::Route::Command(hearty::domain::WorkerKind::Delivery, 9),
+            message_type: "pay.pickedUp".into(),
+            route: hearty::transport::Route::Command(hearty::domain::WorkerKind::Pay, 9),
             body: serde_json::to_vec(&report).expect("json"),
         },
-        Some(newer),
+        Some(successor),
     );
-    // Order 1 is in p1 too: its payment command, from the real owner (an
-    // older epoch), is refused and dead-lettered with the reason.
+    // Order 1 is in p1 too: its payment command, published by the replaced
+    // owner after its successor's reached the queue, is a late copy: it is
+    // dead-lettered with the reason, never applied.
     let (s, v, _) = c.order(&api, 1);
     assert_eq!(
         v["id"].as_i64().or(v["orderId"].as_i64()),
@@ -433,16 +445,90 @@ fn a_replaced_owners_command_is_dead_lettered_with_the_reason() {
         "{s} {v}"
     );
     let mut letter = None;
-    c.wait("the stale command in the dead-letter queue", || {
+    c.wait("the late command in the dead-letter queue", || {
         letter = c.dead_letter();
         letter.is_some()
     });
     let (id, reason) = letter.expect("a dead letter");
     assert_eq!(id, "order-1.pay.do");
     assert!(
-        reason.contains("stale epoch") && reason.contains(&newer.to_string()),
+        reason.contains("stale epoch") && reason.contains(&successor.to_string()),
         "{reason}"
     );
     let pays = payments_by_order(&c, &api);
     assert!(!pays.contains_key(&1), "nothing was charged: {pays:?}");
+}
+
+#[test]
+fn an_owners_messages_queued_before_its_restart_are_applied() {
+    let Some(c) = Cluster::new() else { return };
+    let api = c.start("api", &[]);
+    let folder = c.data_dir_of("orchestrator,pay,delivery,coupon", &[]);
+    let folder = folder.to_str().expect("utf-8 path").to_owned();
+    let owner_env = [("HEARTY_DATA_DIR", folder.as_str())];
+    let owner = c.start("orchestrator,pay,delivery,coupon", &owner_env);
+    // A slow kitchen taking one command at a time: commands wait in its
+    // queues while the orchestrator restarts (and gets a new epoch).
+    let _kitchen = c.start(
+        "kitchen",
+        &[
+            ("HEARTY_PREFETCH", "1"),
+            ("HEARTY_KITCHEN_LATENCY", "700ms"),
+        ],
+    );
+    c.seed(&api, 100);
+    let (s, v, _) = c.post(
+        &api,
+        "/foodCatalogs",
+        json!({"name": "bread", "stock": "100", "price": "2.0"}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let order_of = |food: &str| {
+        let (s, v, _) = c.post(
+            &api,
+            "/orders",
+            json!({"qty": "1", "foodcaltalogid": food, "customerid": "1"}),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_i64().expect("id")
+    };
+    // Cakes (the kitchen's partition of food 1), then a restart, then
+    // bread (partition 2): the new epoch's commands reach the kitchen
+    // through another queue before the old epoch's cakes are cooked.
+    let mut ids: Vec<i64> = (0..6).map(|_| order_of("1")).collect();
+    owner.terminate();
+    let _owner = c.start("orchestrator,pay,delivery,coupon", &owner_env);
+    ids.extend((0..3).map(|_| order_of("2")));
+    for id in &ids {
+        let saga = c.wait_state(&api, *id, "Completed");
+        let history = saga["history"].to_string();
+        assert!(
+            !history.contains("timed out"),
+            "order {id} waited for a timeout: {saga}"
+        );
+    }
+    assert_eq!(c.dead_letter(), None, "no legitimate command was refused");
+}
+
+#[test]
+fn a_folder_outlives_the_registry_that_fenced_it() {
+    let Some(c) = Cluster::new() else { return };
+    let first = c.start("all", &[]);
+    c.seed(&first, 100);
+    let before = place(&c, &first, 2);
+    for id in &before {
+        c.wait_state(&first, *id, "Completed");
+    }
+    first.terminate();
+    // The registry is lost (deleted; or the folder started under a new
+    // namespace): positions, and so epochs, start over.
+    assert!(
+        delete_queue(&format!("{}.registry", c.namespace)),
+        "rabbitmqctl deleted the registry"
+    );
+    let again = c.start("all", &[]);
+    let after = place(&c, &again, 2);
+    for id in before.iter().chain(&after) {
+        c.wait_state(&again, *id, "Completed");
+    }
 }

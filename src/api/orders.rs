@@ -67,7 +67,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         (status = 413, description = "body larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "unknown customer or food, no customer named (staff must name one), total too large, or the key was used for another request", body = ErrorBody),
-        (status = 503, description = "payment or broker unavailable; nothing established; Retry-After", body = ErrorBody),
+        (status = 503, description = "payment or broker unavailable: no order established (a payment that went through is refunded); Retry-After", body = ErrorBody),
     )
 )]
 pub async fn place(

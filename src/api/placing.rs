@@ -180,7 +180,8 @@ async fn priced(
 
 /// A placement went out but its answer did not come back: asks the owner
 /// what became of the key (a few times, briefly). Its order's answer if it
-/// was placed; a 503 that says nothing was established if it was not; else
+/// was placed; a 503 that says no order stands if it was not (or was turned
+/// away); else
 /// a 503 that says the outcome is unknown and names the key to learn it by.
 async fn learn_outcome(
     state: &ApiState,
@@ -205,8 +206,12 @@ async fn learn_outcome(
             .await;
         match asked.map(|a| a.result) {
             Ok(Ok(Outcome::KeyFree)) => {
+                // Never placed, or turned away (its payment may have been
+                // requested: a charge is refunded); either way no order
+                // stands, and placing it again starts a new one.
                 return Err(ApiError::unavailable(
-                    "the order could not be placed now; nothing was established, try again",
+                    "the order was not established: it could not be placed, or it was abandoned \
+                     (a payment that went through is refunded); placing it again starts a new order",
                     RETRY_AFTER_SECS,
                 ));
             }

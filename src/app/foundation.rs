@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::auth::{Authenticator, keys};
-use crate::cluster::epochs::{Seen, Senders};
 use crate::cluster::ownership::{self, Claim};
 use crate::config::{Config, Role, Secret};
 use crate::orchestrator::store;
@@ -35,9 +34,6 @@ pub(super) struct Foundation {
     /// This process's fencing token for its partitions, from the registry
     /// (`None`: no broker, or no partitions to own).
     pub epoch: Option<Epoch>,
-    /// The epochs of the owners whose commands and replies this process
-    /// receives (a replaced owner's are refused).
-    pub senders: Senders,
     /// Verifies callers (at the API, and again at the owners).
     pub auth: Arc<Authenticator>,
     /// The manager's static token, when there is one.
@@ -102,10 +98,6 @@ impl Foundation {
             transport,
             orchestrator_db,
             epoch,
-            senders: Senders {
-                seen: Arc::new(Seen::new()),
-                count,
-            },
             auth,
             manager_token,
         })
@@ -150,9 +142,22 @@ async fn own_db(
     let db = loop {
         match Db::open_owned(&config.db_path(role.as_str()), schema, claimant) {
             Ok(db) => break db,
+            // A previous owner hung in the middle of a commit holds the
+            // file's write lock (opening writes the schema): its commit ends
+            // when it wakes (it was the owner's), and the takeover follows.
+            Err(e) if epoch.is_some() && e.is_busy() => tracing::warn!(
+                database = %config.db_path(role.as_str()).display(),
+                "standby: a previous owner holds the database's write lock (it hangs \
+                 mid-commit); waiting to take over"
+            ),
             // Without a broker there is no lease to wait for: a second
-            // process of this folder waits for the file as a standby.
-            Err(StorageError::Claimed { pid, .. }) if epoch.is_none() => {
+            // process of this folder waits for the file as a standby; so
+            // does one whose partitions overlap the holder's without
+            // covering them (the holder hangs: one of them gets the file
+            // once it is gone, and the other is then refused).
+            Err(StorageError::Claimed {
+                pid, wait: true, ..
+            }) => {
                 if polls.is_multiple_of(20) {
                     tracing::warn!(
                         database = %config.db_path(role.as_str()).display(),
@@ -174,8 +179,8 @@ async fn own_db(
                 // A previous owner hung in the middle of a commit holds the
                 // file's write lock: its commit ends when it wakes (it was
                 // the owner's), and the takeover follows it.
-                Err(StorageError::Busy(path, _)) => tracing::warn!(
-                    database = %path.display(),
+                Err(e) if e.is_busy() => tracing::warn!(
+                    database = %config.db_path(role.as_str()).display(),
                     "standby: a previous owner holds the database's write lock (it hangs \
                      mid-commit); waiting to take over"
                 ),

@@ -66,7 +66,7 @@ pub(super) async fn start(
             orchestrator.clone(),
             base.transport.clone(),
             parts.shutdown.clone(),
-            base.senders.clone(),
+            base.count,
         );
         actix::spawn(async move {
             if let Err(e) = consume_replies(p, o, t, senders, s).await {

@@ -56,7 +56,7 @@ pub(super) async fn start(
                 base.transport.clone(),
                 parts.shutdown.clone(),
                 actor.clone(),
-                base.senders.clone(),
+                base.count,
             );
             arbiter.spawn(async move {
                 if let Err(e) = workers::consume(kind, p, a, t, senders, s).await {

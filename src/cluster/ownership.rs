@@ -126,9 +126,17 @@ impl From<&Claim> for Named {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "camelCase")]
 enum Record {
-    /// The namespace's partition count: the first one recorded holds.
+    /// The namespace's partition count: the first one recorded holds. Its
+    /// `registry` names this incarnation of the stream (a stream deleted and
+    /// declared again starts its positions, and so its epochs, over; 0 for
+    /// one recorded by an earlier version).
     #[serde(rename_all = "camelCase")]
-    Namespace { partition_count: u16, by: String },
+    Namespace {
+        partition_count: u16,
+        by: String,
+        #[serde(default)]
+        registry: i64,
+    },
     /// A data folder claims one (role, partition): the first claim holds.
     /// (Written by earlier versions; read as a set of one.)
     #[serde(rename_all = "camelCase")]
@@ -164,6 +172,8 @@ enum Record {
 #[derive(Default)]
 struct Registry {
     partition_count: Option<u16>,
+    /// The incarnation of the stream (see [`Record::Namespace`]).
+    incarnation: Option<i64>,
     owners: HashMap<(String, u16), (String, String)>,
     /// The latest takeover of each (role, partition): its epoch and taker.
     epochs: HashMap<(String, u16), (i64, String)>,
@@ -175,9 +185,12 @@ impl Registry {
         for entry in entries {
             match serde_json::from_slice::<Record>(&entry.body) {
                 Ok(Record::Namespace {
-                    partition_count, ..
+                    partition_count,
+                    registry,
+                    ..
                 }) => {
                     r.partition_count.get_or_insert(partition_count);
+                    r.incarnation.get_or_insert(registry);
                 }
                 Ok(Record::Claim {
                     role,
@@ -298,6 +311,7 @@ async fn record_takeover(amqp: &dyn Leases, home: &str, claims: &[Claim]) -> any
         .split_last()
         .context("the registry stream ended before this process's takeover")?;
     let earlier = Registry::fold(before);
+    let incarnation = earlier.incarnation.unwrap_or_default();
     for c in claims {
         if let Some((epoch, by)) = earlier
             .epochs
@@ -306,7 +320,7 @@ async fn record_takeover(amqp: &dyn Leases, home: &str, claims: &[Claim]) -> any
             tracing::info!(partition = %c, previous_epoch = epoch, previous_owner = %by, epoch = ours.offset, "taking over");
         }
     }
-    Ok(Epoch::new(ours.offset))
+    Ok(Epoch::new(incarnation, ours.offset))
 }
 
 /// How long start-up retries the registry while the broker is unavailable.
@@ -340,6 +354,8 @@ async fn settle_registry(
                     &Record::Namespace {
                         partition_count: count.get(),
                         by: who(),
+                        // Positive and never 0 (an earlier version's).
+                        registry: i64::from(rand::random::<u32>()) + 1,
                     },
                 )
                 .await
@@ -510,10 +526,12 @@ mod tests {
             rec(&Record::Namespace {
                 partition_count: 8,
                 by: "a".into(),
+                registry: 7,
             }),
             rec(&Record::Namespace {
                 partition_count: 4,
                 by: "b".into(),
+                registry: 9,
             }),
             rec(&Record::Claim {
                 role: "pay".into(),
@@ -531,6 +549,7 @@ mod tests {
         ];
         let r = Registry::fold(&entries(bodies));
         assert_eq!(r.partition_count, Some(8));
+        assert_eq!(r.incarnation, Some(7));
         assert_eq!(r.owners[&("pay".to_owned(), 3)].0, "h1");
     }
 }

@@ -23,7 +23,7 @@ use crate::cluster::owners::{Executor, Failure};
 use crate::domain::{IdempotencyKey, Millis, OrderId};
 use crate::messages::{OrderDetails, Progress};
 use crate::partition::Owned;
-use crate::saga::breaker::Breakers;
+use crate::saga::breaker::{BreakerState, Breakers};
 use crate::saga::machine::{Admission, Event, Saga};
 use crate::transport::Transport;
 
@@ -246,15 +246,30 @@ impl OrchestratorExecutor {
         // breaker is open is it turned away.
         let now = Millis::now();
         let owned = self.sagas.owned();
-        let mut admissible = Vec::new();
+        // Partitions whose breaker is closed take new orders; one whose
+        // breaker may let a trial through gets this order as its trial
+        // (one at a time: the permit is taken here, under the breaker's
+        // lock); open ones none.
+        let mut closed = Vec::new();
+        let mut trial = None;
         let mut wait: Option<Duration> = None;
         for p in owned.count().all().filter(|p| owned.contains(*p)) {
-            match self.breakers.admission(p).map(|b| b.admits(now)) {
-                None | Some(Ok(())) => admissible.push(p),
-                Some(Err(w)) => wait = Some(wait.map_or(w, |x| x.min(w))),
+            match self.breakers.admission(p) {
+                None => closed.push(p),
+                Some(b) if b.state() == BreakerState::Closed => closed.push(p),
+                // One trial per order: the others stay for the next ones.
+                Some(_) if trial.is_some() => {}
+                Some(b) => match b.try_acquire(now) {
+                    Ok(()) => trial = Some((p, b)),
+                    Err(w) => wait = Some(wait.map_or(w, |x| x.min(w))),
+                },
             }
         }
-        if admissible.is_empty() {
+        let within = match trial {
+            Some((p, _)) => vec![p],
+            None => closed,
+        };
+        if within.is_empty() {
             return Ok(Outcome::Placement(Placement::PaymentOverloaded {
                 retry_after_secs: wait.unwrap_or(Duration::from_secs(1)).as_secs().max(1),
             }));
@@ -265,22 +280,24 @@ impl OrchestratorExecutor {
                 order,
                 key: Some(key),
                 admit_within,
-                within: Owned::new(owned.count(), &admissible),
+                within: Owned::new(owned.count(), &within),
             })
             .await
             .map_err(OrchestratorError::from)
             .and_then(|r| r);
         match placed {
-            Ok((id, Some(actor))) => {
-                // A half-open breaker lets this saga through as its trial.
-                if let Some(b) = self.breakers.of_saga(0, id.get()) {
-                    let _ = b.try_acquire(now);
-                }
-                self.admission(id, Some(actor)).await
+            Ok((id, Some(actor))) => self.admission(id, Some(actor)).await,
+            Ok((id, None)) => {
+                // A concurrent request with the same key placed it: this
+                // one started nothing, so its trial permit goes back.
+                trial.inspect(|(_, b)| b.release());
+                self.admission(id, None).await
             }
-            // A concurrent request with the same key placed it.
-            Ok((id, None)) => self.admission(id, None).await,
-            Err(e) => outcome_of(e),
+            Err(e) => {
+                // No saga started: the trial permit, if any, goes back.
+                trial.inspect(|(_, b)| b.release());
+                outcome_of(e)
+            }
         }
     }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use actix::Addr;
 
 use super::{Orchestrator, OrchestratorError, dispatch};
-use crate::cluster::epochs::Senders;
+use crate::cluster::epochs::Seen;
 use crate::messages::WorkerReply;
-
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionCount};
 use crate::saga::machine::Event;
 use crate::shutdown::Shutdown;
 use crate::transport::consume::consume_each;
@@ -22,39 +21,50 @@ pub async fn consume_replies(
     partition: Partition,
     orchestrator: Addr<Orchestrator>,
     transport: Arc<dyn Transport>,
-    senders: Senders,
+    count: PartitionCount,
     shutdown: Shutdown,
 ) -> Result<(), TransportError> {
+    // Judged in delivery order (see `cluster::epochs`).
+    let seen = Seen::new();
     consume_each(
         transport,
         QueueName::Replies(partition),
         shutdown,
-        |d, f| handle_reply(orchestrator.clone(), senders.clone(), d, f),
+        |d, f| {
+            let reply = serde_json::from_slice::<WorkerReply>(&d.body);
+            let verdict = match &reply {
+                Ok(WorkerReply {
+                    sender: Some(from), ..
+                }) => seen.admit(
+                    from.worker.as_str(),
+                    count.of(from.key),
+                    d.epoch,
+                    d.redelivered,
+                ),
+                _ => Ok(()),
+            };
+            handle_reply(orchestrator.clone(), reply, verdict, d, f)
+        },
     )
     .await
 }
 
 async fn handle_reply(
     orchestrator: Addr<Orchestrator>,
-    senders: Senders,
+    reply: Result<WorkerReply, serde_json::Error>,
+    verdict: Result<(), String>,
     delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
-    let reply: WorkerReply = match serde_json::from_slice(&delivery.body) {
+    let reply: WorkerReply = match reply {
         Ok(r) => r,
         Err(e) => {
             dead_letter(delivery, &format!("undecodable reply: {e}")).await;
             return;
         }
     };
-    // A replaced worker owner's copy: the saga asks again if it must.
-    if let Some(from) = reply.sender
-        && let Err(reason) = senders.seen.admit(
-            from.worker.as_str(),
-            senders.count.of(from.key),
-            delivery.epoch,
-        )
-    {
+    // A replaced worker owner's late copy: its successor sends the same.
+    if let Err(reason) = verdict {
         dead_letter(delivery, &reason).await;
         return;
     }

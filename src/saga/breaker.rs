@@ -188,30 +188,6 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Would a new saga be let through now? Like [`Self::try_acquire`], but
-    /// takes nothing (a half-open breaker's trial is taken once the saga
-    /// exists).
-    pub fn admits(&self, now: Millis) -> Result<(), Duration> {
-        let b = self.lock();
-        match b.state {
-            BreakerState::Closed => Ok(()),
-            BreakerState::Open => {
-                let reopen = b.opened_at.plus(self.policy.cool_down);
-                if now < reopen {
-                    Err(reopen.until_from(now))
-                } else {
-                    Ok(())
-                }
-            }
-            BreakerState::HalfOpen => match b.trial_since {
-                Some(since) if now < since.plus(self.policy.cool_down) => {
-                    Err(since.plus(self.policy.cool_down).until_from(now))
-                }
-                _ => Ok(()),
-            },
-        }
-    }
-
     /// May a new saga start? `Err(wait)` = no, try again after `wait`.
     pub fn try_acquire(&self, now: Millis) -> Result<(), Duration> {
         let mut b = self.lock();

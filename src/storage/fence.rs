@@ -4,7 +4,9 @@
 //! partitions it acts for still carry this process's epoch.
 //!
 //! A takeover (see `cluster::ownership`) gets an epoch from the registry
-//! stream's total order: greater than every earlier takeover's. The new
+//! stream's total order: greater than every earlier takeover's of the same
+//! registry (a registry declared anew starts over, and every epoch of the
+//! one before is stale). The new
 //! owner writes it here before it recovers or consumes anything
 //! ([`take_over`]). From that commit on, an older owner's transactions fail
 //! their check ([`check`]) and roll back, and the old owner fences itself:
@@ -23,6 +25,7 @@ pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS fence (
     partition INTEGER PRIMARY KEY,
     epoch     INTEGER NOT NULL,
+    registry  INTEGER NOT NULL,
     owner     TEXT    NOT NULL,
     taken_at  INTEGER NOT NULL
 );
@@ -53,42 +56,76 @@ impl Held {
             epoch,
             partitions: partitions.to_vec(),
             sql: format!(
-                "SELECT partition, epoch, owner FROM fence \
-                 WHERE partition IN ({list}) AND epoch <> ?1 LIMIT 1"
+                "SELECT partition, epoch, registry, owner FROM fence \
+                 WHERE partition IN ({list}) AND (epoch <> ?1 OR registry <> ?2) LIMIT 1"
             ),
         }
     }
 }
 
 /// Records `held`'s epoch for its partitions, refusing if a newer takeover
-/// already holds one of them (then this process is the stale one).
+/// (of the same registry) already holds one of them: then this process is
+/// the stale one. An epoch of another registry is older than any of the
+/// current one (that registry is gone: deleted, or the folder was started
+/// under a new namespace), and is replaced.
 pub fn take_over(tx: &Connection, held: &Held, owner: &str) -> Result<(), String> {
     let now = Millis::now().0;
     for &p in &held.partitions {
-        let current: Option<(i64, String)> = tx
+        let current: Option<(i64, i64, String)> = tx
             .query_row(
-                "SELECT epoch, owner FROM fence WHERE partition = ?1",
+                "SELECT epoch, registry, owner FROM fence WHERE partition = ?1",
                 [p],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| e.to_string())?;
-        if let Some((epoch, by)) = current
-            && epoch > held.epoch.get()
-        {
-            return Err(format!(
-                "partition {p} was taken over at epoch {epoch} by {by}, after this process's \
-                 epoch {}",
-                held.epoch
-            ));
+        if let Some((position, registry, by)) = current {
+            let stored = Epoch::new(registry, position);
+            match stored.is_after(held.epoch) {
+                Some(true) => {
+                    return Err(format!(
+                        "partition {p} was taken over at epoch {stored} by {by}, after this \
+                         process's epoch {}",
+                        held.epoch
+                    ));
+                }
+                Some(false) => {}
+                None => tracing::warn!(
+                    partition = p,
+                    previous = %stored,
+                    epoch = %held.epoch,
+                    "the registry that fenced this partition is gone; this takeover starts anew"
+                ),
+            }
         }
         tx.execute(
-            "INSERT INTO fence (partition, epoch, owner, taken_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO fence (partition, epoch, registry, owner, taken_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (partition) DO UPDATE SET
-                 epoch = excluded.epoch, owner = excluded.owner, taken_at = excluded.taken_at",
-            params![p, held.epoch.get(), owner, now],
+                 epoch = excluded.epoch, registry = excluded.registry,
+                 owner = excluded.owner, taken_at = excluded.taken_at",
+            params![p, held.epoch.position(), held.epoch.registry(), owner, now],
         )
         .map_err(|e| e.to_string())?;
+    }
+    // Partitions this folder owned before and this process does not: their
+    // state waits here for a process of this folder that owns them.
+    let mut stmt = tx
+        .prepare("SELECT partition FROM fence ORDER BY partition")
+        .map_err(|e| e.to_string())?;
+    let others: Vec<u16> = stmt
+        .query_map([], |r| r.get::<_, u16>(0))
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .filter(|p| !held.partitions.contains(p))
+        .collect();
+    if !others.is_empty() {
+        tracing::warn!(
+            partitions = ?others,
+            "this folder holds the state of partitions this process does not own: nothing acts \
+             for them until a process of this folder does (start it with all of them in \
+             HEARTY_PARTITIONS)"
+        );
     }
     Ok(())
 }
@@ -98,11 +135,11 @@ pub fn take_over(tx: &Connection, held: &Held, owner: &str) -> Result<(), String
 pub fn check(tx: &Connection, held: &Held) -> rusqlite::Result<Result<(), String>> {
     let mut stmt = tx.prepare_cached(&held.sql)?;
     let other = stmt
-        .query_row([held.epoch.get()], |r| {
+        .query_row([held.epoch.position(), held.epoch.registry()], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
+                Epoch::new(r.get(2)?, r.get(1)?),
+                r.get::<_, String>(3)?,
             ))
         })
         .optional()?;
@@ -128,24 +165,41 @@ mod tests {
     #[test]
     fn a_newer_takeover_fences_the_older_owner() {
         let c = db();
-        let old = Held::new(Epoch::new(5), &[0, 1, 2, 3]);
+        let old = Held::new(Epoch::new(1, 5), &[0, 1, 2, 3]);
         take_over(&c, &old, "old").expect("first owner");
         assert_eq!(check(&c, &old).expect("sql"), Ok(()));
-        let new = Held::new(Epoch::new(9), &[2, 3]);
+        let new = Held::new(Epoch::new(1, 9), &[2, 3]);
         take_over(&c, &new, "new").expect("newer takes over");
         let why = check(&c, &old)
             .expect("sql")
             .expect_err("the old owner is fenced");
-        assert!(why.contains("epoch 9 (new)"), "{why}");
+        assert!(why.contains("epoch 9 (registry 1) (new)"), "{why}");
         assert_eq!(check(&c, &new).expect("sql"), Ok(()));
         // The stale one cannot take the partitions back.
         assert!(take_over(&c, &old, "old").is_err());
     }
 
     #[test]
+    fn a_new_registry_starts_over_and_fences_every_epoch_of_the_old_one() {
+        let c = db();
+        let old = Held::new(Epoch::new(1, 900), &[0, 1]);
+        take_over(&c, &old, "old").expect("first owner");
+        // The registry was deleted and declared again: positions restart.
+        let new = Held::new(Epoch::new(2, 3), &[0, 1]);
+        take_over(&c, &new, "new").expect("a new registry's takeover is not refused");
+        assert!(
+            check(&c, &old).expect("sql").is_err(),
+            "the old epoch is fenced"
+        );
+        assert_eq!(check(&c, &new).expect("sql"), Ok(()));
+        // Within the new registry, order holds again.
+        assert!(take_over(&c, &Held::new(Epoch::new(2, 1), &[0]), "x").is_err());
+    }
+
+    #[test]
     fn without_partitions_nothing_is_checked() {
         let c = db();
-        let none = Held::new(Epoch::new(1), &[]);
+        let none = Held::new(Epoch::new(1, 1), &[]);
         take_over(&c, &none, "x").expect("nothing to record");
         assert_eq!(check(&c, &none).expect("sql"), Ok(()));
     }

@@ -35,9 +35,14 @@ pub enum StorageError {
     #[error("fenced: {0}")]
     Fenced(String),
     /// Another running process owns the database file (its pid, if it
-    /// wrote it yet).
+    /// wrote it yet). `wait`: this one may wait for it as a standby (it is
+    /// not another partition set beside a live owner).
     #[error("{message}")]
-    Claimed { message: String, pid: String },
+    Claimed {
+        message: String,
+        pid: String,
+        wait: bool,
+    },
     /// Another process held the file's write lock for longer than the busy
     /// timeout (10 s): nothing was written.
     #[error("{0} is locked by another process: {1}")]
@@ -45,6 +50,20 @@ pub enum StorageError {
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
+
+impl StorageError {
+    /// Whether another process held the file's write lock past the busy
+    /// timeout (a hung owner in the middle of a commit): worth waiting for.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StorageError::Busy(..) => true,
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DatabaseBusy
+            }
+            _ => false,
+        }
+    }
+}
 
 /// What the writer thread runs for one `write`: the caller's work inside the
 /// shared transaction, answering whether it succeeded and a finisher that
@@ -166,10 +185,14 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
                 .filter_map(|p| p.parse().ok())
                 .collect();
             let overlap = theirs.iter().any(|p| claimant.partitions.contains(p));
-            if claimant.leased && (overlap || theirs.is_empty()) {
-                // This process holds the leases of partitions the holder
-                // claimed: the holder lost them (it hangs, or is cut off),
-                // and the epoch this process records refuses its commits.
+            let covers =
+                !theirs.is_empty() && theirs.iter().all(|p| claimant.partitions.contains(p));
+            if claimant.leased && covers {
+                // This process holds the leases of every partition the
+                // holder claimed: the holder lost them all (it hangs, or is
+                // cut off), and the epoch this process records refuses its
+                // commits. (A process holding only some of them waits: two
+                // processes never share a database.)
                 tracing::warn!(
                     database = %path.display(),
                     holder_pid = %pid,
@@ -196,6 +219,10 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
                     path.display()
                 ),
                 pid,
+                // Another partition set beside a live owner is refused; a
+                // process of overlapping partitions (or without a broker)
+                // waits for the file.
+                wait: !claimant.leased || overlap || theirs.is_empty(),
             })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(invalid(e)),
@@ -686,7 +713,20 @@ mod tests {
             partitions: &[4, 5, 6, 7],
             leased: true,
         };
-        assert!(Db::open_owned(&path, schema, high).is_err());
+        assert!(matches!(
+            Db::open_owned(&path, schema, high),
+            Err(StorageError::Claimed { wait: false, .. })
+        ));
+        // Holding only some of the holder's partitions, it waits (the
+        // holder's other partitions may have gone to yet another process).
+        let some = Claimant {
+            partitions: &[0, 1],
+            leased: true,
+        };
+        assert!(matches!(
+            Db::open_owned(&path, schema, some),
+            Err(StorageError::Claimed { wait: true, .. })
+        ));
         // A process holding the leases of the holder's partitions took
         // them over: the holder lost them, and is not waited for.
         let standby = Claimant {
@@ -721,18 +761,18 @@ mod tests {
             }
         };
         let old = Db::open(&path, schema).expect("old owner");
-        old.take_over(Epoch::new(10), &[0, 1], "old")
+        old.take_over(Epoch::new(1, 10), &[0, 1], "old")
             .await
             .expect("old");
         old.write(insert(1)).await.expect("the owner commits");
         // A hung owner's successor, on the same file (a moved volume).
         let new = Db::open(&path, schema).expect("new owner");
-        new.take_over(Epoch::new(20), &[1, 2], "new")
+        new.take_over(Epoch::new(1, 20), &[1, 2], "new")
             .await
             .expect("new");
         let refused = old.write(insert(2)).await;
         assert!(
-            matches!(&refused, Err(StorageError::Fenced(why)) if why.contains("epoch 20")),
+            matches!(&refused, Err(StorageError::Fenced(why)) if why.contains("epoch 20 (registry 1)")),
             "{refused:?}"
         );
         let why = tokio::time::timeout(std::time::Duration::from_secs(5), old.fenced())
@@ -745,7 +785,11 @@ mod tests {
             old.write(insert(3)).await,
             Err(StorageError::Fenced(_))
         ));
-        assert!(old.take_over(Epoch::new(10), &[0, 1], "old").await.is_err());
+        assert!(
+            old.take_over(Epoch::new(1, 10), &[0, 1], "old")
+                .await
+                .is_err()
+        );
         new.write(insert(4)).await.expect("the new owner commits");
         let stored: Vec<i64> = new
             .read(|c| {

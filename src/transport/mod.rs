@@ -299,7 +299,7 @@ pub struct Received {
     /// Its offset, when it comes from a stream.
     pub stream_offset: Option<i64>,
     /// The epoch of the owner that sent it, when it says.
-    pub epoch: Option<i64>,
+    pub epoch: Option<crate::partition::Epoch>,
     pub(crate) settle: Box<dyn Settle>,
 }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{Apply, NoteDeadLetter, WorkerActor};
-use crate::cluster::epochs::Senders;
+use crate::cluster::epochs::Seen;
 use crate::domain::{OrderId, WorkerKind};
 use crate::messages::{ReplyOutcome, WorkerCommand, WorkerReply};
-use crate::partition::Partition;
+use crate::partition::{Partition, PartitionCount};
 use crate::shutdown::Shutdown;
 use crate::transport::consume::consume_each;
 use crate::transport::poison::{FailureCounts, dead_letter, hand_back_or_dead_letter};
@@ -23,26 +23,42 @@ pub async fn consume(
     partition: Partition,
     worker: Addr<WorkerActor>,
     transport: Arc<dyn Transport>,
-    senders: Senders,
+    count: PartitionCount,
     shutdown: Shutdown,
 ) -> Result<(), crate::transport::TransportError> {
-    // The database serializes the effects of deliveries handled at once.
+    // Judged in delivery order (see `cluster::epochs`); the database
+    // serializes the effects of deliveries handled at once.
+    let seen = Seen::new();
     consume_each(
         transport,
         QueueName::Worker(kind, partition),
         shutdown,
-        |d, f| handle_delivery(worker.clone(), senders.clone(), d, f),
+        |d, f| {
+            let cmd = serde_json::from_slice::<WorkerCommand>(&d.body);
+            // A command's sender is the orchestrator owner of its order.
+            let verdict = match &cmd {
+                Ok(c) => seen.admit(
+                    "orchestrator",
+                    count.of(c.order_id().get()),
+                    d.epoch,
+                    d.redelivered,
+                ),
+                Err(_) => Ok(()),
+            };
+            handle_delivery(worker.clone(), cmd, verdict, d, f)
+        },
     )
     .await
 }
 
 async fn handle_delivery(
     worker: Addr<WorkerActor>,
-    senders: Senders,
+    cmd: Result<WorkerCommand, serde_json::Error>,
+    verdict: Result<(), String>,
     delivery: Received,
     failures: Arc<FailureCounts>,
 ) {
-    let cmd: WorkerCommand = match serde_json::from_slice(&delivery.body) {
+    let cmd: WorkerCommand = match cmd {
         Ok(c) => c,
         Err(e) => {
             let reason = format!("undecodable command: {e}");
@@ -57,10 +73,9 @@ async fn handle_delivery(
             return;
         }
     };
-    // A replaced orchestrator owner's copy: its saga's current owner sends
-    // its own (nothing to tell the saga).
-    let sender = senders.count.of(cmd.order_id().get());
-    if let Err(reason) = senders.seen.admit("orchestrator", sender, delivery.epoch) {
+    // A replaced orchestrator owner's late copy: its successor sends the
+    // same command (nothing to tell the saga).
+    if let Err(reason) = verdict {
         dead_letter(delivery, &reason).await;
         return;
     }

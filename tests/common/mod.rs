@@ -579,7 +579,7 @@ impl Cluster {
     }
 
     /// Publishes `msg` as an owner at `epoch` would (stamped with it).
-    pub fn publish_at_epoch(&self, msg: Outgoing, epoch: Option<i64>) {
+    pub fn publish_at_epoch(&self, msg: Outgoing, epoch: Option<hearty::partition::Epoch>) {
         self.rt.block_on(async {
             let t = AmqpTransport::connect(&AmqpSettings {
                 nodes: BrokerNodes::parse(&self.url).expect("HEARTY_TEST_AMQP_URL"),
@@ -595,7 +595,7 @@ impl Cluster {
             .await
             .expect("connect");
             if let Some(e) = epoch {
-                t.set_epoch(hearty::partition::Epoch::new(e));
+                t.set_epoch(e);
             }
             let results = t.publish(vec![msg]).await;
             assert!(results.iter().all(Result::is_ok), "{results:?}");

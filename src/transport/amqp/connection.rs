@@ -198,7 +198,7 @@ impl AmqpTransport {
                 leases: std::sync::Mutex::new(Vec::new()),
                 rpc: tokio::sync::Mutex::new(None),
                 fenced: watch::channel(None).0,
-                epoch: std::sync::atomic::AtomicI64::new(0),
+                epoch: std::sync::Mutex::new(None),
             }),
         };
         tokio::spawn(transport.clone().watch_connection());

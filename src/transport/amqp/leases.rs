@@ -124,9 +124,7 @@ impl AmqpTransport {
 
     /// Stamps every command and reply published from now on with `epoch`.
     pub fn set_epoch(&self, epoch: crate::partition::Epoch) {
-        self.inner
-            .epoch
-            .store(epoch.get(), std::sync::atomic::Ordering::SeqCst);
+        *self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
     }
 
     /// Resolves when this process has been fenced off (another process

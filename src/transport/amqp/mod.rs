@@ -103,13 +103,15 @@ struct Inner {
     /// Set when a lease was taken by another process while this one was
     /// disconnected: this process no longer owns its partitions.
     fenced: watch::Sender<Option<String>>,
-    /// This process's epoch (0: none yet), carried by every command and
-    /// reply it publishes (`x-hearty-epoch`).
-    epoch: std::sync::atomic::AtomicI64,
+    /// This process's epoch, once it took its partitions over, carried by
+    /// every command and reply it publishes.
+    epoch: std::sync::Mutex<Option<crate::partition::Epoch>>,
 }
 
-/// The header that carries the sender's epoch on commands and replies.
+/// The headers that carry the sender's epoch on commands and replies: its
+/// position, and the registry it is a position in.
 pub const EPOCH_HEADER: &str = "x-hearty-epoch";
+pub const REGISTRY_HEADER: &str = "x-hearty-registry";
 
 #[derive(Clone)]
 struct Live {

@@ -98,6 +98,7 @@ impl AmqpTransport {
             return batch.iter().map(|_| gone()).collect();
         };
         let ch = &live.publisher;
+        let epoch = *self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner());
         let mut pending = Vec::with_capacity(batch.len());
         for m in &batch {
             let (exchange, key) = self.inner.topology.address(&m.route);
@@ -105,10 +106,16 @@ impl AmqpTransport {
             // subscriber yet.
             let mandatory = !matches!(m.route, Route::Event(_));
             let what = format!("{} via {exchange}/{key}", m.message_id);
-            let epoch = self.inner.epoch.load(std::sync::atomic::Ordering::SeqCst);
-            let headers = (mandatory && epoch > 0).then(|| {
+            let headers = epoch.filter(|_| mandatory).map(|e| {
                 let mut h = FieldTable::default();
-                h.insert(super::EPOCH_HEADER.into(), AMQPValue::LongLongInt(epoch));
+                h.insert(
+                    super::EPOCH_HEADER.into(),
+                    AMQPValue::LongLongInt(e.position()),
+                );
+                h.insert(
+                    super::REGISTRY_HEADER.into(),
+                    AMQPValue::LongLongInt(e.registry()),
+                );
                 h
             });
             let props = Self::properties(m, headers);

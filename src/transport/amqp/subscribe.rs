@@ -169,7 +169,9 @@ impl AmqpTransport {
             })
         };
         let stream_offset = header("x-stream-offset");
-        let epoch = header(super::EPOCH_HEADER);
+        let epoch = header(super::EPOCH_HEADER)
+            .zip(header(super::REGISTRY_HEADER))
+            .map(|(position, registry)| crate::partition::Epoch::new(registry, position));
         Received {
             message_id: text(props.message_id()),
             correlation_id: text(props.correlation_id()),
