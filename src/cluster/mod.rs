@@ -5,7 +5,8 @@
 //!
 //! - [`ownership`]: one acting owner per (role, partition): the data folder's
 //!   home, the registry stream, the broker leases and the takeover's epoch.
-//! - [`epochs`]: receivers refuse commands and replies of a replaced owner.
+//! - [`epochs`]: consumers refuse a replaced owner's late copies of what its
+//!   successor publishes.
 //! - [`owners`]: the one client of every role's owners, asked in-process or
 //!   over RabbitMQ the same way (owner wait, correlation, page merge).
 //! - [`serve`]: the owner's side of those requests.
