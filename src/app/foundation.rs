@@ -121,6 +121,10 @@ impl Foundation {
     }
 }
 
+/// How long (polls of 500 ms) a process holding leases waits for a database
+/// file whose holder claimed more partitions than it holds.
+const SUBSET_STANDBY_POLLS: u32 = 120;
+
 /// Opens the database of a stateful `role` as its one owner: claims its
 /// file (a second process of another partition set on this folder refuses
 /// to start; a previous owner of these partitions that lost their leases is
@@ -136,7 +140,7 @@ async fn own_db(
     let partitions: Vec<u16> = owned.iter().map(|p| p.index()).collect();
     let claimant = Claimant {
         partitions: &partitions,
-        leased: epoch.is_some(),
+        leased_in: epoch.map(|_| config.namespace.as_str()),
     };
     let mut polls = 0u32;
     let db = loop {
@@ -145,11 +149,14 @@ async fn own_db(
             // A previous owner hung in the middle of a commit holds the
             // file's write lock (opening writes the schema): its commit ends
             // when it wakes (it was the owner's), and the takeover follows.
-            Err(e) if epoch.is_some() && e.is_busy() => tracing::warn!(
-                database = %config.db_path(role.as_str()).display(),
-                "standby: a previous owner holds the database's write lock (it hangs \
-                 mid-commit); waiting to take over"
-            ),
+            Err(e) if epoch.is_some() && e.is_busy() => {
+                tracing::warn!(
+                    database = %config.db_path(role.as_str()).display(),
+                    "standby: a previous owner holds the database's write lock (it hangs \
+                     mid-commit); waiting to take over"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
             // Without a broker there is no lease to wait for: a second
             // process of this folder waits for the file as a standby; so
             // does one whose partitions overlap the holder's without
@@ -158,6 +165,17 @@ async fn own_db(
             Err(StorageError::Claimed {
                 pid, wait: true, ..
             }) => {
+                // Holding leases, it does not wait for good: a hung holder
+                // may stay hung, and a standby of all its partitions needs
+                // these leases (a supervisor starts this one again).
+                if epoch.is_some() && polls >= SUBSET_STANDBY_POLLS {
+                    anyhow::bail!(
+                        "{} is still owned by pid {pid}, whose partitions this process holds only \
+                         some of; giving its leases up (start it with the owner's partitions to \
+                         take over from a hung owner)",
+                        config.db_path(role.as_str()).display()
+                    );
+                }
                 if polls.is_multiple_of(20) {
                     tracing::warn!(
                         database = %config.db_path(role.as_str()).display(),
@@ -179,11 +197,14 @@ async fn own_db(
                 // A previous owner hung in the middle of a commit holds the
                 // file's write lock: its commit ends when it wakes (it was
                 // the owner's), and the takeover follows it.
-                Err(e) if e.is_busy() => tracing::warn!(
-                    database = %config.db_path(role.as_str()).display(),
-                    "standby: a previous owner holds the database's write lock (it hangs \
-                     mid-commit); waiting to take over"
-                ),
+                Err(e) if e.is_busy() => {
+                    tracing::warn!(
+                        database = %config.db_path(role.as_str()).display(),
+                        "standby: a previous owner holds the database's write lock (it hangs \
+                         mid-commit); waiting to take over"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
                 Err(e) => {
                     return Err(e).with_context(|| format!("taking over the {role} database"));
                 }

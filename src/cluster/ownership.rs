@@ -26,7 +26,8 @@
 //!    every transaction checks it (`storage::fence`): an earlier owner that
 //!    wakes from a pause and tries to commit is refused and stops. This,
 //!    not a lock of the host, is what makes a hung owner harmless, so a
-//!    standby never waits for one.
+//!    standby of the same partitions does not wait for one (only for a
+//!    commit it hung in the middle of: SQLite's write lock).
 //!
 //! Partitioned queues also have `x-single-active-consumer`, so even a
 //! consumer outside these rules would not get messages beside the owner.
@@ -311,7 +312,10 @@ async fn record_takeover(amqp: &dyn Leases, home: &str, claims: &[Claim]) -> any
         .split_last()
         .context("the registry stream ended before this process's takeover")?;
     let earlier = Registry::fold(before);
-    let incarnation = earlier.incarnation.unwrap_or_default();
+    let incarnation = earlier.incarnation.context(
+        "the registry lost its namespace record while this process took over (it was deleted \
+         meanwhile); start again",
+    )?;
     for c in claims {
         if let Some((epoch, by)) = earlier
             .epochs

@@ -290,12 +290,12 @@ impl OrchestratorExecutor {
             Ok((id, None)) => {
                 // A concurrent request with the same key placed it: this
                 // one started nothing, so its trial permit goes back.
-                trial.inspect(|(_, b)| b.release());
+                trial.inspect(|(_, b)| b.release(now));
                 self.admission(id, None).await
             }
             Err(e) => {
                 // No saga started: the trial permit, if any, goes back.
-                trial.inspect(|(_, b)| b.release());
+                trial.inspect(|(_, b)| b.release(now));
                 outcome_of(e)
             }
         }

@@ -215,10 +215,12 @@ impl CircuitBreaker {
         }
     }
 
-    /// Gives back a trial permit that was not used.
-    pub fn release(&self) {
+    /// Gives back the trial permit taken at `since` (by `try_acquire(since)`)
+    /// that was not used — and only that one: a later trial (this one's
+    /// lapsed) keeps its permit.
+    pub fn release(&self, since: Millis) {
         let mut b = self.lock();
-        if b.state == BreakerState::HalfOpen {
+        if b.state == BreakerState::HalfOpen && b.trial_since == Some(since) {
             b.trial_since = None;
         }
     }

@@ -136,14 +136,14 @@ struct Owner {
     _file: Option<std::fs::File>,
 }
 
-/// Who claims an owned database: the partitions it acts for, and whether
-/// it already holds their leases on the broker (it won them: a process of
-/// this folder still holding the file's lock lost them, and is fenced by
-/// the epoch, not waited for).
+/// Who claims an owned database: the partitions it acts for, and the
+/// namespace whose leases of them it already holds (`None`: no broker). A
+/// holder of the file's lock in the same namespace whose partitions it all
+/// holds lost them: it is fenced by the epoch, not waited for.
 #[derive(Debug, Clone, Copy)]
 pub struct Claimant<'a> {
     pub partitions: &'a [u16],
-    pub leased: bool,
+    pub leased_in: Option<&'a str>,
 }
 
 fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
@@ -169,7 +169,14 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
             file.set_len(0).map_err(invalid)?;
             file.rewind().map_err(invalid)?;
             let parts: Vec<String> = claimant.partitions.iter().map(u16::to_string).collect();
-            write!(file, "{} {}", std::process::id(), parts.join(",")).map_err(invalid)?;
+            write!(
+                file,
+                "{} {} {}",
+                std::process::id(),
+                parts.join(","),
+                claimant.leased_in.unwrap_or("-")
+            )
+            .map_err(invalid)?;
             Ok(Owner { _file: Some(file) })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -184,10 +191,16 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
                 .split(',')
                 .filter_map(|p| p.parse().ok())
                 .collect();
+            // The holder's namespace ("-": it runs without a broker, and no
+            // lease says it lost anything).
+            let their_namespace = words.next().unwrap_or("");
+            let same_namespace = claimant
+                .leased_in
+                .is_some_and(|ns| ns == their_namespace && ns != "-");
             let overlap = theirs.iter().any(|p| claimant.partitions.contains(p));
             let covers =
                 !theirs.is_empty() && theirs.iter().all(|p| claimant.partitions.contains(p));
-            if claimant.leased && covers {
+            if same_namespace && covers {
                 // This process holds the leases of every partition the
                 // holder claimed: the holder lost them all (it hangs, or is
                 // cut off), and the epoch this process records refuses its
@@ -209,7 +222,12 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
                 String::new()
             } else {
                 let theirs: Vec<String> = theirs.iter().map(u16::to_string).collect();
-                format!(" for partitions {}", theirs.join(","))
+                let namespace = match their_namespace {
+                    "-" => " without a broker".to_owned(),
+                    "" => String::new(),
+                    ns => format!(" of namespace `{ns}`"),
+                };
+                format!(" for partitions {}{namespace}", theirs.join(","))
             };
             Err(StorageError::Claimed {
                 message: format!(
@@ -219,10 +237,13 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
                     path.display()
                 ),
                 pid,
-                // Another partition set beside a live owner is refused; a
-                // process of overlapping partitions (or without a broker)
+                // Another partition set beside a live owner, or another
+                // namespace's owner, is refused; a process of overlapping
+                // partitions of the same namespace (or without a broker)
                 // waits for the file.
-                wait: !claimant.leased || overlap || theirs.is_empty(),
+                wait: claimant.leased_in.is_none()
+                    || (claimant.leased_in == Some(their_namespace) && overlap)
+                    || theirs.is_empty(),
             })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(invalid(e)),
@@ -486,10 +507,10 @@ impl Db {
 /// The writer thread: batches waiting writes into one transaction.
 fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>, fencing: &Fencing) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+        let mut batch = std::collections::VecDeque::from([first]);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => batch.push_back(job),
                 Err(_) => break,
             }
         }
@@ -521,8 +542,11 @@ fn writer_loop(conn: &mut Connection, rx: &std::sync::mpsc::Receiver<Job>, fenci
                     Some("fenced".into()),
                 ));
             }
-            for job in batch.drain(..) {
+            // A job leaves the batch only once its savepoint is open: on an
+            // early error, the ones not run are still there to be answered.
+            while !batch.is_empty() {
                 let sp = tx.savepoint()?;
+                let Some(job) = batch.pop_front() else { break };
                 let (ok, finish) = job(Some(&sp));
                 finishers.push(finish);
                 // Some errors (SQLITE_FULL, IOERR, NOMEM, ...) make SQLite roll
@@ -690,7 +714,7 @@ mod tests {
 
     const LOW: Claimant<'static> = Claimant {
         partitions: &[0, 1, 2, 3],
-        leased: false,
+        leased_in: Some("ns"),
     };
 
     #[tokio::test]
@@ -699,7 +723,16 @@ mod tests {
         let path = dir.path().join("o.db");
         let schema = "CREATE TABLE IF NOT EXISTS t (v INTEGER);";
         let first = Db::open_owned(&path, schema, LOW).expect("first owner");
-        let second = Db::open_owned(&path, schema, LOW);
+        // Without a broker, a second process waits for the file.
+        let no_broker = Claimant {
+            partitions: &[0, 1, 2, 3],
+            leased_in: None,
+        };
+        let second = Db::open_owned(&path, schema, no_broker);
+        assert!(matches!(
+            &second,
+            Err(StorageError::Claimed { wait: true, .. })
+        ));
         let err = second.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("owned by another running process"), "{err}");
         assert!(
@@ -711,7 +744,7 @@ mod tests {
         // process acts for a database.
         let high = Claimant {
             partitions: &[4, 5, 6, 7],
-            leased: true,
+            leased_in: Some("ns"),
         };
         assert!(matches!(
             Db::open_owned(&path, schema, high),
@@ -721,7 +754,7 @@ mod tests {
         // holder's other partitions may have gone to yet another process).
         let some = Claimant {
             partitions: &[0, 1],
-            leased: true,
+            leased_in: Some("ns"),
         };
         assert!(matches!(
             Db::open_owned(&path, schema, some),
@@ -729,9 +762,18 @@ mod tests {
         ));
         // A process holding the leases of the holder's partitions took
         // them over: the holder lost them, and is not waited for.
+        // Another namespace's process is refused, whatever its partitions.
+        let elsewhere = Claimant {
+            partitions: &[0, 1, 2, 3],
+            leased_in: Some("other"),
+        };
+        assert!(matches!(
+            Db::open_owned(&path, schema, elsewhere),
+            Err(StorageError::Claimed { wait: false, .. })
+        ));
         let standby = Claimant {
             partitions: &[0, 1, 2, 3],
-            leased: true,
+            leased_in: Some("ns"),
         };
         let took_over = Db::open_owned(&path, schema, standby).expect("taken over");
         took_over.close();
