@@ -121,6 +121,19 @@ impl Foundation {
     }
 }
 
+/// A previous owner hung in the middle of a commit holds the file's write
+/// lock: its commit ends when it wakes (it was the owner's, made before this
+/// takeover), and the takeover follows it. (SQLite itself waits 10 s per
+/// try.)
+async fn wait_for_write_lock(path: &std::path::Path) {
+    tracing::warn!(
+        database = %path.display(),
+        "standby: a previous owner holds the database's write lock (it hangs mid-commit); \
+         waiting to take over"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+}
+
 /// How long (polls of 500 ms) a process holding leases waits for a database
 /// file whose holder claimed more partitions than it holds.
 const SUBSET_STANDBY_POLLS: u32 = 120;
@@ -146,16 +159,9 @@ async fn own_db(
     let db = loop {
         match Db::open_owned(&config.db_path(role.as_str()), schema, claimant) {
             Ok(db) => break db,
-            // A previous owner hung in the middle of a commit holds the
-            // file's write lock (opening writes the schema): its commit ends
-            // when it wakes (it was the owner's), and the takeover follows.
+            // Opening writes the schema: it waits for the lock too.
             Err(e) if epoch.is_some() && e.is_busy() => {
-                tracing::warn!(
-                    database = %config.db_path(role.as_str()).display(),
-                    "standby: a previous owner holds the database's write lock (it hangs \
-                     mid-commit); waiting to take over"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                wait_for_write_lock(&config.db_path(role.as_str())).await;
             }
             // Without a broker there is no lease to wait for: a second
             // process of this folder waits for the file as a standby; so
@@ -194,17 +200,7 @@ async fn own_db(
         loop {
             match db.take_over(epoch, &partitions, &owner).await {
                 Ok(()) => break,
-                // A previous owner hung in the middle of a commit holds the
-                // file's write lock: its commit ends when it wakes (it was
-                // the owner's), and the takeover follows it.
-                Err(e) if e.is_busy() => {
-                    tracing::warn!(
-                        database = %config.db_path(role.as_str()).display(),
-                        "standby: a previous owner holds the database's write lock (it hangs \
-                         mid-commit); waiting to take over"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
+                Err(e) if e.is_busy() => wait_for_write_lock(&config.db_path(role.as_str())).await,
                 Err(e) => {
                     return Err(e).with_context(|| format!("taking over the {role} database"));
                 }

@@ -109,7 +109,7 @@ struct DbInner {
 /// failed (then every later write is refused too).
 #[derive(Default)]
 struct Fencing {
-    held: Mutex<Option<fence::Held>>,
+    held: Mutex<Option<Arc<fence::Held>>>,
     fenced: watch::Sender<Option<String>>,
 }
 
@@ -353,7 +353,7 @@ impl Db {
             .fencing
             .held
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(held);
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(held));
         tracing::info!(database = %self.inner.path.display(), %epoch, "took over the database's partitions");
         Ok(())
     }

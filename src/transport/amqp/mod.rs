@@ -124,6 +124,19 @@ fn unavailable(e: lapin::Error) -> TransportError {
     TransportError::Unavailable(e.to_string())
 }
 
+/// An integer header of a delivery (`x-stream-offset`, the epoch headers),
+/// whichever integer type the broker or the publisher gave it.
+fn int_header(props: &lapin::BasicProperties, name: &str) -> Option<i64> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
 fn string_arg(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::publish::settle_confirm;
 use super::subscribe::tokio_stream_from;
-use super::{AmqpTransport, CONFIRM_TIMEOUT, string_arg, unavailable};
+use super::{AmqpTransport, CONFIRM_TIMEOUT, int_header, string_arg, unavailable};
 use crate::transport::{
     Outgoing, QueueName, Received, RegistryEntry, Route, TransportError, event_log,
 };
@@ -135,7 +135,7 @@ impl AmqpTransport {
                     .ack(BasicAckOptions::default())
                     .await
                     .map_err(unavailable)?;
-                let offset = stream_offset(&d.properties).ok_or_else(|| {
+                let offset = int_header(&d.properties, "x-stream-offset").ok_or_else(|| {
                     TransportError::Unavailable(
                         "a registry record came without its stream offset".into(),
                     )
@@ -154,18 +154,5 @@ impl AmqpTransport {
             ))
         };
         read.await
-    }
-}
-
-/// The position of a delivery from a stream (`x-stream-offset`).
-fn stream_offset(props: &lapin::BasicProperties) -> Option<i64> {
-    use lapin::types::AMQPValue;
-    match props.headers().as_ref()?.inner().get("x-stream-offset")? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        _ => None,
     }
 }

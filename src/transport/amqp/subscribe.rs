@@ -158,16 +158,7 @@ impl AmqpTransport {
     fn received(&self, d: lapin::message::Delivery) -> Received {
         let props = &d.properties;
         let text = |v: &Option<ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
-        let header = |name: &str| {
-            props.headers().as_ref().and_then(|h| {
-                h.inner().iter().find_map(|(k, v)| match v {
-                    _ if k.as_str() != name => None,
-                    AMQPValue::LongLongInt(o) => Some(*o),
-                    AMQPValue::LongInt(o) => Some(i64::from(*o)),
-                    _ => None,
-                })
-            })
-        };
+        let header = |name: &str| super::int_header(props, name);
         let stream_offset = header("x-stream-offset");
         let epoch = header(super::EPOCH_HEADER)
             .zip(header(super::REGISTRY_HEADER))
