@@ -153,6 +153,38 @@ impl FromStr for Latency {
     }
 }
 
+/// A size in bytes: `1048576`, `512KiB`, `64MiB`, `2GiB` (or kB, MB, GB:
+/// powers of ten).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64MiB or 2GiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{s}` has unknown unit `{other}` (use B, KiB, MiB, GiB, kB, MB or GB)"
+            ));
+        }
+    };
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes == 0 {
+        return Err("a size must be > 0".into());
+    }
+    Ok(bytes)
+}
+
 fn parse_money(s: &str) -> Result<Money, String> {
     Money::parse_price(s).map_err(|e| format!("`{s}`: {e}"))
 }
@@ -401,6 +433,34 @@ pub struct Config {
     /// How long `POST /orders` waits for the payment before answering 503.
     #[arg(long, env = "HEARTY_ORDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub order_timeout: Duration,
+
+    /// How long the event log keeps an entry (RabbitMQ deletes whole
+    /// segments older than this). Read models older than the log's head
+    /// restore a snapshot (`HEARTY_SNAPSHOT_DIR`).
+    #[arg(long, env = "HEARTY_LOG_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub log_max_age: Duration,
+
+    /// The most the event log keeps on the broker's disk, e.g. `2GiB`.
+    #[arg(long, env = "HEARTY_LOG_MAX_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
+    pub log_max_bytes: u64,
+
+    /// The size of one segment of the event log: retention deletes whole
+    /// segments, so the log holds between `MAX_BYTES - SEGMENT_BYTES` and
+    /// `MAX_BYTES` (plus the segment being written).
+    #[arg(long, env = "HEARTY_LOG_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub log_segment_bytes: u64,
+
+    /// A folder every process serving read models shares (a volume): each
+    /// writes a snapshot of its read models there now and then, and a new
+    /// one starts from the latest instead of the log's beginning. Unset: no
+    /// snapshots (a process reads the whole retained log).
+    #[arg(long, env = "HEARTY_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// How often a process serving read models writes a snapshot (when its
+    /// read models moved since the latest one in `HEARTY_SNAPSHOT_DIR`).
+    #[arg(long, env = "HEARTY_SNAPSHOT_EVERY", default_value = "5m", value_parser = parse_duration)]
+    pub snapshot_every: Duration,
 
     /// Failpoints for fault-injection tests, e.g. `outbox-after-confirm=abort`.
     #[arg(long, env = "HEARTY_FAILPOINTS", default_value = "", value_parser = crate::failpoint::validate)]

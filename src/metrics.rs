@@ -123,6 +123,8 @@ metrics! {
     dead_letters_total: "Messages moved to the dead-letter queue.",
     redeliveries_total: "Deliveries the broker marked as redelivered.",
     events_projected_total: "Domain events applied to a read model.",
+    event_log_gaps_total: "Times the event log no longer held entries a read model still needed (its retention deleted them).",
+    view_snapshots_written_total: "Snapshots of the read models written to the shared snapshot folder.",
     http_requests_total: "HTTP requests this process received, besides /health/* and /metrics.",
     http_requests_refused_total: "HTTP requests refused before a handler: unauthenticated, forbidden or over a rate limit.",
     http_connections_refused_total: "TCP connections shut at once: over the total or per-address cap.",

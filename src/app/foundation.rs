@@ -17,7 +17,7 @@ use crate::saga::breaker::Breakers;
 use crate::saga::definition::SagaDefinition;
 use crate::storage::{Claimant, Db, StorageError};
 use crate::transport::Transport;
-use crate::transport::amqp::{AmqpSettings, AmqpTransport, Scope};
+use crate::transport::amqp::{AmqpSettings, AmqpTransport, Retention, Scope};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::nodes::BrokerNodes;
 
@@ -287,6 +287,11 @@ async fn connect(
         connect_wait: config.broker_wait,
         partitions: count,
         scope: scope_of(config),
+        log_retention: Retention {
+            max_age: Some(config.log_max_age),
+            max_bytes: config.log_max_bytes,
+            segment_bytes: config.log_segment_bytes,
+        },
     })
     .await
     .with_context(|| format!("connecting to RabbitMQ at {nodes}"))?;

@@ -45,6 +45,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut parts = parts::Parts::new();
     let workers = workers::start(&config, &base, &mut parts).await?;
     let views = if config.roles.has(Role::Api) || config.roles.has(Role::Views) {
+        if let Some(log) = base.transport.event_log() {
+            crate::views::snapshot::prepare(&config, log).await?;
+        }
         Some(views::start(&config, &base, &mut parts)?)
     } else {
         None
@@ -82,7 +85,7 @@ pub async fn run(
         }
         Some(why) => {
             running.stop_fenced().await;
-            Err(anyhow::anyhow!("stopped: fenced off its partitions: {why}"))
+            Err(anyhow::anyhow!("stopped: {why}"))
         }
     }
 }

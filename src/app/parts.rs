@@ -21,6 +21,9 @@ pub(super) struct Parts {
     pub arbiters: Vec<actix::Arbiter>,
     /// Every database this process uses (readiness checks them).
     pub dbs: Vec<Db>,
+    /// Set by a part that cannot go on (the event log lost what a read
+    /// model still needed): the process stops, saying why.
+    pub fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Parts {
@@ -34,6 +37,7 @@ impl Parts {
             relays: Vec::new(),
             arbiters: Vec::new(),
             dbs: Vec::new(),
+            fatal: tokio::sync::watch::Sender::new(None),
         }
     }
 

@@ -128,9 +128,17 @@ impl Running {
                 futures_util::future::select_all(dbs).await.0
             }
         };
+        let mut fatal = self.parts.fatal.subscribe();
+        let failed = async move {
+            match fatal.wait_for(Option::is_some).await {
+                Ok(why) => why.clone().unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            why = leases => why,
-            why = databases => why,
+            why = leases => format!("fenced off its partitions: {why}"),
+            why = databases => format!("fenced off its partitions: {why}"),
+            why = failed => why,
         }
     }
 }

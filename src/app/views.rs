@@ -58,12 +58,18 @@ pub(super) fn start(
     }
     let mut caught_up = None;
     if base.shared() {
+        arbiter.spawn(views::snapshot::keep_writing(
+            config.clone(),
+            parts.shutdown.clone(),
+        ));
         let (t, s) = (base.transport.clone(), parts.shutdown.clone());
         let flag = Arc::new(AtomicBool::new(false));
         caught_up = Some(flag.clone());
+        let fatal = parts.fatal.clone();
         arbiter.spawn(async move {
             if let Err(e) = views::consume_log(models, t, s, flag).await {
-                tracing::error!(error = %e, "event log reader stopped");
+                tracing::error!(error = %format!("{e:#}"), "event log reader stopped");
+                fatal.send_replace(Some(format!("the event log reader stopped: {e:#}")));
             }
         });
     }

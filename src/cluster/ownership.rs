@@ -167,7 +167,34 @@ enum Record {
     /// Marks how far a reader has to read to see everything before it.
     #[serde(rename_all = "camelCase")]
     Hello { by: String },
+    /// What the registry said up to and including position `through`,
+    /// restated now and then: the stream keeps a bounded tail (its retention
+    /// deletes old segments), and a reader whose first record is not the
+    /// stream's first starts from a summary it can complete.
+    #[serde(rename_all = "camelCase")]
+    Summary {
+        through: i64,
+        partition_count: u16,
+        registry: i64,
+        owners: Vec<Owner>,
+        by: String,
+    },
 }
+
+/// One binding of a summary: (role, partition) → home.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Owner {
+    role: String,
+    partition: u16,
+    home: String,
+    by: String,
+}
+
+/// After how many records since the latest summary a claiming process
+/// writes another. The registry's retention (`Retention::REGISTRY`, 8 MiB)
+/// holds tens of thousands of records: always many summaries.
+const SUMMARY_EVERY: usize = 200;
 
 /// What the registry says, read up to a point.
 #[derive(Default)]
@@ -178,14 +205,73 @@ struct Registry {
     owners: HashMap<(String, u16), (String, String)>,
     /// The latest takeover of each (role, partition): its epoch and taker.
     epochs: HashMap<(String, u16), (i64, String)>,
+    /// The stream's retention dropped its beginning and no summary read
+    /// completes what was dropped: the first position read. Nothing above
+    /// is to be trusted then.
+    gap: Option<i64>,
+    /// Records read after the latest summary (or from the beginning).
+    since_summary: usize,
+    /// The position of the last record read.
+    last: Option<i64>,
 }
 
 impl Registry {
+    /// Folds the records read from the stream's first retained one. From
+    /// position 0 every record is folded (summaries restate nothing new).
+    /// From a later one (retention dropped the beginning), the fold starts
+    /// at the first summary whose `through` is at or after the position
+    /// before the first one read — it says everything up to there — and
+    /// folds the records after `through`.
     fn fold(entries: &[RegistryEntry]) -> Registry {
         let mut r = Registry::default();
-        for entry in entries {
-            match serde_json::from_slice::<Record>(&entry.body) {
-                Ok(Record::Namespace {
+        let records: Vec<(i64, Option<Record>)> = entries
+            .iter()
+            .map(|e| {
+                let record = serde_json::from_slice::<Record>(&e.body)
+                    .map_err(|e| tracing::warn!(error = %e, "unreadable registry record; skipped"))
+                    .ok();
+                (e.offset, record)
+            })
+            .collect();
+        r.last = records.last().map(|(o, _)| *o);
+        r.since_summary = records
+            .iter()
+            .rev()
+            .take_while(|(_, rec)| !matches!(rec, Some(Record::Summary { .. })))
+            .count();
+        let head = records.first().map_or(0, |(o, _)| *o);
+        let mut after = -1;
+        if head > 0 {
+            let usable = records.iter().find_map(|(_, rec)| match rec {
+                Some(Record::Summary {
+                    through,
+                    partition_count,
+                    registry,
+                    owners,
+                    ..
+                }) if *through + 1 >= head => Some((*through, *partition_count, *registry, owners)),
+                _ => None,
+            });
+            let Some((through, count, registry, owners)) = usable else {
+                r.gap = Some(head);
+                return r;
+            };
+            r.partition_count = Some(count);
+            r.incarnation = Some(registry);
+            for o in owners {
+                r.owners.insert(
+                    (o.role.clone(), o.partition),
+                    (o.home.clone(), o.by.clone()),
+                );
+            }
+            after = through;
+        }
+        for (offset, record) in records {
+            if offset <= after {
+                continue;
+            }
+            match record {
+                Some(Record::Namespace {
                     partition_count,
                     registry,
                     ..
@@ -193,24 +279,45 @@ impl Registry {
                     r.partition_count.get_or_insert(partition_count);
                     r.incarnation.get_or_insert(registry);
                 }
-                Ok(Record::Claim {
+                Some(Record::Claim {
                     role,
                     partition,
                     home,
                     by,
                 }) => r.claim_all(&[Named { role, partition }], &home, &by),
-                Ok(Record::Claims { claims, home, by }) => r.claim_all(&claims, &home, &by),
-                Ok(Record::Takeover { claims, by, .. }) => {
+                Some(Record::Claims { claims, home, by }) => r.claim_all(&claims, &home, &by),
+                Some(Record::Takeover { claims, by, .. }) => {
                     for c in claims {
-                        r.epochs
-                            .insert((c.role, c.partition), (entry.offset, by.clone()));
+                        r.epochs.insert((c.role, c.partition), (offset, by.clone()));
                     }
                 }
-                Ok(Record::Hello { .. }) => {}
-                Err(e) => tracing::warn!(error = %e, "unreadable registry record; skipped"),
+                Some(Record::Hello { .. } | Record::Summary { .. }) | None => {}
             }
         }
         r
+    }
+
+    /// This registry as a summary record, if it is complete.
+    fn summary(&self) -> Option<Record> {
+        let mut owners: Vec<Owner> = self
+            .owners
+            .iter()
+            .map(|((role, partition), (home, by))| Owner {
+                role: role.clone(),
+                partition: *partition,
+                home: home.clone(),
+                by: by.clone(),
+            })
+            .collect();
+        owners.sort_by(|a, b| (&a.role, a.partition).cmp(&(&b.role, b.partition)));
+        Some(Record::Summary {
+            through: self.last?,
+            partition_count: self.partition_count?,
+            registry: self.incarnation?,
+            owners,
+            by: who(),
+        })
+        .filter(|_| self.gap.is_none())
     }
 
     /// Binds every one of `claims` to `home`, unless one of them is bound
@@ -232,7 +339,8 @@ impl Registry {
     }
 }
 
-fn who() -> String {
+/// Who this process is, in records and manifests: its pid and host.
+pub fn who() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this host".into());
     format!("pid {} on {host}", std::process::id())
 }
@@ -275,7 +383,10 @@ pub async fn claim_on_broker(
     let deadline = tokio::time::Instant::now() + REGISTRY_PATIENCE;
     loop {
         match settle_registry(amqp, topology, count, home, claims).await {
-            Ok(()) => break,
+            Ok(registry) => {
+                summarise(amqp, &registry).await;
+                break;
+            }
             Err(Settle::Refused(e)) => return Err(e),
             Err(Settle::Broker(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %format!("{e:#}"), "the registry is not reachable yet; retrying");
@@ -344,13 +455,19 @@ async fn settle_registry(
     count: PartitionCount,
     home: &str,
     claims: &[Claim],
-) -> Result<(), Settle> {
+) -> Result<Registry, Settle> {
     let namespace = topology.namespace.clone();
     // At most three rounds: record what is missing, then read again to
     // learn whose record came first.
-    let mut settled = false;
     for _ in 0..3 {
         let registry = read_all(amqp).await.map_err(Settle::Broker)?;
+        if let Some(head) = registry.gap {
+            return Err(Settle::Refused(anyhow::anyhow!(
+                "the registry stream of `{namespace}` starts at position {head} (its retention \
+                 dropped the records before) and holds no summary of them: who owns what cannot \
+                 be told. Was its retention lowered below a few thousand records?"
+            )));
+        }
         match registry.partition_count {
             None => {
                 append(
@@ -394,8 +511,7 @@ async fn settle_registry(
             }
         }
         if missing.is_empty() {
-            settled = true;
-            break;
+            return Ok(registry);
         }
         // One record for the whole set: if another folder claimed one of
         // them first, the set binds nothing and the next round says whose.
@@ -410,12 +526,24 @@ async fn settle_registry(
         .await
         .map_err(Settle::Broker)?;
     }
-    if !settled {
-        return Err(Settle::Broker(anyhow::anyhow!(
-            "the registry stream of `{namespace}` did not settle"
-        )));
+    Err(Settle::Broker(anyhow::anyhow!(
+        "the registry stream of `{namespace}` did not settle"
+    )))
+}
+
+/// Restates the registry in a summary record once enough records followed
+/// the latest one, so its bounded tail always holds a summary a reader can
+/// start from. Best effort: another process's start writes one too.
+async fn summarise(amqp: &dyn Leases, registry: &Registry) {
+    if registry.since_summary < SUMMARY_EVERY {
+        return;
     }
-    Ok(())
+    let Some(summary) = registry.summary() else {
+        return;
+    };
+    if let Err(e) = append(amqp, &summary).await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot write a summary of the registry");
+    }
 }
 
 /// Takes the leases of `claims`, waiting as a standby while another
@@ -555,5 +683,94 @@ mod tests {
         assert_eq!(r.partition_count, Some(8));
         assert_eq!(r.incarnation, Some(7));
         assert_eq!(r.owners[&("pay".to_owned(), 3)].0, "h1");
+    }
+
+    fn at(offsets_and_records: Vec<(i64, Record)>) -> Vec<RegistryEntry> {
+        offsets_and_records
+            .into_iter()
+            .map(|(offset, r)| RegistryEntry {
+                offset,
+                body: serde_json::to_vec(&r).expect("json"),
+            })
+            .collect()
+    }
+
+    fn claims(home: &str, roles: &[(&str, u16)]) -> Record {
+        Record::Claims {
+            claims: roles.iter().map(|(r, p)| named(r, *p)).collect(),
+            home: home.into(),
+            by: home.into(),
+        }
+    }
+
+    #[test]
+    fn a_summary_restates_what_retention_dropped() {
+        let full = vec![
+            (
+                0,
+                Record::Namespace {
+                    partition_count: 8,
+                    by: "a".into(),
+                    registry: 7,
+                },
+            ),
+            (1, claims("h1", &[("pay", 0), ("pay", 1)])),
+            (2, Record::Hello { by: "a".into() }),
+            // Written concurrently with the summary below (which folded
+            // only through 2): it must count for a reader of the tail.
+            (3, claims("h2", &[("pay", 2)])),
+            // Refused at the time (pay 1 is h1's): binds nothing.
+            (4, claims("h3", &[("pay", 1), ("pay", 5)])),
+        ];
+        let whole = Registry::fold(&at(full.into_iter().collect()));
+        let summary = {
+            let upto2 = Registry::fold(&at(vec![
+                (
+                    0,
+                    Record::Namespace {
+                        partition_count: 8,
+                        by: "a".into(),
+                        registry: 7,
+                    },
+                ),
+                (1, claims("h1", &[("pay", 0), ("pay", 1)])),
+                (2, Record::Hello { by: "a".into() }),
+            ]));
+            upto2.summary().expect("complete")
+        };
+        // Retention dropped 0..=2: the tail is 3, 4, the summary, 6.
+        let tail = Registry::fold(&at(vec![
+            (3, claims("h2", &[("pay", 2)])),
+            (4, claims("h3", &[("pay", 1), ("pay", 5)])),
+            (5, summary),
+            (6, claims("h4", &[("pay", 2), ("pay", 6)])),
+        ]));
+        assert_eq!(tail.gap, None);
+        assert_eq!(tail.partition_count, Some(8));
+        assert_eq!(tail.incarnation, Some(7));
+        for p in [0, 1, 2] {
+            let key = ("pay".to_owned(), p);
+            assert_eq!(tail.owners[&key].0, whole.owners[&key].0, "pay {p}");
+        }
+        assert_eq!(tail.owners[&("pay".to_owned(), 1)].0, "h1");
+        assert_eq!(tail.owners[&("pay".to_owned(), 2)].0, "h2");
+        assert!(!tail.owners.contains_key(&("pay".to_owned(), 5)));
+        assert!(!tail.owners.contains_key(&("pay".to_owned(), 6)));
+        assert_eq!(tail.since_summary, 1);
+    }
+
+    #[test]
+    fn a_tail_without_a_summary_that_reaches_it_is_a_gap() {
+        let summary = Record::Summary {
+            through: 2,
+            partition_count: 8,
+            registry: 7,
+            owners: vec![],
+            by: "a".into(),
+        };
+        // The summary says everything through 2, but 3 is gone too.
+        let r = Registry::fold(&at(vec![(4, claims("h3", &[("pay", 1)])), (5, summary)]));
+        assert_eq!(r.gap, Some(4));
+        assert!(r.summary().is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! database's writer thread and commits it before answering; nothing async
 //! ever blocks on SQLite.
 
+pub mod copy;
 pub mod fence;
 pub mod inbox;
 pub mod outbox;

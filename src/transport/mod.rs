@@ -536,6 +536,10 @@ pub trait EventLog: Send + Sync {
     /// Puts a copy of an entry (or of one event of it) in the dead-letter
     /// queue with its reason; `Ok` once confirmed.
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), TransportError>>;
+
+    /// The offset of the log's first retained entry (retention deletes the
+    /// oldest segments); `None` if the log holds nothing.
+    fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>>;
 }
 
 #[cfg(test)]

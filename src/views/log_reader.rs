@@ -21,7 +21,7 @@ use crate::metrics::{METRICS, inc};
 use crate::shutdown::Shutdown;
 use crate::storage::Db;
 use crate::transport::event_log::{self, Logged};
-use crate::transport::{DeadLetter, EventLog, Received, Transport, TransportError};
+use crate::transport::{DeadLetter, EventLog, Received, Transport};
 
 /// Reads the event log into `models` until shutdown.
 ///
@@ -33,11 +33,9 @@ pub async fn consume_log(
     transport: Arc<dyn Transport>,
     shutdown: Shutdown,
     caught_up: Arc<AtomicBool>,
-) -> Result<(), TransportError> {
+) -> anyhow::Result<()> {
     let Some(log) = transport.event_log() else {
-        return Err(TransportError::Unavailable(
-            "this transport keeps no event log".into(),
-        ));
+        anyhow::bail!("this transport keeps no event log");
     };
     let marker = format!(
         "catch-up.{}.{:016x}",
@@ -64,8 +62,7 @@ pub async fn consume_log(
         caught_up,
         shutdown,
     };
-    reader.run().await;
-    Ok(())
+    reader.run().await
 }
 
 /// Appends this reader's catch-up marker, until the broker confirms it
@@ -107,6 +104,14 @@ struct Reader<'a> {
     shutdown: Shutdown,
 }
 
+/// What the reader waits for next.
+enum Next {
+    Batch(Vec<Received>),
+    /// Nothing came for a while.
+    Idle,
+    Shutdown,
+}
+
 /// What one batch of the log came to.
 struct Sorted {
     /// The events each model projects, in the models' order.
@@ -120,29 +125,51 @@ struct Sorted {
 }
 
 impl Reader<'_> {
-    /// Until shutdown (or the log's end).
-    async fn run(&mut self) {
+    /// Until shutdown (or the log's end); an error when the log no longer
+    /// holds the entries the read models need next (retention deleted them
+    /// while this process was behind: a restart restores a snapshot).
+    async fn run(&mut self) -> anyhow::Result<()> {
         let mut deliveries = self.log.read(self.next.clone());
         loop {
-            let Some(batch) = self.next_batch(&mut deliveries).await else {
-                return;
+            let batch = match self.next_batch(&mut deliveries).await {
+                Next::Batch(batch) => batch,
+                Next::Idle => {
+                    self.catch_up_positions().await;
+                    continue;
+                }
+                Next::Shutdown => return Ok(()),
             };
-            let Some(sorted) = self.sort(batch).await else {
-                return;
+            let Some(sorted) = self.sort(batch).await? else {
+                return Ok(());
             };
             self.commit(sorted).await;
         }
     }
 
+    /// The log is quiet: every read model records that it has read up to
+    /// here, so its position (which snapshots and restarts go by) does not
+    /// lag behind the log for want of events of its own.
+    async fn catch_up_positions(&mut self) {
+        let next = self.next.load(Ordering::SeqCst);
+        for m in &mut self.models {
+            if m.from < next {
+                commit_batch(m.kind, &m.db, Vec::new(), next).await;
+                m.from = next;
+                m.saved_at = Instant::now();
+            }
+        }
+    }
+
     /// The deliveries at hand (at least one, waiting for it), up to
-    /// [`LOG_BATCH`]; `None` at shutdown.
-    async fn next_batch(
-        &mut self,
-        deliveries: &mut BoxStream<'static, Received>,
-    ) -> Option<Vec<Received>> {
+    /// [`LOG_BATCH`]; `Idle` when none came for [`POSITION_EVERY`].
+    async fn next_batch(&mut self, deliveries: &mut BoxStream<'static, Received>) -> Next {
         let first = tokio::select! {
-            _ = self.shutdown.recv() => return None,
-            d = deliveries.next() => d?,
+            _ = self.shutdown.recv() => return Next::Shutdown,
+            () = tokio::time::sleep(POSITION_EVERY) => return Next::Idle,
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Next::Shutdown,
+            },
         };
         let mut batch = vec![first];
         while batch.len() < LOG_BATCH {
@@ -151,12 +178,14 @@ impl Reader<'_> {
                 _ => break,
             }
         }
-        Some(batch)
+        Next::Batch(batch)
     }
 
     /// Sorts a batch's events to the models that project them; `None` if
-    /// shut down while dead-lettering one.
-    async fn sort(&mut self, batch: Vec<Received>) -> Option<Sorted> {
+    /// shut down while dead-lettering one. An entry past the expected one
+    /// whose predecessors the log no longer holds is a gap (retention
+    /// deleted them before they were applied): an error.
+    async fn sort(&mut self, batch: Vec<Received>) -> anyhow::Result<Option<Sorted>> {
         let mut sorted = Sorted {
             per_model: self.models.iter().map(|_| Vec::new()).collect(),
             settled: Vec::new(),
@@ -164,11 +193,21 @@ impl Reader<'_> {
             marker_read: false,
         };
         let next = self.next.load(Ordering::SeqCst);
+        let mut expected = next;
         for d in batch {
             let Some(offset) = d.stream_offset else {
                 sorted.settled.push(d);
                 continue;
             };
+            if offset > expected && self.lost(expected).await {
+                inc(&METRICS.event_log_gaps_total);
+                anyhow::bail!(
+                    "the event log lost entries from {expected} on before this process's read \
+                     models applied them (its retention deleted them); restarting restores a \
+                     snapshot (HEARTY_SNAPSHOT_DIR)"
+                );
+            }
+            expected = expected.max(offset + 1);
             let is_marker = d.message_type.as_deref() == Some(event_log::MARKER_TYPE);
             // This reader's own marker counts wherever it is: a log behind
             // the read models' positions (recreated under them) must not
@@ -188,12 +227,32 @@ impl Reader<'_> {
                 sorted.last = Some(offset);
                 if !is_marker {
                     let entries = log_entries(&d).map_err(|reason| (as_logged(&d), reason));
-                    self.entry(entries, offset, &mut sorted.per_model).await?;
+                    if self
+                        .entry(entries, offset, &mut sorted.per_model)
+                        .await
+                        .is_none()
+                    {
+                        return Ok(None);
+                    }
                 }
             }
             sorted.settled.push(d);
         }
-        Some(sorted)
+        Ok(Some(sorted))
+    }
+
+    /// Whether the log no longer holds offset `expected`: the broker skips
+    /// offsets of its own bookkeeping, so a skipped offset is a loss only
+    /// when the log's first retained entry lies past it.
+    async fn lost(&self, expected: i64) -> bool {
+        match self.log.head().await {
+            Ok(Some(head)) => head > expected,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read where the event log starts");
+                false
+            }
+        }
     }
 
     /// Sorts the events of one entry of the log; one that does not decode

@@ -18,6 +18,7 @@ pub mod catalog;
 mod log_reader;
 pub mod my_orders;
 pub mod reviews;
+pub mod snapshot;
 
 pub use log_reader::consume_log;
 

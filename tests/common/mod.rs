@@ -9,7 +9,7 @@ use std::sync::{LazyLock, mpsc};
 use std::time::{Duration, Instant};
 
 use hearty::partition::PartitionCount;
-use hearty::transport::amqp::{AmqpSettings, AmqpTransport, Scope};
+use hearty::transport::amqp::{AmqpSettings, AmqpTransport, Retention, Scope};
 use hearty::transport::nodes::BrokerNodes;
 use hearty::transport::{Outgoing, QueueName, Topology, Transport};
 use serde_json::{Value, json};
@@ -226,6 +226,17 @@ impl Cluster {
 
     /// A cluster of processes on the broker at `url` (one node or several).
     pub fn on(url: &str) -> Option<Self> {
+        Self::on_with(url, Retention::LOG_DEFAULT)
+    }
+
+    /// A cluster whose event log is declared with `log_retention` (the
+    /// processes of a test that bounds it must be started with the same
+    /// `HEARTY_LOG_*` settings).
+    pub fn with_log_retention(log_retention: Retention) -> Option<Self> {
+        Self::on_with(&amqp_url(), log_retention)
+    }
+
+    fn on_with(url: &str, log_retention: Retention) -> Option<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -241,6 +252,7 @@ impl Cluster {
             connect_wait: Duration::from_millis(500),
             partitions: PartitionCount::default(),
             scope: Scope::everything(),
+            log_retention,
         }));
         match probe {
             Ok(t) => rt.block_on(t.close()),
@@ -282,6 +294,29 @@ impl Cluster {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// The offset of the event log's first retained entry (`None`: empty).
+    pub fn log_head(&self) -> Option<i64> {
+        self.rt.block_on(async {
+            let t = AmqpTransport::connect(&AmqpSettings {
+                nodes: BrokerNodes::parse(&self.url).expect("HEARTY_TEST_AMQP_URL"),
+                namespace: self.namespace.clone(),
+                prefetch: 1,
+                connection_name: "test log head".into(),
+                quorum_queues: false,
+                adopt_queue_type: true,
+                connect_wait: Duration::from_millis(500),
+                partitions: PartitionCount::default(),
+                scope: Scope::default(),
+                log_retention: Retention::LOG_DEFAULT,
+            })
+            .await
+            .expect("connect");
+            let head = t.read_log_head().await.expect("log head");
+            t.close().await;
+            head
+        })
     }
 
     /// Ready messages in each of the namespace's queues (passive declare).
@@ -591,6 +626,7 @@ impl Cluster {
                 connect_wait: Duration::from_millis(500),
                 partitions: PartitionCount::default(),
                 scope: Scope::everything(),
+                log_retention: Retention::LOG_DEFAULT,
             })
             .await
             .expect("connect");

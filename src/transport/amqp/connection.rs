@@ -101,6 +101,7 @@ async fn open(
         topology,
         settings.quorum_queues,
         &settings.scope,
+        &settings.log_retention,
     )
     .await
     {
@@ -128,6 +129,7 @@ async fn open(
             topology,
             !settings.quorum_queues,
             &settings.scope,
+            &settings.log_retention,
         )
         .await
         .map_err(unavailable)?;

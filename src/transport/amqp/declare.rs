@@ -45,10 +45,11 @@ pub(super) async fn declare(
     t: &Topology,
     quorum: bool,
     scope: &Scope,
+    log_retention: &Retention,
 ) -> lapin::Result<()> {
     if scope.shared {
         declare_exchanges(ch, t).await?;
-        declare_streams(ch, t).await?;
+        declare_streams(connection, ch, t, log_retention).await?;
     } else {
         check_exists(ch, t).await?;
     }
@@ -172,27 +173,73 @@ async fn declare_partitioned_queues(
     Ok(())
 }
 
-/// The registry, and the event log: every domain event, kept, so each
-/// read-model replica reads it from its own offset and a new one catches up
-/// by itself. Each is appended to through its fanout exchange (the event log
-/// in batches, `event_log`); the binding to the events exchange that
-/// versions before batches made is removed, or every event would be in the
-/// log twice (harmless to the versioned read models, but twice the
-/// broker's work).
-async fn declare_streams(ch: &Channel, t: &Topology) -> lapin::Result<()> {
-    let mut stream = FieldTable::default();
-    stream.insert("x-queue-type".into(), string_arg("stream"));
+/// How much of a stream the broker keeps: RabbitMQ deletes a stream's
+/// oldest segments once it is larger than `max_bytes` or they are older
+/// than `max_age` (a segment at a time, never the one being written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<std::time::Duration>,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+impl Retention {
+    /// The event log's defaults (`HEARTY_LOG_*`): a week, at most 2 GiB in
+    /// segments of 64 MiB.
+    pub const LOG_DEFAULT: Retention = Retention {
+        max_age: Some(std::time::Duration::from_secs(7 * 86_400)),
+        max_bytes: 2 << 30,
+        segment_bytes: 64 << 20,
+    };
+
+    /// The registry's: a few thousand records, which its periodic summary
+    /// record (`cluster::ownership`) makes enough however long it lives.
+    pub const REGISTRY: Retention = Retention {
+        max_age: None,
+        max_bytes: 8 << 20,
+        segment_bytes: 1 << 20,
+    };
+
+    fn arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string_arg("stream"));
+        if let Some(age) = self.max_age {
+            args.insert(
+                "x-max-age".into(),
+                string_arg(&format!("{}s", age.as_secs().max(1))),
+            );
+        }
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(i64::try_from(self.max_bytes).unwrap_or(i64::MAX)),
+        );
+        args.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(i64::try_from(self.segment_bytes).unwrap_or(i64::MAX)),
+        );
+        args
+    }
+}
+
+/// The registry, and the event log: every domain event, kept for a bounded
+/// time and size, so each read-model replica reads it from its own offset
+/// and a new one catches up from a snapshot by itself. Each is appended to
+/// through its fanout exchange (the event log in batches, `event_log`); the
+/// binding to the events exchange that versions before batches made is
+/// removed, or every event would be in the log twice (harmless to the
+/// versioned read models, but twice the broker's work).
+async fn declare_streams(
+    connection: &Connection,
+    ch: &Channel,
+    t: &Topology,
+    log_retention: &Retention,
+) -> lapin::Result<()> {
     let log = t.queue(QueueName::EventLog);
-    for (name, exchange) in [
-        (t.registry(), t.registry_exchange()),
-        (log.clone(), t.log_exchange()),
+    for (name, exchange, retention) in [
+        (t.registry(), t.registry_exchange(), &Retention::REGISTRY),
+        (log.clone(), t.log_exchange(), log_retention),
     ] {
-        ch.queue_declare(
-            name.clone().into(),
-            QueueDeclareOptions::durable(),
-            stream.clone(),
-        )
-        .await?;
+        declare_stream(connection, &name, retention).await?;
         ch.queue_bind(
             name.into(),
             exchange.into(),
@@ -209,6 +256,57 @@ async fn declare_streams(ch: &Channel, t: &Topology) -> lapin::Result<()> {
         FieldTable::default(),
     )
     .await
+}
+
+/// Declares one stream with its retention. A stream declared before with
+/// other arguments (an earlier version's, without retention, or other
+/// settings) is kept as it is — a queue's arguments cannot change in place
+/// — and the process says how to bound it: a policy, which does apply to an
+/// existing stream.
+async fn declare_stream(
+    connection: &Connection,
+    name: &str,
+    retention: &Retention,
+) -> lapin::Result<()> {
+    // A refused declaration closes its channel: a channel of its own.
+    let probe = connection.create_channel().await?;
+    match probe
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            retention.arguments(),
+        )
+        .await
+    {
+        Ok(_) => {
+            let _ = probe.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(e) if super::is_inequivalent(&e) => {
+            tracing::warn!(
+                stream = name,
+                max_bytes = retention.max_bytes,
+                "the stream exists with other retention arguments (declared by an earlier \
+                 version or with other HEARTY_LOG_* settings); it keeps them. To bound it now: \
+                 rabbitmqctl set_policy --apply-to queues <name> '^<stream>$' \
+                 '{{\"max-length-bytes\":<bytes>,\"max-age\":\"7D\"}}'"
+            );
+            let check = connection.create_channel().await?;
+            check
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = check.close(200, "checked".into()).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The dead-letter queue. An existing one is kept as it is (versions before

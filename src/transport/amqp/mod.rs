@@ -43,7 +43,7 @@ use super::{
     Topology, Transport, TransportError, nodes::BrokerNodes,
 };
 use crate::partition::PartitionCount;
-pub use declare::Scope;
+pub use declare::{Retention, Scope};
 
 /// How long a publish may wait for its confirm before it counts as failed
 /// (the outbox keeps the row and tries again).
@@ -73,6 +73,9 @@ pub struct AmqpSettings {
     pub partitions: PartitionCount,
     /// What this process declares (see `declare`).
     pub scope: Scope,
+    /// How much of the event log the broker keeps (applied by the process
+    /// that declares it: the orchestrator).
+    pub log_retention: Retention,
 }
 
 /// A RabbitMQ connection with the namespace's topology declared, which
@@ -350,5 +353,9 @@ impl EventLog for AmqpTransport {
 
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), TransportError>> {
         self.publish_dead_letter(letter).boxed()
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>> {
+        self.read_log_head().boxed()
     }
 }

@@ -17,6 +17,10 @@ use crate::transport::{
     Outgoing, QueueName, Received, RegistryEntry, Route, TransportError, event_log,
 };
 
+/// How long reading the log's first entry waits before it calls the log
+/// empty.
+const LOG_HEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl AmqpTransport {
     /// Appends a catch-up marker named `id` to the event log (see
     /// `event_log::MARKER_TYPE`) and waits for the broker's confirm.
@@ -56,6 +60,48 @@ impl AmqpTransport {
                 .subscribe_forever(QueueName::EventLog, tx, Some(next)),
         );
         tokio_stream_from(rx)
+    }
+
+    /// The offset of the event log's first retained entry: the first
+    /// delivery from the `first` offset; `None` if none comes (an empty log).
+    pub async fn read_log_head(&self) -> Result<Option<i64>, TransportError> {
+        let live = self
+            .live()
+            .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        ch.basic_qos(1, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), string_arg("first"));
+        let mut consumer = ch
+            .basic_consume(
+                self.inner.topology.queue(QueueName::EventLog).into(),
+                format!("log-head.{}", std::process::id()).into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        let first = tokio::time::timeout(LOG_HEAD_WAIT, consumer.next()).await;
+        let _ = ch.close(200, "log head read".into()).await;
+        match first {
+            Err(_) | Ok(None) => Ok(None),
+            Ok(Some(d)) => {
+                let d = d.map_err(unavailable)?;
+                int_header(&d.properties, "x-stream-offset")
+                    .map(Some)
+                    .ok_or_else(|| {
+                        TransportError::Unavailable(
+                            "an entry of the event log came without its stream offset".into(),
+                        )
+                    })
+            }
+        }
     }
 
     /// Publishes `record` to the registry stream and waits for its confirm.
