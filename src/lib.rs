@@ -52,7 +52,7 @@ pub mod domain;
 pub(crate) mod events;
 pub(crate) mod failpoint;
 pub mod messages;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod net;
 pub(crate) mod orchestrator;
 pub mod partition;

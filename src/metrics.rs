@@ -129,6 +129,7 @@ metrics! {
     http_requests_refused_total: "HTTP requests refused before a handler: unauthenticated, forbidden or over a rate limit.",
     http_connections_refused_total: "TCP connections shut at once: over the total or per-address cap.",
     actor_restarts_total: "Actors restarted by their supervisor after a panic or fatal error.",
+    owner_unavailable_total: "Requests answered 503 owner_unavailable: the owner of a partition could not be asked or could not answer.",
 }
 
 /// The process's metrics.

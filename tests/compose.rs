@@ -309,11 +309,27 @@ fn the_compose_file_declares_the_scale_out_shape() {
         services.iter().all(|d| !d.published),
         "API replicas are reached through the gateway"
     );
-    // Shared nothing: no two services on one volume, every one has its own.
+    // Shared nothing: no two services on one data volume, every one has
+    // its own; only the read-model processes share one more, the
+    // snapshots of their read models (HEARTY_SNAPSHOT_DIR).
     let mut owners: HashMap<&str, &str> = HashMap::new();
     for d in &services {
         assert!(!d.volumes.is_empty(), "{} has its own volume", d.name);
         for v in &d.volumes {
+            if v == "view-snapshots" {
+                assert!(
+                    roles(d).iter().any(|r| r == "api" || r == "views"),
+                    "{} is no read-model process",
+                    d.name
+                );
+                assert_eq!(
+                    d.env.get("HEARTY_SNAPSHOT_DIR").map(String::as_str),
+                    Some("/snapshots"),
+                    "{}",
+                    d.name
+                );
+                continue;
+            }
             if let Some(other) = owners.insert(v, &d.name) {
                 panic!("{} and {} share the volume {v}", d.name, other);
             }
@@ -347,7 +363,12 @@ fn the_compose_services_run_the_seed_flow() {
         let values: Vec<(String, String)> = d
             .env
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "HEARTY_NAMESPACE" | "HEARTY_DATA_DIR"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "HEARTY_NAMESPACE" | "HEARTY_DATA_DIR" | "HEARTY_SNAPSHOT_DIR"
+                )
+            })
             .map(|(k, v)| {
                 let v = interpolate(v, &vars);
                 let v = if k == "HEARTY_AMQP_URL" {
@@ -363,6 +384,12 @@ fn the_compose_services_run_the_seed_flow() {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         env.push(("HEARTY_DATA_DIR", &folder));
+        // The shared snapshot volume: one folder for every service using it.
+        let snapshots = c.dir.path().join("volumes").join("view-snapshots");
+        let snapshots = snapshots.to_string_lossy().into_owned();
+        if d.env.contains_key("HEARTY_SNAPSHOT_DIR") {
+            env.push(("HEARTY_SNAPSHOT_DIR", &snapshots));
+        }
         // Every container's probes listen on the same port: here, one each.
         let ops = format!("127.0.0.1:{}", common::deploy::free_port());
         if d.env.contains_key("HEARTY_OPS_ADDR") {

@@ -114,6 +114,7 @@ impl From<AskError> for ApiError {
                 ..
             } => ApiError::unavailable(why, 1),
             e => {
+                crate::metrics::inc(&crate::metrics::METRICS.owner_unavailable_total);
                 tracing::warn!(error = %e, "an owner could not answer a request");
                 ApiError {
                     error: "owner_unavailable".into(),
