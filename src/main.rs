@@ -55,6 +55,29 @@ enum Command {
     },
     /// Create (or update) one RabbitMQ user per role, with its permissions.
     BrokerUsers(hearty::cli::BrokerUsers),
+    /// Copy a folder's databases (consistently, while its owner serves)
+    /// into a new folder, with its home and its partitions' epochs.
+    Backup {
+        /// The folder to copy (the owner's HEARTY_DATA_DIR).
+        #[arg(long, env = "HEARTY_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+        /// A new (or empty) folder for the backup.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Make a new data folder of a backup; start the owner on it.
+    Restore {
+        /// The backup's folder.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The new (or empty) data folder.
+        #[arg(long, env = "HEARTY_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// New ids start this far above the backup's largest (the owner may
+        /// have given out ids after the backup).
+        #[arg(long, default_value_t = hearty::cli::backup::DEFAULT_ID_GAP)]
+        id_gap: i64,
+    },
     /// Manage the read models.
     Views {
         #[command(subcommand)]
@@ -125,6 +148,24 @@ fn main() -> std::process::ExitCode {
         } => hearty::cli::staff_token(auth_key.as_ref(), &data_dir, role, &subject, ttl)
             .map(|token| println!("{token}")),
         Command::BrokerUsers(args) => hearty::cli::broker_users(&args).map(|text| print!("{text}")),
+        Command::Backup { data_dir, to } => hearty::cli::backup::backup(&data_dir, &to).map(|m| {
+            for f in &m.files {
+                println!("{}: {} bytes, epochs {:?}", f.name, f.bytes, f.epochs);
+            }
+            println!("backed up {} into {}", data_dir.display(), to.display());
+        }),
+        Command::Restore {
+            from,
+            data_dir,
+            id_gap,
+        } => hearty::cli::backup::restore(&from, &data_dir, id_gap).map(|m| {
+            println!(
+                "restored the backup of {} (home {}) into {}: start its owner on it",
+                m.taken_at,
+                m.home.as_deref().unwrap_or("-"),
+                data_dir.display()
+            );
+        }),
         Command::Views {
             command: ViewsCommand::Rebuild { data_dir },
         } => {

@@ -1,8 +1,10 @@
 //! The command line besides `serve`: `hearty sagas list|show` (saga
 //! inspection from a terminal, against a running server, through the API's
-//! own response types), `hearty token` (a staff member's token) and
-//! `hearty broker-users` (one RabbitMQ user per role).
+//! own response types), `hearty token` (a staff member's token),
+//! `hearty broker-users` (one RabbitMQ user per role) and `hearty backup` /
+//! `hearty restore` (a live owner's folder).
 
+pub mod backup;
 mod broker_users;
 mod token;
 

@@ -251,17 +251,32 @@ fn claim(path: &Path, claimant: Claimant<'_>) -> StorageResult<Owner> {
     }
 }
 
-/// The id of a new row of `table`: the next one after its largest id that
-/// falls in one of `owned`'s partitions (rows are never deleted, so ids are
-/// never reused). Two owners of disjoint partitions never pick the same id.
+/// The least id a table's next new row may take, beside its largest id:
+/// set by `hearty restore` above every id the folder may have given out
+/// after its backup.
+pub const ID_FLOOR_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS id_floor (
+    tbl   TEXT PRIMARY KEY,
+    floor INTEGER NOT NULL
+);";
+
+/// The id of a new row of `table`: the next one after its largest id (or
+/// its floor) that falls in one of `owned`'s partitions (rows are never
+/// deleted, so ids are never reused). Two owners of disjoint partitions
+/// never pick the same id.
 pub fn next_owned_id(
     tx: &Connection,
     table: &str,
     owned: &crate::partition::Owned,
 ) -> rusqlite::Result<i64> {
+    // A folder restored from a backup skips the ids its lost successor may
+    // have given out (`id_floor`, written by `hearty restore`).
     let last: i64 = tx.query_row(
-        &format!("SELECT coalesce(max(id), 0) FROM {table}"),
-        [],
+        &format!(
+            "SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
+                        coalesce((SELECT floor FROM id_floor WHERE tbl = ?1), 0))"
+        ),
+        [table],
         |r| r.get(0),
     )?;
     owned.next_id(last).ok_or_else(|| {
@@ -301,6 +316,7 @@ impl Db {
             tx.execute_batch(schema)?;
             tx.execute_batch(outbox::SCHEMA)?;
             tx.execute_batch(fence::SCHEMA)?;
+            tx.execute_batch(ID_FLOOR_SCHEMA)?;
             tx.commit()?;
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();

@@ -1,0 +1,192 @@
+//! `hearty backup` and `hearty restore`: a consistent copy of a live
+//! owner's folder, and a new folder made of one.
+//!
+//! **Backup** copies each database of the folder with SQLite's online
+//! backup (a committed state, while the owner serves) — the workers' first,
+//! then the orchestrator's, then the read models — with the folder's
+//! `home` (the identity the registry binds its partitions to) and a
+//! manifest naming each file with its partitions' epochs. Workers first:
+//! a worker's record exists only for a command its saga sent after it
+//! committed, so every worker record in the backup belongs to a saga in it
+//! (a saga the backup holds further along than its workers re-sends what
+//! they miss, under the same message ids).
+//!
+//! **Restore** makes a new folder of a backup (never over an existing
+//! one): the files, the `home`, and an id floor in every table that gives
+//! out ids, far above the largest in the backup — the owner may have given
+//! out ids after the backup, which must never name another order. The
+//! process started on the folder takes its partitions over with a new
+//! epoch (a backup's epochs are always older).
+//!
+//! What happened after the backup is not in it: those orders, customers
+//! and reviews are gone from the owner (DEPLOYMENT.md, *Backups*).
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::copy::{copy_live, sync_dir};
+
+/// The databases of a folder, in the order a backup copies them.
+const FILES: [&str; 8] = [
+    "pay.db",
+    "kitchen.db",
+    "delivery.db",
+    "coupon.db",
+    "orchestrator.db",
+    "views-my-orders.db",
+    "views-catalog.db",
+    "views-reviews.db",
+];
+
+/// The tables that give out ids (`storage::next_owned_id`).
+const ID_TABLES: [&str; 4] = ["sagas", "customers", "reviews", "food_catalog"];
+
+/// How far above the backup's largest id a restored folder starts: more
+/// than an owner gives out between two backups (a day at 1,000 orders a
+/// second is 86.4 million).
+pub const DEFAULT_ID_GAP: i64 = 1_000_000_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub taken_at: String,
+    pub home: Option<String>,
+    pub files: Vec<Copied>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Copied {
+    pub name: String,
+    pub bytes: u64,
+    /// The fencing epoch of each partition the database holds:
+    /// `(partition, "registry/position")`.
+    pub epochs: Vec<(i64, String)>,
+}
+
+/// Copies the folder `data_dir` (an owner may be serving from it) into the
+/// new folder `to`.
+pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Manifest> {
+    if to.exists() && std::fs::read_dir(to)?.next().is_some() {
+        bail!(
+            "{} is not empty: a backup goes to a new folder",
+            to.display()
+        );
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut files = Vec::new();
+    for name in FILES {
+        let src = data_dir.join(name);
+        if !src.exists() {
+            continue;
+        }
+        let dst = to.join(name);
+        copy_live(&src, &dst)?;
+        files.push(Copied {
+            name: name.to_owned(),
+            bytes: std::fs::metadata(&dst)?.len(),
+            epochs: epochs_in(&dst)?,
+        });
+    }
+    if files.is_empty() {
+        bail!("{} holds no Hearty database", data_dir.display());
+    }
+    let home = match std::fs::read_to_string(data_dir.join("home")) {
+        Ok(h) => {
+            std::fs::write(to.join("home"), h.trim())?;
+            Some(h.trim().to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).context("reading the folder's home"),
+    };
+    let manifest = Manifest {
+        taken_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        home,
+        files,
+    };
+    std::fs::write(
+        to.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    std::fs::File::open(to.join("manifest.json"))?.sync_all()?;
+    sync_dir(to);
+    Ok(manifest)
+}
+
+/// Makes the new folder `data_dir` of the backup `from`, with every id
+/// table's floor `gap` above its largest id.
+pub fn restore(from: &Path, data_dir: &Path, gap: i64) -> anyhow::Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(from.join("manifest.json"))
+            .with_context(|| format!("{} is no backup (no manifest.json)", from.display()))?,
+    )
+    .context("reading the backup's manifest")?;
+    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
+        bail!(
+            "{} is not empty: a restore makes a new folder (stop the owner, move its folder \
+             aside, restore, start the owner on the restored folder)",
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir)?;
+    for file in &manifest.files {
+        let dst = data_dir.join(&file.name);
+        copy_live(&from.join(&file.name), &dst)?;
+        raise_id_floors(&dst, gap)?;
+    }
+    if let Some(home) = &manifest.home {
+        let path = data_dir.join("home");
+        std::fs::write(&path, home)?;
+        std::fs::File::open(&path)?.sync_all()?;
+    }
+    sync_dir(data_dir);
+    Ok(manifest)
+}
+
+fn epochs_in(db: &Path) -> anyhow::Result<Vec<(i64, String)>> {
+    let c = rusqlite::Connection::open(db)?;
+    if !has_table(&c, "fence")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = c.prepare("SELECT partition, registry, epoch FROM fence ORDER BY partition")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            format!("{}/{}", r.get::<_, i64>(1)?, r.get::<_, i64>(2)?),
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn has_table(c: &rusqlite::Connection, table: &str) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )
+}
+
+fn raise_id_floors(db: &Path, gap: i64) -> anyhow::Result<()> {
+    let c = rusqlite::Connection::open(db)?;
+    c.execute_batch(crate::storage::ID_FLOOR_SCHEMA)?;
+    for table in ID_TABLES {
+        if !has_table(&c, table)? {
+            continue;
+        }
+        let largest: i64 = c.query_row(
+            &format!("SELECT coalesce(max(id), 0) FROM {table}"),
+            [],
+            |r| r.get(0),
+        )?;
+        c.execute(
+            "INSERT INTO id_floor (tbl, floor) VALUES (?1, ?2)
+             ON CONFLICT (tbl) DO UPDATE SET floor = max(floor, excluded.floor)",
+            rusqlite::params![table, largest.saturating_add(gap)],
+        )?;
+    }
+    Ok(())
+}
