@@ -598,6 +598,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_parse_with_their_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("5kB"), Ok(5_000));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("12parsecs").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
+    #[test]
     fn latency_forms() {
         let l: Latency = "400ms±220ms".parse().expect("valid");
         assert_eq!(l.base, Duration::from_millis(400));

@@ -49,7 +49,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod domain;
-pub(crate) mod events;
+pub mod events;
 pub(crate) mod failpoint;
 pub mod messages;
 pub mod metrics;

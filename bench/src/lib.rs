@@ -5,6 +5,7 @@
 //! memory per in-flight saga, and recovery time. See BENCHMARKS.md.
 
 pub mod ceiling;
+pub mod history;
 pub mod http;
 
 use std::io::{BufRead, BufReader};
@@ -113,6 +114,21 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only the bounded-log measurement: N orders of history in the event
+    /// log, bounded to --history-log-bytes, then a new API replica's time
+    /// to ready (JSON).
+    #[arg(long)]
+    pub history: Option<usize>,
+    /// The event log's bound in the --history measurement.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub history_log_bytes: u64,
+    /// Its segment size.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub history_segment_bytes: u64,
+    /// The local broker's data folder (the log's size on disk is read
+    /// there).
+    #[arg(long, default_value = "/var/lib/rabbitmq/mnesia")]
+    pub broker_data: PathBuf,
 }
 
 /// Percentiles of a latency sample, in milliseconds.
@@ -761,6 +777,32 @@ fn hearty_binary(named: Option<&Path>) -> anyhow::Result<PathBuf> {
         exe.display()
     );
     Ok(exe)
+}
+
+/// Runs the bounded-log measurement alone (`--history N`).
+pub async fn run_history(args: &BenchArgs, orders: usize) -> anyhow::Result<Value> {
+    let exe = hearty_binary(args.hearty.as_deref())?;
+    let namespace = format!("bench-hist-{:08x}", rand::random::<u32>());
+    let tmp = std::env::temp_dir().join(&namespace);
+    std::fs::create_dir_all(&tmp)?;
+    let bound = history::Bound {
+        max_bytes: args.history_log_bytes,
+        segment_bytes: args.history_segment_bytes,
+    };
+    let result = history::measure(
+        &exe,
+        &args.amqp_url,
+        &namespace,
+        &tmp,
+        orders,
+        &bound,
+        &args.broker_data,
+    )
+    .await;
+    let _ =
+        hearty::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 /// Runs the whole benchmark.

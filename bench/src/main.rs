@@ -10,8 +10,27 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_target(false)
+        // stdout is the report's (`--json`).
+        .with_writer(std::io::stderr)
         .init();
     let json = args.json;
+    if let Some(orders) = args.history {
+        let report = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(hearty_bench::run_history(&args, orders)));
+        return match report {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hearty-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
