@@ -428,7 +428,8 @@ fn the_manifests_keep_their_promises() {
     for needed in [
         "hearty_dead_letters_total",
         "hearty_owner_unavailable_total",
-        "hearty_event_log_gaps_total",
+        "hearty_view_snapshots_written_total",
+        "kube_pod_container_status_restarts_total",
         "rabbitmq_alarms_free_disk_space_watermark",
         "rabbitmq_alarms_memory_used_watermark",
         "kube_pod_status_ready",
@@ -488,7 +489,15 @@ fn one_rabbitmq_version_everywhere() {
         .expect("docker-compose.yml");
     let compose_image = compose
         .lines()
-        .find_map(|l| l.trim().strip_prefix("image: rabbitmq:"))
+        .find_map(|l| {
+            let image = l.trim().strip_prefix("image: ")?;
+            // `${RABBITMQ_IMAGE:-default}`: the default is the pin.
+            let image = image
+                .strip_prefix("${RABBITMQ_IMAGE:-")
+                .and_then(|i| i.strip_suffix('}'))
+                .unwrap_or(image);
+            image.strip_prefix("rabbitmq:")
+        })
         .expect("the compose file's RabbitMQ image")
         .to_owned();
     let docs = documents();

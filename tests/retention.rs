@@ -148,6 +148,29 @@ fn a_new_replica_starts_from_a_snapshot_once_retention_dropped_the_log_head() {
     c.wait("the restored replica to show the new order", || {
         completed(&my_orders(&c, &replica), id)
     });
+
+    // The log is lost (deleted, declared again by the restarted owners):
+    // the snapshots of the old log stand at larger positions than anything
+    // the new one holds. A new replica passes them over and reads the new
+    // log from its beginning (it does not skip the new log's first entries
+    // as "already applied").
     drop(owners);
+    assert!(
+        common::management::delete_queue(&format!("{}.events.log", c.namespace)),
+        "the log deleted"
+    );
+    let _owners = c.start("orchestrator,pay,kitchen,delivery,coupon", &env(&log_env()));
+    let (s, v, _) = c.order(&replica, 1);
+    assert_eq!(s, 201, "{v}");
+    let after_loss = v["id"].as_i64().expect("id");
+    c.wait_state(&replica, after_loss, "Completed");
+    let newest = c.dir.path().join("after-log-loss");
+    let mut newest_env = with_snapshots.clone();
+    newest_env.push(("HEARTY_DATA_DIR", newest.to_string_lossy().into_owned()));
+    let late = c.start("api", &env(&newest_env));
+    ready(&c, &late);
+    c.wait("the new replica to show the order of the new log", || {
+        completed(&my_orders(&c, &late), after_loss)
+    });
     std::thread::sleep(Duration::from_millis(10));
 }

@@ -58,6 +58,15 @@ impl Foundation {
                  HEARTY_PARTITIONS must be `all`"
             );
         }
+        if config.log_max_bytes < config.log_segment_bytes.saturating_mul(2) {
+            anyhow::bail!(
+                "HEARTY_LOG_MAX_BYTES ({}) must be at least twice HEARTY_LOG_SEGMENT_BYTES ({}): \
+                 retention deletes whole segments, so a log of one segment keeps nothing \
+                 between two",
+                config.log_max_bytes,
+                config.log_segment_bytes
+            );
+        }
         let claims = claims_of(config, &owned);
         let home = ownership::home_of(&config.data_dir)?;
         let manager_token = manager_token(config);

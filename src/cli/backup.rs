@@ -1,15 +1,15 @@
 //! `hearty backup` and `hearty restore`: a consistent copy of a live
 //! owner's folder, and a new folder made of one.
 //!
-//! **Backup** copies each database of the folder with SQLite's online
-//! backup (a committed state, while the owner serves) — the workers' first,
-//! then the orchestrator's, then the read models — with the folder's
+//! **Backup** copies every database of the folder as of **one moment**
+//! (`copy_live_together`: the owner's commits are held for the instant it
+//! takes to open a read transaction on each file, then each is copied with
+//! SQLite's online backup while the owner goes on), with the folder's
 //! `home` (the identity the registry binds its partitions to) and a
-//! manifest naming each file with its partitions' epochs. Workers first:
-//! a worker's record exists only for a command its saga sent after it
-//! committed, so every worker record in the backup belongs to a saga in it
-//! (a saga the backup holds further along than its workers re-sends what
-//! they miss, under the same message ids).
+//! manifest naming each file with its partitions' epochs. One moment for
+//! all files: a saga and its workers' records agree in the backup as they
+//! did in the folder (what was in flight between them is re-sent under the
+//! same message ids, or is still queued on the broker).
 //!
 //! **Restore** makes a new folder of a backup (never over an existing
 //! one): the files, the `home`, and an id floor in every table that gives
@@ -26,7 +26,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::copy::{copy_live, sync_dir};
+use crate::storage::copy::{copy_live, copy_live_together, sync_dir};
 
 /// The databases of a folder, in the order a backup copies them.
 const FILES: [&str; 8] = [
@@ -76,22 +76,26 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Manifest> {
         );
     }
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let sources: Vec<(&str, std::path::PathBuf)> = FILES
+        .iter()
+        .map(|name| (*name, data_dir.join(name)))
+        .filter(|(_, p)| p.exists())
+        .collect();
+    if sources.is_empty() {
+        bail!("{} holds no Hearty database", data_dir.display());
+    }
+    let paths: Vec<&Path> = sources.iter().map(|(_, p)| p.as_path()).collect();
+    let copies: Vec<std::path::PathBuf> = sources.iter().map(|(n, _)| to.join(n)).collect();
+    let targets: Vec<&Path> = copies.iter().map(std::path::PathBuf::as_path).collect();
+    copy_live_together(&paths, &targets)?;
     let mut files = Vec::new();
-    for name in FILES {
-        let src = data_dir.join(name);
-        if !src.exists() {
-            continue;
-        }
+    for (name, _) in &sources {
         let dst = to.join(name);
-        copy_live(&src, &dst)?;
         files.push(Copied {
-            name: name.to_owned(),
+            name: (*name).to_owned(),
             bytes: std::fs::metadata(&dst)?.len(),
             epochs: epochs_in(&dst)?,
         });
-    }
-    if files.is_empty() {
-        bail!("{} holds no Hearty database", data_dir.display());
     }
     let home = match std::fs::read_to_string(data_dir.join("home")) {
         Ok(h) => {
@@ -177,9 +181,15 @@ fn raise_id_floors(db: &Path, gap: i64) -> anyhow::Result<()> {
         if !has_table(&c, table)? {
             continue;
         }
+        // From the larger of the table's largest id and the floor the
+        // backup already carries (a backup of a restored folder that gave
+        // out ids above its floor before it was lost).
         let largest: i64 = c.query_row(
-            &format!("SELECT coalesce(max(id), 0) FROM {table}"),
-            [],
+            &format!(
+                "SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
+                            coalesce((SELECT floor FROM id_floor WHERE tbl = ?1), 0))"
+            ),
+            [table],
             |r| r.get(0),
         )?;
         c.execute(

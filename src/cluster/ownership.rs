@@ -249,7 +249,9 @@ impl Registry {
                     registry,
                     owners,
                     ..
-                }) if *through + 1 >= head => Some((*through, *partition_count, *registry, owners)),
+                }) if crate::transport::stream_holds_from(*through + 1, head) => {
+                    Some((*through, *partition_count, *registry, owners))
+                }
                 _ => None,
             });
             let Some((through, count, registry, owners)) = usable else {
@@ -768,9 +770,10 @@ mod tests {
             owners: vec![],
             by: "a".into(),
         };
-        // The summary says everything through 2, but 3 is gone too.
-        let r = Registry::fold(&at(vec![(4, claims("h3", &[("pay", 1)])), (5, summary)]));
-        assert_eq!(r.gap, Some(4));
+        // The summary says everything through 2, but 3 is gone too (4 is
+        // not the broker's own chunk at a segment's start: 5 is read first).
+        let r = Registry::fold(&at(vec![(5, claims("h3", &[("pay", 1)])), (6, summary)]));
+        assert_eq!(r.gap, Some(5));
         assert!(r.summary().is_none());
     }
 }

@@ -395,6 +395,16 @@ pub enum TransportError {
     Timeout,
 }
 
+/// Whether a stream whose first deliverable entry is at `head` still holds
+/// every entry from `position` on. Retention deletes whole segments, and
+/// RabbitMQ begins every segment but the first with a chunk of its own
+/// bookkeeping that takes an offset and is never delivered: a reader whose
+/// next offset is that chunk's sees the head one past it and has lost
+/// nothing.
+pub fn stream_holds_from(position: i64, head: i64) -> bool {
+    position.saturating_add(1) >= head
+}
+
 /// The transport every role uses.
 pub trait Transport: Send + Sync + 'static {
     /// Publishes a batch. The messages go out back to back and their confirms
@@ -539,7 +549,18 @@ pub trait EventLog: Send + Sync {
 
     /// The offset of the log's first retained entry (retention deletes the
     /// oldest segments); `None` if the log holds nothing.
-    fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>>;
+    fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>> {
+        self.entry_from(None)
+            .map(|r| r.map(|e| e.map(|(o, _)| o)))
+            .boxed()
+    }
+
+    /// The first entry at or after `offset` (`None`: the log's first), by
+    /// offset and message id; `None` if none comes within a few seconds.
+    fn entry_from(
+        &self,
+        offset: Option<i64>,
+    ) -> BoxFuture<'_, Result<Option<(i64, String)>, TransportError>>;
 }
 
 #[cfg(test)]

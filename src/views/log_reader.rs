@@ -59,6 +59,7 @@ pub async fn consume_log(
         models: positions,
         next: Arc::new(AtomicI64::new(start)),
         marker,
+        anchor: None,
         caught_up,
         shutdown,
     };
@@ -100,6 +101,8 @@ struct Reader<'a> {
     next: Arc<AtomicI64>,
     /// The id of this process's catch-up marker.
     marker: String,
+    /// The last entry read (recorded with the positions).
+    anchor: Option<super::Anchor>,
     caught_up: Arc<AtomicBool>,
     shutdown: Shutdown,
 }
@@ -120,6 +123,8 @@ struct Sorted {
     settled: Vec<Received>,
     /// The offset of the last entry not read before.
     last: Option<i64>,
+    /// The last entry with a message id, by offset and id.
+    anchor: Option<super::Anchor>,
     /// This reader's marker was in the batch.
     marker_read: bool,
 }
@@ -153,7 +158,7 @@ impl Reader<'_> {
         let next = self.next.load(Ordering::SeqCst);
         for m in &mut self.models {
             if m.from < next {
-                commit_batch(m.kind, &m.db, Vec::new(), next).await;
+                commit_batch(m.kind, &m.db, Vec::new(), next, self.anchor.clone()).await;
                 m.from = next;
                 m.saved_at = Instant::now();
             }
@@ -190,6 +195,7 @@ impl Reader<'_> {
             per_model: self.models.iter().map(|_| Vec::new()).collect(),
             settled: Vec::new(),
             last: None,
+            anchor: None,
             marker_read: false,
         };
         let next = self.next.load(Ordering::SeqCst);
@@ -199,7 +205,7 @@ impl Reader<'_> {
                 sorted.settled.push(d);
                 continue;
             };
-            if offset > expected && self.lost(expected).await {
+            if offset > expected && self.lost(expected).await? {
                 inc(&METRICS.event_log_gaps_total);
                 anyhow::bail!(
                     "the event log lost entries from {expected} on before this process's read \
@@ -225,6 +231,9 @@ impl Reader<'_> {
             // Read again after a reconnection: already handled.
             if offset >= next {
                 sorted.last = Some(offset);
+                if let Some(id) = &d.message_id {
+                    sorted.anchor = Some((offset, id.clone()));
+                }
                 if !is_marker {
                     let entries = log_entries(&d).map_err(|reason| (as_logged(&d), reason));
                     if self
@@ -241,18 +250,26 @@ impl Reader<'_> {
         Ok(Some(sorted))
     }
 
-    /// Whether the log no longer holds offset `expected`: the broker skips
-    /// offsets of its own bookkeeping, so a skipped offset is a loss only
-    /// when the log's first retained entry lies past it.
-    async fn lost(&self, expected: i64) -> bool {
-        match self.log.head().await {
-            Ok(Some(head)) => head > expected,
-            Ok(None) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read where the event log starts");
-                false
+    /// Whether the log no longer holds offset `expected` (and so lost
+    /// entries this reader needed): the broker skips offsets of its own
+    /// bookkeeping, so a skip is a loss only when the log's first retained
+    /// entry lies past `expected` too. Asked again while the broker does
+    /// not answer; an error if it never does (better to stop than to
+    /// guess).
+    async fn lost(&self, expected: i64) -> anyhow::Result<bool> {
+        let mut last = None;
+        for _ in 0..20 {
+            match self.log.head().await {
+                Ok(Some(head)) => return Ok(!crate::transport::stream_holds_from(expected, head)),
+                Ok(None) => last = Some("no entry came".to_owned()),
+                Err(e) => last = Some(e.to_string()),
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        anyhow::bail!(
+            "cannot tell whether the event log still holds offset {expected}: {}",
+            last.unwrap_or_default()
+        )
     }
 
     /// Sorts the events of one entry of the log; one that does not decode
@@ -292,6 +309,9 @@ impl Reader<'_> {
     /// Commits each model's events with its new position, then acks the
     /// batch. Ready only once the events before the marker are committed.
     async fn commit(&mut self, sorted: Sorted) {
+        if sorted.anchor.is_some() {
+            self.anchor = sorted.anchor;
+        }
         if let Some(last) = sorted.last {
             for (m, events) in self.models.iter_mut().zip(sorted.per_model) {
                 // A read model with nothing in the batch still records where
@@ -299,7 +319,7 @@ impl Reader<'_> {
                 // for it.
                 let stale = m.saved_at.elapsed() > POSITION_EVERY && last + 1 > m.from;
                 if !events.is_empty() || stale {
-                    commit_batch(m.kind, &m.db, events, last + 1).await;
+                    commit_batch(m.kind, &m.db, events, last + 1, self.anchor.clone()).await;
                     m.from = last + 1;
                     m.saved_at = Instant::now();
                 }

@@ -42,7 +42,18 @@ const POSITION_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log_position (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     next_offset INTEGER NOT NULL
+);
+-- The last entry of the log read when the position was recorded: which
+-- log the position is in (a log deleted and declared again starts its
+-- offsets over; its entry there has another id).
+CREATE TABLE IF NOT EXISTS log_anchor (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    log_offset INTEGER NOT NULL,
+    message_id TEXT    NOT NULL
 );";
+
+/// An entry of the event log by offset and message id.
+pub type Anchor = (i64, String);
 
 /// The schema of a read model's database.
 pub fn schema(kind: ViewKind) -> String {
@@ -149,10 +160,17 @@ async fn log_position(db: &Db) -> i64 {
 /// Applies `events` to a read model and moves its position to `next`, in
 /// one transaction; retried (never skipped) until it commits, since the
 /// log keeps the order.
-async fn commit_batch(kind: ViewKind, db: &Db, events: Vec<DomainEvent>, next: i64) {
+async fn commit_batch(
+    kind: ViewKind,
+    db: &Db,
+    events: Vec<DomainEvent>,
+    next: i64,
+    anchor: Option<Anchor>,
+) {
     let events = Arc::new(events);
     loop {
         let evs = events.clone();
+        let anchor = anchor.clone();
         let committed = db
             .write(move |tx| {
                 for e in evs.iter() {
@@ -163,6 +181,14 @@ async fn commit_batch(kind: ViewKind, db: &Db, events: Vec<DomainEvent>, next: i
                      ON CONFLICT (id) DO UPDATE SET next_offset = excluded.next_offset",
                     [next],
                 )?;
+                if let Some((offset, id)) = &anchor {
+                    tx.execute(
+                        "INSERT INTO log_anchor (id, log_offset, message_id) VALUES (1, ?1, ?2)
+                         ON CONFLICT (id) DO UPDATE SET log_offset = excluded.log_offset,
+                                                        message_id = excluded.message_id",
+                        rusqlite::params![offset, id],
+                    )?;
+                }
                 Ok(())
             })
             .await;

@@ -42,6 +42,10 @@ pub struct Manifest {
     /// The log position of each read model in it (the offset of its next
     /// event).
     pub positions: std::collections::BTreeMap<String, i64>,
+    /// The last entry of the log each read model had read (which log its
+    /// position is in).
+    #[serde(default)]
+    pub anchors: std::collections::BTreeMap<String, super::Anchor>,
     /// Milliseconds since the epoch.
     pub taken_at: u64,
     pub by: String,
@@ -73,7 +77,9 @@ impl Snapshots {
         }
     }
 
-    /// Every complete snapshot, the furthest along first.
+    /// Every complete snapshot, the newest first (by when it was taken: a
+    /// snapshot of a log since deleted and declared again may stand at a
+    /// larger position than every current one).
     pub fn all(&self) -> Vec<Snapshot> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -90,7 +96,7 @@ impl Snapshots {
                 Some(Snapshot { path, manifest })
             })
             .collect();
-        found.sort_by_key(|s| std::cmp::Reverse((s.manifest.position(), s.manifest.taken_at)));
+        found.sort_by_key(|s| std::cmp::Reverse((s.manifest.taken_at, s.manifest.position())));
         found
     }
 
@@ -108,14 +114,19 @@ impl Snapshots {
         std::fs::create_dir(&tmp)?;
         let written = (|| {
             let mut positions = std::collections::BTreeMap::new();
+            let mut anchors = std::collections::BTreeMap::new();
             for kind in ViewKind::ALL {
                 let name = file_name(kind);
                 let dst = tmp.join(&name);
                 copy_live(&data_dir.join(&name), &dst)?;
                 positions.insert(kind.as_str().to_owned(), position_in(&dst)?);
+                if let Some(a) = anchor_in(&dst)? {
+                    anchors.insert(kind.as_str().to_owned(), a);
+                }
             }
             let manifest = Manifest {
                 positions,
+                anchors,
                 taken_at: now_ms(),
                 by: crate::cluster::ownership::who(),
             };
@@ -195,6 +206,52 @@ fn position_in(path: &Path) -> anyhow::Result<i64> {
     .unwrap_or(0))
 }
 
+/// The last log entry a read model's database recorded having read.
+fn anchor_in(path: &Path) -> anyhow::Result<Option<super::Anchor>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_table: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'log_anchor')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    Ok(crate::storage::optional(c.query_row(
+        "SELECT log_offset, message_id FROM log_anchor WHERE id = 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    ))?)
+}
+
+/// Whether each anchor is an entry of the log as it is now: the entry at
+/// its offset has its message id. An anchor the log's retention has
+/// deleted cannot be checked and counts as current (a log declared again
+/// starts at offset 0 and keeps it for long).
+async fn in_this_log(
+    anchors: &[super::Anchor],
+    log: &dyn EventLog,
+    head: i64,
+) -> anyhow::Result<bool> {
+    for (offset, id) in anchors {
+        if *offset < head {
+            continue;
+        }
+        let found = log
+            .entry_from(Some(*offset))
+            .await
+            .context("reading the event log")?;
+        if found.as_ref().is_none_or(|(o, i)| o != offset || i != id) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Where this folder's read models stand in the log: the least position.
 fn local_position(data_dir: &Path) -> anyhow::Result<i64> {
     let mut least = i64::MAX;
@@ -202,6 +259,31 @@ fn local_position(data_dir: &Path) -> anyhow::Result<i64> {
         least = least.min(position_in(&data_dir.join(file_name(kind)))?);
     }
     Ok(least)
+}
+
+/// The anchors of this folder's read models.
+fn local_anchors(data_dir: &Path) -> anyhow::Result<Vec<super::Anchor>> {
+    let mut anchors = Vec::new();
+    for kind in ViewKind::ALL {
+        anchors.extend(anchor_in(&data_dir.join(file_name(kind)))?);
+    }
+    Ok(anchors)
+}
+
+/// Removes this folder's read models (they belong to a log that is gone).
+fn discard(data_dir: &Path) -> anyhow::Result<()> {
+    for kind in ViewKind::ALL {
+        let name = file_name(kind);
+        for suffix in ["", "-wal", "-shm"] {
+            match std::fs::remove_file(data_dir.join(format!("{name}{suffix}"))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("removing a read model of another log"),
+            }
+        }
+    }
+    sync_dir(data_dir);
+    Ok(())
 }
 
 /// Replaces this folder's read models with `snapshot`'s (before they are
@@ -236,14 +318,18 @@ pub enum Start {
 /// snapshot (at `snapshot`), given the log's first retained offset
 /// (`head`); an error when neither reaches the log.
 pub fn choose(local: i64, snapshot: Option<i64>, head: i64) -> Result<Start, String> {
+    let holds = |p: i64| crate::transport::stream_holds_from(p, head);
     match snapshot {
-        Some(s) if s > local && s >= head => Ok(Start::Restore),
-        _ if local >= head => Ok(Start::Own),
+        Some(s) if s > local && holds(s) => Ok(Start::Restore),
+        _ if holds(local) => Ok(Start::Own),
         Some(s) => Err(format!(
             "the event log now starts at offset {head} (its retention deleted what came before); \
              this folder's read models stand at {local} and the latest snapshot at {s}: the events \
-             in between are gone. Restore a later snapshot into HEARTY_SNAPSHOT_DIR, or rebuild \
-             the read models with `hearty views rebuild` from the owners' folders"
+             in between are gone. A replica that is current writes a newer snapshot every \
+             HEARTY_SNAPSHOT_EVERY: start this one after it did (or copy one from it into \
+             HEARTY_SNAPSHOT_DIR). With no current replica and no snapshot left, the events the \
+             log no longer holds are gone from the read models (DEPLOYMENT.md, *Running for \
+             years*)"
         )),
         None => Err(format!(
             "the event log now starts at offset {head} (its retention deleted what came before); \
@@ -256,19 +342,36 @@ pub fn choose(local: i64, snapshot: Option<i64>, head: i64) -> Result<Start, Str
 
 /// Before the read models open: restores the latest snapshot if it is
 /// further along than this folder's, and refuses to start when nothing
-/// reaches the log's first retained entry.
+/// reaches the log's first retained entry. Read models (this folder's, or a
+/// snapshot's) of a log that was deleted and declared again since are not
+/// used: this folder's are removed, such a snapshot is passed over.
 pub async fn prepare(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
-    let local = local_position(&config.data_dir)?;
-    let snapshots = config
-        .snapshot_dir
-        .as_deref()
-        .map(|root| Snapshots::new(root, &config.namespace));
-    let latest = snapshots.as_ref().and_then(Snapshots::latest);
     let head = log
         .head()
         .await
         .context("reading where the event log starts")?
         .unwrap_or(0);
+    let mut local = local_position(&config.data_dir)?;
+    if local > 0 && !in_this_log(&local_anchors(&config.data_dir)?, log, head).await? {
+        tracing::warn!(
+            position = local,
+            "this folder's read models were read from an event log that has since been \
+             deleted and declared again: starting them over"
+        );
+        discard(&config.data_dir)?;
+        local = 0;
+    }
+    let mut latest = None;
+    if let Some(root) = config.snapshot_dir.as_deref() {
+        for s in Snapshots::new(root, &config.namespace).all() {
+            let anchors: Vec<super::Anchor> = s.manifest.anchors.values().cloned().collect();
+            if in_this_log(&anchors, log, head).await? {
+                latest = Some(s);
+                break;
+            }
+            tracing::warn!(snapshot = %s.path.display(), "a snapshot of an event log deleted since; passed over");
+        }
+    }
     let choice = choose(local, latest.as_ref().map(|s| s.manifest.position()), head)
         .map_err(|e| anyhow::anyhow!(e))?;
     if let (Start::Restore, Some(snapshot)) = (choice, latest) {
@@ -288,8 +391,8 @@ pub async fn prepare(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> 
 }
 
 /// Writes a snapshot every `every` (with some jitter, so replicas do not
-/// write at once) while this folder's read models are past the latest one
-/// and the latest is older than half the period, until shutdown.
+/// write at once) while this folder's read models moved since the latest
+/// one and the latest is older than half the period, until shutdown.
 pub async fn keep_writing(config: Config, mut shutdown: Shutdown) {
     let Some(root) = config.snapshot_dir.clone() else {
         return;
@@ -312,7 +415,8 @@ pub async fn keep_writing(config: Config, mut shutdown: Shutdown) {
             if let Some(latest) = snapshots.latest() {
                 let young = now_ms().saturating_sub(latest.manifest.taken_at)
                     < u64::try_from(every.as_millis() / 2).unwrap_or(u64::MAX);
-                if latest.manifest.position() >= local || young {
+                // Nothing new since the latest, or it is recent.
+                if latest.manifest.position() == local || young {
                     return Ok(None);
                 }
             }
@@ -349,6 +453,10 @@ mod tests {
         assert_eq!(choose(50, Some(500), 100), Ok(Start::Restore));
         // Both fell out: refused, naming the way out.
         assert!(choose(50, Some(80), 100).is_err_and(|e| e.contains("starts at offset 100")));
+        // The head one past its position: the broker's own chunk at a
+        // segment's start, nothing lost.
+        assert_eq!(choose(99, None, 100), Ok(Start::Own));
+        assert!(choose(98, None, 100).is_err());
         assert!(choose(0, None, 100).is_err_and(|e| e.contains("HEARTY_SNAPSHOT_DIR")));
     }
 

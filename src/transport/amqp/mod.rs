@@ -355,7 +355,10 @@ impl EventLog for AmqpTransport {
         self.publish_dead_letter(letter).boxed()
     }
 
-    fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>> {
-        self.read_log_head().boxed()
+    fn entry_from(
+        &self,
+        offset: Option<i64>,
+    ) -> BoxFuture<'_, Result<Option<(i64, String)>, TransportError>> {
+        self.read_log_entry(offset).boxed()
     }
 }

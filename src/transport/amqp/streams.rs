@@ -65,6 +65,16 @@ impl AmqpTransport {
     /// The offset of the event log's first retained entry: the first
     /// delivery from the `first` offset; `None` if none comes (an empty log).
     pub async fn read_log_head(&self) -> Result<Option<i64>, TransportError> {
+        Ok(self.read_log_entry(None).await?.map(|(o, _)| o))
+    }
+
+    /// The first entry of the event log at or after `offset` (`None`: from
+    /// its first), by offset and message id; `None` if none comes within
+    /// [`LOG_HEAD_WAIT`].
+    pub async fn read_log_entry(
+        &self,
+        offset: Option<i64>,
+    ) -> Result<Option<(i64, String)>, TransportError> {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
@@ -77,31 +87,48 @@ impl AmqpTransport {
             .await
             .map_err(unavailable)?;
         let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), string_arg("first"));
+        let from = match offset {
+            None => string_arg("first"),
+            Some(o) => lapin::types::AMQPValue::LongLongInt(o),
+        };
+        args.insert("x-stream-offset".into(), from);
         let mut consumer = ch
             .basic_consume(
                 self.inner.topology.queue(QueueName::EventLog).into(),
-                format!("log-head.{}", std::process::id()).into(),
+                format!("log-entry.{}", std::process::id()).into(),
                 BasicConsumeOptions::default(),
                 args,
             )
             .await
             .map_err(unavailable)?;
-        let first = tokio::time::timeout(LOG_HEAD_WAIT, consumer.next()).await;
-        let _ = ch.close(200, "log head read".into()).await;
-        match first {
-            Err(_) | Ok(None) => Ok(None),
-            Ok(Some(d)) => {
-                let d = d.map_err(unavailable)?;
-                int_header(&d.properties, "x-stream-offset")
-                    .map(Some)
-                    .ok_or_else(|| {
-                        TransportError::Unavailable(
-                            "an entry of the event log came without its stream offset".into(),
-                        )
-                    })
+        let deadline = tokio::time::Instant::now() + LOG_HEAD_WAIT;
+        let found = loop {
+            let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+            let d = match next {
+                Err(_) | Ok(None) => break None,
+                Ok(Some(d)) => d.map_err(unavailable)?,
+            };
+            let at = int_header(&d.properties, "x-stream-offset").ok_or_else(|| {
+                TransportError::Unavailable(
+                    "an entry of the event log came without its stream offset".into(),
+                )
+            })?;
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            // A stream is read from the start of the chunk holding the
+            // offset asked: what lies before it is skipped.
+            if offset.is_some_and(|o| at < o) {
+                continue;
             }
-        }
+            let id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            break Some((at, id));
+        };
+        let _ = ch.close(200, "log entry read".into()).await;
+        Ok(found)
     }
 
     /// Publishes `record` to the registry stream and waits for its confirm.
