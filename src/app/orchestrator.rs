@@ -44,6 +44,17 @@ pub(super) async fn start(
         .migrate()
         .await
         .context("upgrading the orchestrator database")?;
+    let redriven = crate::orchestrator::redrive::after_restore(
+        &config.data_dir,
+        &sagas,
+        base.transport.event_log(),
+        config.order_timeout,
+    )
+    .await
+    .context("re-driving the orders taken after the backup this folder was restored from")?;
+    if redriven > 0 {
+        tracing::warn!(redriven, "orders taken after the backup re-driven");
+    }
     let orchestrator = Orchestrator::new(
         base.def.clone(),
         sagas.clone(),

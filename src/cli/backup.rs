@@ -18,8 +18,10 @@
 //! process started on the folder takes its partitions over with a new
 //! epoch (a backup's epochs are always older).
 //!
-//! What happened after the backup is not in it: those orders, customers
-//! and reviews are gone from the owner (DEPLOYMENT.md, *Backups*).
+//! What happened after the backup is not in it: the restored owner
+//! re-drives the orders from the event log (`orchestrator::redrive`);
+//! customers and reviews created after it are gone (DEPLOYMENT.md,
+//! *Backups*).
 
 use std::path::Path;
 
@@ -142,6 +144,14 @@ pub fn restore(from: &Path, data_dir: &Path, gap: i64) -> anyhow::Result<Manifes
         copy_live(&from.join(&file.name), &dst)?;
         raise_id_floors(&dst, gap)?;
     }
+    if manifest.files.iter().any(|f| f.name == "orchestrator.db") {
+        // Its owner re-drives, before it recovers anything, the orders the
+        // event log knows and the backup does not (`orchestrator::redrive`).
+        std::fs::write(
+            data_dir.join(crate::orchestrator::redrive::MARKER),
+            &manifest.taken_at,
+        )?;
+    }
     if let Some(home) = &manifest.home {
         let path = data_dir.join("home");
         std::fs::write(&path, home)?;
@@ -184,14 +194,7 @@ fn raise_id_floors(db: &Path, gap: i64) -> anyhow::Result<()> {
         // From the larger of the table's largest id and the floor the
         // backup already carries (a backup of a restored folder that gave
         // out ids above its floor before it was lost).
-        let largest: i64 = c.query_row(
-            &format!(
-                "SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
-                            coalesce((SELECT floor FROM id_floor WHERE tbl = ?1), 0))"
-            ),
-            [table],
-            |r| r.get(0),
-        )?;
+        let largest = crate::storage::highest_id(&c, table)?;
         c.execute(
             "INSERT INTO id_floor (tbl, floor) VALUES (?1, ?2)
              ON CONFLICT (tbl) DO UPDATE SET floor = max(floor, excluded.floor)",

@@ -13,6 +13,7 @@
 //!    published again at start-up; workers deduplicate by message id.
 
 pub mod executor;
+pub mod redrive;
 mod replies;
 pub mod requests;
 pub mod saga_actor;

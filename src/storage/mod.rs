@@ -260,6 +260,20 @@ CREATE TABLE IF NOT EXISTS id_floor (
     floor INTEGER NOT NULL
 );";
 
+/// The largest id `table` has given out, or its floor if higher: a folder
+/// restored from a backup skips the ids its lost predecessor may have given
+/// out (`id_floor`, written by `hearty restore`).
+pub fn highest_id(tx: &Connection, table: &str) -> rusqlite::Result<i64> {
+    tx.query_row(
+        &format!(
+            "SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
+                        coalesce((SELECT floor FROM id_floor WHERE tbl = ?1), 0))"
+        ),
+        [table],
+        |r| r.get(0),
+    )
+}
+
 /// The id of a new row of `table`: the next one after its largest id (or
 /// its floor) that falls in one of `owned`'s partitions (rows are never
 /// deleted, so ids are never reused). Two owners of disjoint partitions
@@ -269,16 +283,7 @@ pub fn next_owned_id(
     table: &str,
     owned: &crate::partition::Owned,
 ) -> rusqlite::Result<i64> {
-    // A folder restored from a backup skips the ids its lost successor may
-    // have given out (`id_floor`, written by `hearty restore`).
-    let last: i64 = tx.query_row(
-        &format!(
-            "SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
-                        coalesce((SELECT floor FROM id_floor WHERE tbl = ?1), 0))"
-        ),
-        [table],
-        |r| r.get(0),
-    )?;
+    let last = highest_id(tx, table)?;
     owned.next_id(last).ok_or_else(|| {
         rusqlite::Error::ToSqlConversionFailure(
             format!("no id left for {table} in the owned partitions").into(),

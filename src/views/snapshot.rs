@@ -182,50 +182,50 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The log position stored in a read model's database file (0: none yet,
-/// or no file).
-fn position_in(path: &Path) -> anyhow::Result<i64> {
+/// The one row of `table` in a read model's database file, read by `sql`
+/// (`None`: no file, no such table yet, or no row).
+fn read_row<T>(
+    path: &Path,
+    table: &str,
+    sql: &str,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> anyhow::Result<Option<T>> {
     if !path.exists() {
-        return Ok(0);
+        return Ok(None);
     }
     let c =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let has_table: bool = c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'log_position')",
-        [],
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
         |r| r.get(0),
     )?;
     if !has_table {
-        return Ok(0);
+        return Ok(None);
     }
-    Ok(crate::storage::optional(c.query_row(
+    Ok(crate::storage::optional(c.query_row(sql, [], row))?)
+}
+
+/// The log position stored in a read model's database file (0: none yet,
+/// or no file).
+fn position_in(path: &Path) -> anyhow::Result<i64> {
+    Ok(read_row(
+        path,
+        "log_position",
         "SELECT next_offset FROM log_position WHERE id = 1",
-        [],
         |r| r.get::<_, i64>(0),
-    ))?
+    )?
     .unwrap_or(0))
 }
 
 /// The last log entry a read model's database recorded having read.
 fn anchor_in(path: &Path) -> anyhow::Result<Option<super::Anchor>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let c =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let has_table: bool = c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'log_anchor')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_table {
-        return Ok(None);
-    }
-    Ok(crate::storage::optional(c.query_row(
+    read_row(
+        path,
+        "log_anchor",
         "SELECT log_offset, message_id FROM log_anchor WHERE id = 1",
-        [],
         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-    ))?)
+    )
 }
 
 /// Whether each anchor is an entry of the log as it is now: the entry at

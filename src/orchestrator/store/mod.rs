@@ -147,6 +147,94 @@ impl SagaStore {
         Ok(result)
     }
 
+    /// Of `ids` (orders the event log knows), those of owned partitions
+    /// that this folder lost with a restore: below its id floor (set by
+    /// `hearty restore` above every id it had) and not in it.
+    pub async fn lost_after_restore(&self, ids: Vec<i64>) -> StorageResult<Vec<i64>> {
+        let owned = self.owned.clone();
+        self.db
+            .read(move |c| {
+                let floor: Option<i64> = crate::storage::optional(c.query_row(
+                    "SELECT floor FROM id_floor WHERE tbl = 'sagas'",
+                    [],
+                    |r| r.get(0),
+                ))?;
+                let Some(floor) = floor else {
+                    return Ok(Vec::new());
+                };
+                let mut lost = Vec::new();
+                for id in ids {
+                    if id >= floor || !owned.owns(id) {
+                        continue;
+                    }
+                    let known: bool = c.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = ?1)",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    if !known {
+                        lost.push(id);
+                    }
+                }
+                Ok(lost)
+            })
+            .await
+    }
+
+    /// Makes an order's saga again under its own id, from its start (and
+    /// cancels it at once when `cancel`), in one transaction; `false` if it
+    /// exists. Only before recovery (no actor acts for it yet).
+    pub async fn recreate(
+        &self,
+        order: OrderDetails,
+        admit_within: std::time::Duration,
+        cancel: bool,
+    ) -> StorageResult<bool> {
+        let def = self.def.clone();
+        let created = self
+            .db
+            .write(move |tx| {
+                let id = order.order_id.get();
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = ?1)",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    return Ok(false);
+                }
+                let now = Millis::now();
+                tx.execute(
+                    "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
+                     VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
+                    params![id, order.customer_id.get(), now.0],
+                )?;
+                let mut saga = Saga::new(&def, order, now);
+                saga.admit_by = Some(now.plus(admit_within));
+                let mut transition = saga
+                    .apply_by(&def, &Event::Start, now, Some("system:restore"))
+                    .map_err(|e| StorageError::Invalid(e.to_string()))?;
+                if cancel {
+                    match saga.apply_by(&def, &Event::Cancel, now, Some("system:restore")) {
+                        Ok(cancelled) => {
+                            transition.commands.extend(cancelled.commands);
+                            transition.history.extend(cancelled.history);
+                        }
+                        Err(refused) => tracing::warn!(
+                            order = id,
+                            %refused,
+                            "a re-driven order the log shows cancelled cannot be cancelled"
+                        ),
+                    }
+                }
+                sagas::persist(tx, &def, &saga, &transition, 0, now, true)?;
+                Ok(true)
+            })
+            .await?;
+        self.db.notify_outbox();
+        Ok(created)
+    }
+
     /// What `key` says about this request now (read-only). `create` decides
     /// again in its own transaction; this only spares a replay the checks a
     /// new order needs (a replay answers for its order even if the stock has

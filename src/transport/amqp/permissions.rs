@@ -185,6 +185,9 @@ pub fn of(t: &Topology, roles: &[BrokerRole]) -> Permissions {
                         t.registry_exchange(),
                         t.events_exchange(),
                     ]);
+                    // Reads the event log after a restore from a backup, to
+                    // re-drive the orders taken after it.
+                    read.name(&t.queue(QueueName::EventLog));
                 } else {
                     // Replies to the orchestrator; binds its command queues.
                     write.name(&t.replies_exchange());
