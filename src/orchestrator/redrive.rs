@@ -97,9 +97,14 @@ pub async fn after_restore(
 /// appended now.
 async fn read_orders(log: &dyn EventLog) -> anyhow::Result<BTreeMap<i64, Known>> {
     let until = format!("redrive.{:032x}", rand::random::<u128>());
-    log.append_marker(&until)
-        .await
-        .context("appending to the event log")?;
+    // The broker may be coming back: asked again for a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Err(e) = log.append_marker(&until).await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(e).context("appending to the event log");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut deliveries = log.read(Arc::new(AtomicI64::new(0)));
     let mut known: BTreeMap<i64, Known> = BTreeMap::new();
     loop {

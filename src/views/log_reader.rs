@@ -258,7 +258,7 @@ impl Reader<'_> {
     /// guess).
     async fn lost(&self, expected: i64) -> anyhow::Result<bool> {
         let mut last = None;
-        for _ in 0..20 {
+        for _ in 0..120 {
             match self.log.head().await {
                 Ok(Some(head)) => return Ok(!crate::transport::stream_holds_from(expected, head)),
                 Ok(None) => last = Some("no entry came".to_owned()),

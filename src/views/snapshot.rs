@@ -241,15 +241,43 @@ async fn in_this_log(
         if *offset < head {
             continue;
         }
-        let found = log
-            .entry_from(Some(*offset))
-            .await
-            .context("reading the event log")?;
+        // Nothing at or after the offset: the log is shorter than it was.
+        // Asked three times: a broker slow to deliver is no new log.
+        let mut found = None;
+        for _ in 0..3 {
+            found = entry_from(log, Some(*offset)).await?;
+            if found.is_some() {
+                break;
+            }
+        }
         if found.as_ref().is_none_or(|(o, i)| o != offset || i != id) {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// How long start-up waits for the broker to answer about the log (it may
+/// be restarting or moving to another node).
+const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The log's first entry at or after `offset` (see `EventLog::entry_from`),
+/// asked again while the broker is unavailable.
+async fn entry_from(
+    log: &dyn EventLog,
+    offset: Option<i64>,
+) -> anyhow::Result<Option<super::Anchor>> {
+    let deadline = tokio::time::Instant::now() + BROKER_PATIENCE;
+    loop {
+        match log.entry_from(offset).await {
+            Ok(found) => return Ok(found),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "the event log cannot be read yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("reading the event log"),
+        }
+    }
 }
 
 /// Where this folder's read models stand in the log: the least position.
@@ -346,11 +374,10 @@ pub fn choose(local: i64, snapshot: Option<i64>, head: i64) -> Result<Start, Str
 /// snapshot's) of a log that was deleted and declared again since are not
 /// used: this folder's are removed, such a snapshot is passed over.
 pub async fn prepare(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
-    let head = log
-        .head()
+    let head = entry_from(log, None)
         .await
         .context("reading where the event log starts")?
-        .unwrap_or(0);
+        .map_or(0, |(offset, _)| offset);
     let mut local = local_position(&config.data_dir)?;
     if local > 0 && !in_this_log(&local_anchors(&config.data_dir)?, log, head).await? {
         tracing::warn!(
