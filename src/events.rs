@@ -290,8 +290,16 @@ impl DomainEvent {
 }
 
 /// Writes an event to the outbox inside the caller's transaction.
+/// In a folder restored from a backup, its version is raised above every
+/// version published before the restore (`storage::event_version_base`).
 pub fn emit(tx: &Connection, event: &DomainEvent) -> rusqlite::Result<()> {
-    outbox::enqueue(tx, &event.message(), Millis::now())
+    let base = crate::storage::event_version_base(tx)?;
+    if base == 0 {
+        return outbox::enqueue(tx, &event.message(), Millis::now());
+    }
+    let mut raised = event.clone();
+    raised.version = raised.version.saturating_add(base);
+    outbox::enqueue(tx, &raised.message(), Millis::now())
 }
 
 #[cfg(test)]

@@ -184,9 +184,23 @@ fn has_table(c: &rusqlite::Connection, table: &str) -> rusqlite::Result<bool> {
     )
 }
 
+/// How far a restore raises the versions of the events the folder emits:
+/// above any version an entity reached (a food's version grows with every
+/// order of it).
+const EVENT_VERSION_GAP: i64 = 1_000_000_000_000;
+
 fn raise_id_floors(db: &Path, gap: i64) -> anyhow::Result<()> {
     let c = rusqlite::Connection::open(db)?;
     c.execute_batch(crate::storage::ID_FLOOR_SCHEMA)?;
+    let base = crate::storage::event_version_base(&c)?;
+    c.execute(
+        "INSERT INTO id_floor (tbl, floor) VALUES (?1, ?2)
+         ON CONFLICT (tbl) DO UPDATE SET floor = excluded.floor",
+        rusqlite::params![
+            crate::storage::EVENT_VERSIONS,
+            base.saturating_add(EVENT_VERSION_GAP)
+        ],
+    )?;
     for table in ID_TABLES {
         if !has_table(&c, table)? {
             continue;

@@ -31,11 +31,15 @@ use super::store::SagaStore;
 use crate::domain::OrderStatus;
 use crate::events::{DomainEvent, OrderData, Payload};
 use crate::messages::OrderDetails;
-use crate::transport::EventLog;
 use crate::transport::event_log::{self, BATCH_TYPE, MARKER_TYPE};
+use crate::transport::{EventLog, LogFrom};
 
-/// The file `hearty restore` leaves in a restored folder.
+/// The file `hearty restore` leaves in a restored folder (it holds when
+/// the backup was taken).
 pub const MARKER: &str = "redrive.pending";
+
+/// How far before the backup's time the log is read.
+const SKEW: Duration = Duration::from_secs(120);
 
 /// What the log says of one order: its first and its last known state.
 struct Known {
@@ -63,10 +67,36 @@ pub async fn after_restore(
         std::fs::remove_file(&marker).context("removing the re-drive marker")?;
         return Ok(0);
     };
-    let known = read_orders(log).await?;
+    // The log from a little before the backup was taken (the clocks of the
+    // backup's host and the broker may differ); all of it if the marker
+    // does not say when.
+    let taken_at = std::fs::read_to_string(&marker).unwrap_or_default();
+    let since = time::OffsetDateTime::parse(
+        taken_at.trim(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+    .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+    .map(|secs| secs.saturating_sub(SKEW.as_secs()));
+    let known = read_orders(log, since).await?;
     let ids: Vec<i64> = known.keys().copied().collect();
-    let lost = sagas.lost_after_restore(ids).await?;
+    let (lost, kept) = sagas.lost_after_restore(ids).await?;
     let mut redriven = 0;
+    for id in kept {
+        let cancelled = known
+            .get(&id)
+            .is_some_and(|k| k.last.1.status == OrderStatus::Cancelled);
+        if cancelled {
+            let id = crate::domain::SagaId::new(id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if sagas.cancel_after_restore(id).await? {
+                redriven += 1;
+                tracing::warn!(
+                    order = id.get(),
+                    "cancelling again an order cancelled after the backup"
+                );
+            }
+        }
+    }
     for id in lost {
         let Some(k) = known.get(&id) else { continue };
         let order = &k.first.1;
@@ -93,9 +123,12 @@ pub async fn after_restore(
 }
 
 /// Every order event the log holds, by order id: the first and the last
-/// (by version). Read from the log's first retained entry up to a marker
-/// appended now.
-async fn read_orders(log: &dyn EventLog) -> anyhow::Result<BTreeMap<i64, Known>> {
+/// (by version). Read from `since` (seconds; the first retained entry if
+/// `None`) up to a marker appended now.
+async fn read_orders(
+    log: &dyn EventLog,
+    since: Option<u64>,
+) -> anyhow::Result<BTreeMap<i64, Known>> {
     let until = format!("redrive.{:032x}", rand::random::<u128>());
     // The broker may be coming back: asked again for a minute.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -105,7 +138,15 @@ async fn read_orders(log: &dyn EventLog) -> anyhow::Result<BTreeMap<i64, Known>>
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let mut deliveries = log.read(Arc::new(AtomicI64::new(0)));
+    let from = match since {
+        Some(secs) => log
+            .entry_from(LogFrom::Time(secs))
+            .await
+            .context("finding where the log was when the backup was taken")?
+            .map_or(0, |(offset, _)| offset),
+        None => 0,
+    };
+    let mut deliveries = log.read(Arc::new(AtomicI64::new(from)));
     let mut known: BTreeMap<i64, Known> = BTreeMap::new();
     loop {
         let d = tokio::time::timeout(Duration::from_secs(30), deliveries.next())

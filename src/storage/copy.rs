@@ -77,13 +77,39 @@ pub fn copy_live_together(srcs: &[&Path], dsts: &[&Path]) -> anyhow::Result<()> 
         c.busy_timeout(Duration::from_secs(30))?;
         Ok(c)
     };
-    let mut lockers = Vec::new();
-    for src in srcs {
-        let c = open(src, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        c.execute_batch("BEGIN IMMEDIATE")
-            .with_context(|| format!("holding the commits of {}", src.display()))?;
-        lockers.push(c);
-    }
+    // Each lock is waited for briefly; if one is not had soon, every lock
+    // is let go and all are taken again (the owner's writers give up after
+    // 10 s: holding one file's lock long while waiting for another's would
+    // fail the owner's commits).
+    let mut attempt = 0u32;
+    let lockers = loop {
+        attempt += 1;
+        let mut held = Vec::new();
+        let mut busy = None;
+        for src in srcs {
+            let c = open(src, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            c.busy_timeout(Duration::from_millis(500))?;
+            match c.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => held.push(c),
+                Err(e) => {
+                    busy = Some((src, e));
+                    break;
+                }
+            }
+        }
+        match busy {
+            None => break held,
+            Some((src, e)) if attempt >= 40 => {
+                return Err(e).with_context(|| format!("holding the commits of {}", src.display()));
+            }
+            Some(_) => {
+                for c in held {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))));
+            }
+        }
+    };
     let mut readers = Vec::new();
     for src in srcs {
         let c = open(src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;

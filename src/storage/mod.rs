@@ -274,6 +274,25 @@ pub fn highest_id(tx: &Connection, table: &str) -> rusqlite::Result<i64> {
     )
 }
 
+/// How much a restored folder adds to the versions of the events it emits
+/// (0 before any restore): `hearty restore` raises it above every version
+/// the folder may have published before, so the read models, which apply
+/// only what is newer than what they have, take what the restored owner
+/// says from then on (`events::emit`).
+pub const EVENT_VERSIONS: &str = "_event_versions";
+
+pub fn event_version_base(tx: &Connection) -> rusqlite::Result<i64> {
+    let found = tx
+        .prepare_cached("SELECT floor FROM id_floor WHERE tbl = ?1")
+        .and_then(|mut stmt| optional(stmt.query_row([EVENT_VERSIONS], |r| r.get::<_, i64>(0))));
+    match found {
+        Ok(base) => Ok(base.unwrap_or(0)),
+        // A database made before id floors (or outside `Db`): no restore.
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// The id of a new row of `table`: the next one after its largest id (or
 /// its floor) that falls in one of `owned`'s partitions (rows are never
 /// deleted, so ids are never reused). Two owners of disjoint partitions

@@ -550,17 +550,28 @@ pub trait EventLog: Send + Sync {
     /// The offset of the log's first retained entry (retention deletes the
     /// oldest segments); `None` if the log holds nothing.
     fn head(&self) -> BoxFuture<'_, Result<Option<i64>, TransportError>> {
-        self.entry_from(None)
+        self.entry_from(LogFrom::First)
             .map(|r| r.map(|e| e.map(|(o, _)| o)))
             .boxed()
     }
 
-    /// The first entry at or after `offset` (`None`: the log's first), by
-    /// offset and message id; `None` if none comes within a few seconds.
+    /// The first entry at or after `from`, by offset and message id;
+    /// `None` if none comes within a few seconds.
     fn entry_from(
         &self,
-        offset: Option<i64>,
+        from: LogFrom,
     ) -> BoxFuture<'_, Result<Option<(i64, String)>, TransportError>>;
+}
+
+/// Where in the log to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFrom {
+    /// Its first retained entry.
+    First,
+    Offset(i64),
+    /// The first entry written at or after this time (seconds since the
+    /// epoch; the broker's clock).
+    Time(u64),
 }
 
 #[cfg(test)]

@@ -28,9 +28,10 @@ use crate::config::Config;
 use crate::domain::ViewKind;
 use crate::shutdown::Shutdown;
 use crate::storage::copy::{copy_live, sync_dir};
-use crate::transport::EventLog;
+use crate::transport::{EventLog, LogFrom};
 
-/// Snapshots kept in the shared folder.
+/// Snapshots kept in the shared folder (the newest, and the furthest
+/// along).
 pub const KEEP: usize = 3;
 
 const MANIFEST: &str = "manifest.json";
@@ -153,8 +154,20 @@ impl Snapshots {
     /// writes that died, after an hour). Another process may prune at the
     /// same time: a name already gone is fine.
     fn prune(&self) {
-        for old in self.all().into_iter().skip(KEEP) {
-            let _ = std::fs::remove_dir_all(&old.path);
+        let all = self.all();
+        // The furthest along stays too, if the newest are all behind it (a
+        // lagging replica's newer ones must not push it out).
+        let newest_reach = all.iter().take(KEEP).map(|s| s.manifest.position()).max();
+        let furthest = all
+            .iter()
+            .skip(KEEP)
+            .max_by_key(|s| s.manifest.position())
+            .filter(|s| Some(s.manifest.position()) > newest_reach)
+            .map(|s| s.path.clone());
+        for old in all.into_iter().skip(KEEP) {
+            if Some(&old.path) != furthest.as_ref() {
+                let _ = std::fs::remove_dir_all(&old.path);
+            }
         }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -245,7 +258,7 @@ async fn in_this_log(
         // Asked three times: a broker slow to deliver is no new log.
         let mut found = None;
         for _ in 0..3 {
-            found = entry_from(log, Some(*offset)).await?;
+            found = entry_from(log, LogFrom::Offset(*offset)).await?;
             if found.is_some() {
                 break;
             }
@@ -263,10 +276,7 @@ const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The log's first entry at or after `offset` (see `EventLog::entry_from`),
 /// asked again while the broker is unavailable.
-async fn entry_from(
-    log: &dyn EventLog,
-    offset: Option<i64>,
-) -> anyhow::Result<Option<super::Anchor>> {
+async fn entry_from(log: &dyn EventLog, offset: LogFrom) -> anyhow::Result<Option<super::Anchor>> {
     let deadline = tokio::time::Instant::now() + BROKER_PATIENCE;
     loop {
         match log.entry_from(offset).await {
@@ -374,7 +384,7 @@ pub fn choose(local: i64, snapshot: Option<i64>, head: i64) -> Result<Start, Str
 /// snapshot's) of a log that was deleted and declared again since are not
 /// used: this folder's are removed, such a snapshot is passed over.
 pub async fn prepare(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
-    let head = entry_from(log, None)
+    let head = entry_from(log, LogFrom::First)
         .await
         .context("reading where the event log starts")?
         .map_or(0, |(offset, _)| offset);
@@ -390,13 +400,19 @@ pub async fn prepare(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> 
     }
     let mut latest = None;
     if let Some(root) = config.snapshot_dir.as_deref() {
+        // The furthest along of those of this log.
         for s in Snapshots::new(root, &config.namespace).all() {
             let anchors: Vec<super::Anchor> = s.manifest.anchors.values().cloned().collect();
-            if in_this_log(&anchors, log, head).await? {
-                latest = Some(s);
-                break;
+            if !in_this_log(&anchors, log, head).await? {
+                tracing::warn!(snapshot = %s.path.display(), "a snapshot of an event log deleted since; passed over");
+                continue;
             }
-            tracing::warn!(snapshot = %s.path.display(), "a snapshot of an event log deleted since; passed over");
+            let further = latest
+                .as_ref()
+                .is_none_or(|l: &Snapshot| s.manifest.position() > l.manifest.position());
+            if further {
+                latest = Some(s);
+            }
         }
     }
     let choice = choose(local, latest.as_ref().map(|s| s.manifest.position()), head)

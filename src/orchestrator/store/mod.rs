@@ -149,8 +149,9 @@ impl SagaStore {
 
     /// Of `ids` (orders the event log knows), those of owned partitions
     /// that this folder lost with a restore: below its id floor (set by
-    /// `hearty restore` above every id it had) and not in it.
-    pub async fn lost_after_restore(&self, ids: Vec<i64>) -> StorageResult<Vec<i64>> {
+    /// `hearty restore` above every id it had) and not in it; and those it
+    /// has (the backup holds them).
+    pub async fn lost_after_restore(&self, ids: Vec<i64>) -> StorageResult<(Vec<i64>, Vec<i64>)> {
         let owned = self.owned.clone();
         self.db
             .read(move |c| {
@@ -160,9 +161,9 @@ impl SagaStore {
                     |r| r.get(0),
                 ))?;
                 let Some(floor) = floor else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Vec::new()));
                 };
-                let mut lost = Vec::new();
+                let (mut lost, mut kept) = (Vec::new(), Vec::new());
                 for id in ids {
                     if id >= floor || !owned.owns(id) {
                         continue;
@@ -172,13 +173,53 @@ impl SagaStore {
                         [id],
                         |r| r.get(0),
                     )?;
-                    if !known {
+                    if known {
+                        kept.push(id);
+                    } else {
                         lost.push(id);
                     }
                 }
-                Ok(lost)
+                Ok((lost, kept))
             })
             .await
+    }
+
+    /// Cancels, by `system:restore`, a restored saga whose order was
+    /// cancelled after the backup (the event log says so and the backup
+    /// does not); `false` if it is cancelled already or cannot be.
+    pub async fn cancel_after_restore(&self, id: SagaId) -> StorageResult<bool> {
+        let def = self.def.clone();
+        let cancelled = self
+            .db
+            .write(move |tx| {
+                let Some(Stored::Saga(saga)) = sagas::get_saga(tx, id)? else {
+                    return Ok(false);
+                };
+                let mut saga = *saga;
+                if saga.order_status == crate::domain::OrderStatus::Cancelled {
+                    return Ok(false);
+                }
+                let now = Millis::now();
+                let transition =
+                    match saga.apply_by(&def, &Event::Cancel, now, Some("system:restore")) {
+                        Ok(t) if t.changed() => t,
+                        Ok(_) => return Ok(false),
+                        Err(refused) => {
+                            tracing::warn!(order = id.get(), %refused, "an order the log shows cancelled after the backup cannot be cancelled");
+                            return Ok(false);
+                        }
+                    };
+                let next_seq: i64 = tx.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM saga_history WHERE saga_id = ?1",
+                    [id.get()],
+                    |r| r.get(0),
+                )?;
+                sagas::persist(tx, &def, &saga, &transition, next_seq, now, true)?;
+                Ok(true)
+            })
+            .await?;
+        self.db.notify_outbox();
+        Ok(cancelled)
     }
 
     /// Makes an order's saga again under its own id, from its start (and

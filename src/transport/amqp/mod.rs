@@ -357,8 +357,8 @@ impl EventLog for AmqpTransport {
 
     fn entry_from(
         &self,
-        offset: Option<i64>,
+        from: crate::transport::LogFrom,
     ) -> BoxFuture<'_, Result<Option<(i64, String)>, TransportError>> {
-        self.read_log_entry(offset).boxed()
+        self.read_log_entry(from).boxed()
     }
 }

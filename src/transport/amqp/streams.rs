@@ -65,16 +65,23 @@ impl AmqpTransport {
     /// The offset of the event log's first retained entry: the first
     /// delivery from the `first` offset; `None` if none comes (an empty log).
     pub async fn read_log_head(&self) -> Result<Option<i64>, TransportError> {
-        Ok(self.read_log_entry(None).await?.map(|(o, _)| o))
+        Ok(self
+            .read_log_entry(crate::transport::LogFrom::First)
+            .await?
+            .map(|(o, _)| o))
     }
 
-    /// The first entry of the event log at or after `offset` (`None`: from
-    /// its first), by offset and message id; `None` if none comes within
-    /// [`LOG_HEAD_WAIT`].
+    /// The first entry of the event log at or after `from`, by offset and
+    /// message id; `None` if none comes within [`LOG_HEAD_WAIT`].
     pub async fn read_log_entry(
         &self,
-        offset: Option<i64>,
+        from: crate::transport::LogFrom,
     ) -> Result<Option<(i64, String)>, TransportError> {
+        use crate::transport::LogFrom;
+        let offset = match from {
+            LogFrom::Offset(o) => Some(o),
+            _ => None,
+        };
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
@@ -87,11 +94,12 @@ impl AmqpTransport {
             .await
             .map_err(unavailable)?;
         let mut args = FieldTable::default();
-        let from = match offset {
-            None => string_arg("first"),
-            Some(o) => lapin::types::AMQPValue::LongLongInt(o),
+        let spec = match from {
+            LogFrom::First => string_arg("first"),
+            LogFrom::Offset(o) => lapin::types::AMQPValue::LongLongInt(o),
+            LogFrom::Time(secs) => lapin::types::AMQPValue::Timestamp(secs),
         };
-        args.insert("x-stream-offset".into(), from);
+        args.insert("x-stream-offset".into(), spec);
         let mut consumer = ch
             .basic_consume(
                 self.inner.topology.queue(QueueName::EventLog).into(),
