@@ -286,7 +286,10 @@ fn the_compose_file_declares_the_scale_out_shape() {
         .filter(|s| {
             s["image"]
                 .as_str()
-                .is_some_and(|i| i.starts_with("rabbitmq:"))
+                // `${RABBITMQ_IMAGE:-rabbitmq:…}`: the pinned default.
+                .is_some_and(|i| {
+                    i.starts_with("rabbitmq:") || i.starts_with("${RABBITMQ_IMAGE:-rabbitmq:")
+                })
         })
         .count();
     assert_eq!(rabbits, 3, "three RabbitMQ nodes");
