@@ -50,6 +50,29 @@ pub struct SagaStore {
     owned: Owned,
 }
 
+/// Inserts a new saga's row for `order` (its id given) and starts it: the
+/// saga and its first transition, to persist in the same transaction.
+fn start_saga(
+    tx: &rusqlite::Connection,
+    def: &SagaDefinition,
+    order: OrderDetails,
+    admit_within: std::time::Duration,
+    now: Millis,
+    by: Option<&str>,
+) -> StorageResult<(Saga, Transition)> {
+    tx.execute(
+        "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
+         VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
+        params![order.order_id.get(), order.customer_id.get(), now.0],
+    )?;
+    let mut saga = Saga::new(def, order, now);
+    saga.admit_by = Some(now.plus(admit_within));
+    let transition = saga
+        .apply_by(def, &Event::Start, now, by)
+        .map_err(|e| StorageError::Invalid(e.to_string()))?;
+    Ok((saga, transition))
+}
+
 fn to_json<T: Serialize>(v: &T) -> StorageResult<String> {
     serde_json::to_string(v).map_err(|e| StorageError::Invalid(format!("cannot encode: {e}")))
 }
@@ -122,17 +145,15 @@ impl SagaStore {
                     }
                 }
                 let next = next_owned_id(tx, "sagas", &owned)?;
-                tx.execute(
-                    "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
-                     VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
-                    params![next, draft.customer_id.get(), now.0],
-                )?;
                 let id = OrderId::new(next).map_err(|e| StorageError::Invalid(e.to_string()))?;
-                let mut saga = Saga::new(&def, OrderDetails { order_id: id, ..draft }, now);
-                saga.admit_by = Some(now.plus(admit_within));
-                let transition = saga
-                    .apply(&def, &Event::Start, now)
-                    .map_err(|e| StorageError::Invalid(e.to_string()))?;
+                let (saga, transition) = start_saga(
+                    tx,
+                    &def,
+                    OrderDetails { order_id: id, ..draft },
+                    admit_within,
+                    now,
+                    None,
+                )?;
                 sagas::persist(tx, &def, &saga, &transition, 0, now, true)?;
                 if let Some(key) = &key {
                     tx.execute(
@@ -245,16 +266,8 @@ impl SagaStore {
                     return Ok(false);
                 }
                 let now = Millis::now();
-                tx.execute(
-                    "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
-                     VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
-                    params![id, order.customer_id.get(), now.0],
-                )?;
-                let mut saga = Saga::new(&def, order, now);
-                saga.admit_by = Some(now.plus(admit_within));
-                let mut transition = saga
-                    .apply_by(&def, &Event::Start, now, Some("system:restore"))
-                    .map_err(|e| StorageError::Invalid(e.to_string()))?;
+                let (mut saga, mut transition) =
+                    start_saga(tx, &def, order, admit_within, now, Some("system:restore"))?;
                 if cancel {
                     match saga.apply_by(&def, &Event::Cancel, now, Some("system:restore")) {
                         Ok(cancelled) => {
