@@ -10,6 +10,7 @@ pub mod fence;
 pub mod inbox;
 pub mod outbox;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,6 +283,24 @@ pub fn highest_id(tx: &Connection, table: &str) -> rusqlite::Result<i64> {
 pub const EVENT_VERSIONS: &str = "_event_versions";
 
 pub fn event_version_base(tx: &Connection) -> rusqlite::Result<i64> {
+    // Set only by `hearty restore`, before the folder's process starts: read
+    // once per database file by the thread that emits (its writer).
+    thread_local! {
+        static BASES: std::cell::RefCell<HashMap<String, i64>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    let Some(path) = tx.path().map(str::to_owned) else {
+        return read_event_version_base(tx);
+    };
+    if let Some(base) = BASES.with(|b| b.borrow().get(&path).copied()) {
+        return Ok(base);
+    }
+    let base = read_event_version_base(tx)?;
+    BASES.with(|b| b.borrow_mut().insert(path, base));
+    Ok(base)
+}
+
+fn read_event_version_base(tx: &Connection) -> rusqlite::Result<i64> {
     let found = tx
         .prepare_cached("SELECT floor FROM id_floor WHERE tbl = ?1")
         .and_then(|mut stmt| optional(stmt.query_row([EVENT_VERSIONS], |r| r.get::<_, i64>(0))));

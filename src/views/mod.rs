@@ -176,18 +176,18 @@ async fn commit_batch(
                 for e in evs.iter() {
                     apply(kind, tx, e)?;
                 }
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO log_position (id, next_offset) VALUES (1, ?1)
                      ON CONFLICT (id) DO UPDATE SET next_offset = excluded.next_offset",
-                    [next],
-                )?;
+                )?
+                .execute([next])?;
                 if let Some((offset, id)) = &anchor {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO log_anchor (id, log_offset, message_id) VALUES (1, ?1, ?2)
                          ON CONFLICT (id) DO UPDATE SET log_offset = excluded.log_offset,
                                                         message_id = excluded.message_id",
-                        rusqlite::params![offset, id],
-                    )?;
+                    )?
+                    .execute(rusqlite::params![offset, id])?;
                 }
                 Ok(())
             })
