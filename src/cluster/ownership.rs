@@ -707,26 +707,9 @@ mod tests {
 
     #[test]
     fn a_summary_restates_what_retention_dropped() {
-        let full = vec![
-            (
-                0,
-                Record::Namespace {
-                    partition_count: 8,
-                    by: "a".into(),
-                    registry: 7,
-                },
-            ),
-            (1, claims("h1", &[("pay", 0), ("pay", 1)])),
-            (2, Record::Hello { by: "a".into() }),
-            // Written concurrently with the summary below (which folded
-            // only through 2): it must count for a reader of the tail.
-            (3, claims("h2", &[("pay", 2)])),
-            // Refused at the time (pay 1 is h1's): binds nothing.
-            (4, claims("h3", &[("pay", 1), ("pay", 5)])),
-        ];
-        let whole = Registry::fold(&at(full.into_iter().collect()));
-        let summary = {
-            let upto2 = Registry::fold(&at(vec![
+        // The records a summary folded (through 2).
+        let head = || {
+            vec![
                 (
                     0,
                     Record::Namespace {
@@ -737,9 +720,16 @@ mod tests {
                 ),
                 (1, claims("h1", &[("pay", 0), ("pay", 1)])),
                 (2, Record::Hello { by: "a".into() }),
-            ]));
-            upto2.summary().expect("complete")
+            ]
         };
+        let mut full = head();
+        // Written concurrently with the summary below (which folded only
+        // through 2): it must count for a reader of the tail.
+        full.push((3, claims("h2", &[("pay", 2)])));
+        // Refused at the time (pay 1 is h1's): binds nothing.
+        full.push((4, claims("h3", &[("pay", 1), ("pay", 5)])));
+        let whole = Registry::fold(&at(full));
+        let summary = Registry::fold(&at(head())).summary().expect("complete");
         // Retention dropped 0..=2: the tail is 3, 4, the summary, 6.
         let tail = Registry::fold(&at(vec![
             (3, claims("h2", &[("pay", 2)])),
