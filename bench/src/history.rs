@@ -202,7 +202,7 @@ pub async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let replayed_in = publish_start.elapsed();
-    let log_head = t.read_log_head().await?.unwrap_or(0);
+    let log_head = hearty::transport::EventLog::head(&t).await?.unwrap_or(0);
 
     // A snapshot that holds the whole history.
     let store = hearty::views::snapshot::Snapshots::new(&snapshots, namespace);

@@ -313,7 +313,9 @@ impl Cluster {
             })
             .await
             .expect("connect");
-            let head = t.read_log_head().await.expect("log head");
+            let head = hearty::transport::EventLog::head(&t)
+                .await
+                .expect("log head");
             t.close().await;
             head
         })

@@ -62,15 +62,6 @@ impl AmqpTransport {
         tokio_stream_from(rx)
     }
 
-    /// The offset of the event log's first retained entry: the first
-    /// delivery from the `first` offset; `None` if none comes (an empty log).
-    pub async fn read_log_head(&self) -> Result<Option<i64>, TransportError> {
-        Ok(self
-            .read_log_entry(crate::transport::LogFrom::First)
-            .await?
-            .map(|(o, _)| o))
-    }
-
     /// The first entry of the event log at or after `from`, by offset and
     /// message id; `None` if none comes within [`LOG_HEAD_WAIT`].
     pub async fn read_log_entry(
@@ -85,30 +76,14 @@ impl AmqpTransport {
         let live = self
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        ch.basic_qos(1, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let mut args = FieldTable::default();
-        let spec = match from {
-            LogFrom::First => string_arg("first"),
-            LogFrom::Offset(o) => lapin::types::AMQPValue::LongLongInt(o),
-            LogFrom::Time(secs) => lapin::types::AMQPValue::Timestamp(secs),
-        };
-        args.insert("x-stream-offset".into(), spec);
-        let mut consumer = ch
-            .basic_consume(
-                self.inner.topology.queue(QueueName::EventLog).into(),
-                format!("log-entry.{}", std::process::id()).into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(unavailable)?;
+        let (ch, mut consumer) = open_stream(
+            &live,
+            self.inner.topology.queue(QueueName::EventLog),
+            from,
+            1,
+            "log-entry",
+        )
+        .await?;
         let deadline = tokio::time::Instant::now() + LOG_HEAD_WAIT;
         let found = loop {
             let next = tokio::time::timeout_at(deadline, consumer.next()).await;
@@ -179,26 +154,14 @@ impl AmqpTransport {
             .live()
             .ok_or_else(|| TransportError::Unavailable("reconnecting to RabbitMQ".into()))?;
         let read = async {
-            let ch = live
-                .connection
-                .create_channel()
-                .await
-                .map_err(unavailable)?;
-            // A stream is read with a prefetch and acks (credit), from an offset.
-            ch.basic_qos(500, BasicQosOptions::default())
-                .await
-                .map_err(unavailable)?;
-            let mut args = FieldTable::default();
-            args.insert("x-stream-offset".into(), string_arg("first"));
-            let mut consumer = ch
-                .basic_consume(
-                    self.inner.topology.registry().into(),
-                    format!("registry-reader.{}", std::process::id()).into(),
-                    BasicConsumeOptions::default(),
-                    args,
-                )
-                .await
-                .map_err(unavailable)?;
+            let (ch, mut consumer) = open_stream(
+                &live,
+                self.inner.topology.registry(),
+                crate::transport::LogFrom::First,
+                500,
+                "registry-reader",
+            )
+            .await?;
             let mut bodies = Vec::new();
             // Bounded per record, not for the whole stream: a long registry
             // still reads, a broker that stops answering does not hang.
@@ -236,4 +199,41 @@ impl AmqpTransport {
         };
         read.await
     }
+}
+
+/// A consumer of `stream` from `from`, on a channel of its own: a stream is
+/// read with a prefetch and acks (credit), from an offset.
+async fn open_stream(
+    live: &super::Live,
+    stream: String,
+    from: crate::transport::LogFrom,
+    prefetch: u16,
+    tag: &str,
+) -> Result<(lapin::Channel, lapin::Consumer), TransportError> {
+    use crate::transport::LogFrom;
+    let ch = live
+        .connection
+        .create_channel()
+        .await
+        .map_err(unavailable)?;
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(unavailable)?;
+    let spec = match from {
+        LogFrom::First => string_arg("first"),
+        LogFrom::Offset(o) => lapin::types::AMQPValue::LongLongInt(o),
+        LogFrom::Time(secs) => lapin::types::AMQPValue::Timestamp(secs),
+    };
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), spec);
+    let consumer = ch
+        .basic_consume(
+            stream.into(),
+            format!("{tag}.{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok((ch, consumer))
 }
