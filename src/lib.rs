@@ -40,6 +40,7 @@
 //! `token` and `broker-users` commands; [`metrics`],
 //! [`shutdown`] and [`failpoint`] serve them all.
 
+pub mod allocator;
 pub(crate) mod api;
 /// Who may call which route (the one table; README.md shows it).
 pub use api::access;

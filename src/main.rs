@@ -3,6 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc (see `hearty::allocator`): freed pages go back to the system.
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hearty",
@@ -120,6 +125,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(config) => {
+            hearty::allocator::return_freed_pages_in_background();
             actix::System::new().block_on(hearty::app::run(*config, shutdown_signal()))
         }
         Command::Sagas {

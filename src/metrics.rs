@@ -34,6 +34,10 @@ macro_rules! metrics {
             pub breaker_opened: IntCounterVec,
             /// Outbox rows committed and not yet confirmed, per database.
             pub outbox_backlog: IntGaugeVec,
+            /// The allocator's figures, read at each scrape.
+            pub allocator_allocated: IntGauge,
+            pub allocator_resident: IntGauge,
+            pub allocator_retained: IntGauge,
         }
 
         impl Metrics {
@@ -100,6 +104,18 @@ macro_rules! metrics {
                         "saga_actors_live",
                         "Saga actors in memory (the rest are passivated in SQLite).",
                     )?,
+                    allocator_allocated: gauge(
+                        "allocator_allocated_bytes",
+                        "Bytes the process has allocated and not freed (jemalloc).",
+                    )?,
+                    allocator_resident: gauge(
+                        "allocator_resident_bytes",
+                        "Bytes in pages the allocator keeps resident, freed ones not yet handed back included (jemalloc).",
+                    )?,
+                    allocator_retained: gauge(
+                        "allocator_retained_bytes",
+                        "Bytes of address space the allocator keeps mapped for reuse, not resident (jemalloc).",
+                    )?,
                     step_duration,
                     breaker_state,
                     breaker_partition_state,
@@ -146,6 +162,12 @@ pub fn inc(counter: &IntCounter) {
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
+    if let Some(u) = crate::allocator::usage() {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        METRICS.allocator_allocated.set(gauge(u.allocated));
+        METRICS.allocator_resident.set(gauge(u.resident));
+        METRICS.allocator_retained.set(gauge(u.retained));
+    }
     let mut out = Vec::new();
     // Encoding gathered families into a Vec cannot fail.
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
