@@ -248,3 +248,109 @@ fn a_panicking_saga_actor_does_not_turn_paid_orders_into_503s() {
         }
     });
 }
+
+/// One sample of the service's `/metrics` (manager token).
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(common::token())
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+/// Issue 24: recovery reads no saga. Sagas waiting for a person come back
+/// as a count (no actor, no memory) and move on at their next event; a
+/// saga waiting on a timer gets its actor when the timer is due, and the
+/// timer fires as it would have without the crash.
+#[test]
+fn a_restart_wakes_only_what_a_timer_needs_and_the_rest_moves_on_its_next_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let manual = [("HEARTY_KITCHEN_MODE", "manual")];
+    let rt = runtime();
+    let first = start(&data, &manual);
+    let base = first.base.clone();
+    let waiting: Vec<i64> = rt.block_on(async {
+        seed(&base).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(order_one(&base).await);
+        }
+        for id in &ids {
+            eventually(
+                "the order waits for the cook",
+                async || get(&base, &format!("/sagas/{id}")).await,
+                |v| v["waitingOn"]["waitingForAPerson"] == true,
+            )
+            .await;
+        }
+        ids
+    });
+    drop(first);
+    // A second life places one more order whose payment outlasts its
+    // deadline, and dies under it: that saga waits on its admission timer.
+    let slow = [
+        manual[0],
+        ("HEARTY_PAY_LATENCY", "3s"),
+        ("HEARTY_ORDER_TIMEOUT", "2s"),
+    ];
+    let second = start(&data, &slow);
+    let base = second.base.clone();
+    rt.block_on(async {
+        let placing = tokio::spawn(async move {
+            post(
+                &base,
+                "/orders",
+                json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        drop(second);
+        let (status, _) = placing.await.expect("join");
+        assert_eq!(status, 0, "the client got no answer");
+    });
+    let third = start(&data, &slow);
+    let base = third.base.clone();
+    rt.block_on(async {
+        // Every saga is counted in flight, none of those waiting for a
+        // person has an actor (at most the timer's saga does).
+        assert_eq!(metric(&base, "hearty_sagas_in_flight").await, 5.0);
+        assert!(metric(&base, "hearty_saga_actors_live").await <= 1.0);
+        let timed = eventually(
+            "the timer's saga is abandoned when its deadline passes",
+            async || get(&base, "/sagas/5").await,
+            |v| matches!(v["state"].as_str(), Some("Compensated" | "Completed")),
+        )
+        .await;
+        assert_eq!(timed["state"], "Compensated", "{timed:#}");
+        for id in &waiting {
+            let saga = get(&base, &format!("/sagas/{id}")).await;
+            assert_eq!(saga["state"], "Running", "{saga:#}");
+        }
+        // The others move on at their next event, loaded then.
+        let (s, v) = post(
+            &base,
+            &format!("/kitchens/{}/cooked", waiting[0]),
+            json!({}),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        eventually(
+            "the cooked order completes",
+            async || get(&base, &format!("/sagas/{}", waiting[0])).await,
+            |v| v["state"] == "Completed",
+        )
+        .await;
+        // The binary's allocator is jemalloc, and it says what it holds.
+        assert!(metric(&base, "hearty_allocator_allocated_bytes").await > 1e6);
+        assert!(metric(&base, "hearty_allocator_resident_bytes").await > 1e6);
+    });
+}

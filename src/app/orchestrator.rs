@@ -70,8 +70,21 @@ pub(super) async fn start(
         .await
         .context("recovering sagas")??;
     if recovered > 0 {
-        tracing::info!(recovered, "sagas recovered");
+        tracing::info!(recovered, "sagas in flight recovered");
     }
+    // Recovery read no saga's body: find the undecodable ones now, in the
+    // background, so the state filters show them as `Failed`.
+    let audit = sagas.clone();
+    actix::spawn(async move {
+        match audit.quarantine_undecodable().await {
+            Ok(bad) => {
+                for q in bad {
+                    tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for undecodable sagas failed"),
+        }
+    });
     for &p in &base.owned {
         let (o, t, s, senders) = (
             orchestrator.clone(),

@@ -34,7 +34,7 @@ use crate::saga::machine::{Event, Refusal, Saga};
 use crate::storage::StorageError;
 pub use replies::consume_replies;
 pub use saga_actor::{AwaitAdmission, SagaActor, SagaEvent};
-use store::{Created, SagaStore, Stored};
+use store::{Created, Dormant, SagaStore, Stored};
 
 /// Why the orchestrator could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,9 @@ pub struct Orchestrator {
     registry: Option<Addr<Orchestrator>>,
     /// How long an idle saga actor stays in memory.
     passivate_after: std::time::Duration,
+    /// Sagas recovered without an actor, by when their earliest timer is
+    /// due: 16 bytes each instead of a loaded saga (see [`Recover`]).
+    wakes: std::collections::BTreeSet<(crate::domain::Millis, SagaId)>,
 }
 
 impl Orchestrator {
@@ -119,6 +122,7 @@ impl Orchestrator {
             breakers,
             registry: None,
             passivate_after,
+            wakes: Default::default(),
         }
     }
 
@@ -156,6 +160,7 @@ impl Actor for Orchestrator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.registry = Some(ctx.address());
+        ctx.run_interval(WAKE_TICK, |act, ctx| act.wake_due(ctx));
     }
 }
 
@@ -316,8 +321,13 @@ where
     }
 }
 
-/// Load every saga that still has work to do, re-arming its timers and
-/// re-sending what it waits for.
+/// Recover the owned partitions' sagas after a start: count those in
+/// flight and put every one that waits on a timer on the wake list. No
+/// saga is loaded: one gets its actor when its earliest timer is due (the
+/// actor re-arms the rest and re-sends what it waits for) or at its next
+/// event, whichever comes first; the others (waiting for a person, or for a
+/// reply that will come) stay in SQLite until their next event. Answers the
+/// number in flight.
 #[derive(Message)]
 #[rtype(result = "Result<usize, OrchestratorError>")]
 pub struct Recover;
@@ -328,25 +338,72 @@ impl Handler<Recover> for Orchestrator {
     fn handle(&mut self, _: Recover, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(
-            async move { Ok::<_, OrchestratorError>(store.load_active().await?) }
+            async move { Ok::<_, OrchestratorError>(store.dormant().await?) }
                 .into_actor(self)
-                .map(|loaded, act, _ctx| {
-                    let (sagas, quarantined) = loaded?;
-                    for q in &quarantined {
-                        tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
-                    }
-                    let n = sagas.len();
-                    METRICS.sagas_in_flight.set(n as i64);
-                    // Only sagas that wait on a timer need an actor now; the
-                    // others (waiting for a person, or for a reply that will
-                    // come) are loaded by their next event.
-                    for saga in sagas {
-                        if !saga.pending_timers().is_empty() {
-                            act.actor_for(saga);
-                        }
-                    }
-                    Ok(n)
+                .map(|dormant, act, _ctx| {
+                    let Dormant { in_flight, wakes } = dormant?;
+                    METRICS.sagas_in_flight.set(in_flight as i64);
+                    act.wakes.extend(wakes);
+                    Ok(in_flight)
                 }),
         )
+    }
+}
+
+/// How often the registry looks for due entries of its wake list, and how
+/// many sagas it loads at most each time (a recovery with many overdue
+/// timers loads them at this pace instead of all at once).
+const WAKE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+const WAKE_BATCH: usize = 256;
+
+impl Orchestrator {
+    /// Gives the sagas of the wake list whose timer is due their actor.
+    fn wake_due(&mut self, ctx: &mut Context<Self>) {
+        let now = crate::domain::Millis::now();
+        let mut due = Vec::new();
+        while due.len() < WAKE_BATCH {
+            match self.wakes.first() {
+                Some(&(at, id)) if at <= now => {
+                    self.wakes.pop_first();
+                    if !self.sagas.get(&id).is_some_and(|l| l.addr.connected()) {
+                        due.push(id);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let ids = due.clone();
+        // `wait`: no other message is handled until the actors run, so no
+        // `Locate` starts one of these sagas from the same rows meanwhile,
+        // and none passivates and changes its row between this load and
+        // `actor_for` (as in `Locate`).
+        ctx.wait(
+            async move { store.load_many(ids).await }
+                .into_actor(self)
+                .map(move |loaded, act, _ctx| match loaded {
+                    Ok(rows) => {
+                        for row in rows {
+                            match row {
+                                Stored::Saga(saga) => {
+                                    act.actor_for(*saga);
+                                }
+                                Stored::Quarantined(q) => {
+                                    tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Try again shortly: a timer fires late, never not.
+                        tracing::warn!(error = %e, sagas = due.len(), "loading sagas whose timers are due failed; retrying");
+                        let later = crate::domain::Millis::now().plus(std::time::Duration::from_secs(1));
+                        act.wakes.extend(due.into_iter().map(|id| (later, id)));
+                    }
+                }),
+        );
     }
 }

@@ -176,6 +176,14 @@ async fn an_undecodable_saga_is_quarantined_not_fatal() {
             .unwrap_or("")
             .contains("decode")
     );
+    // Recovery reads no body; the audit after start-up marks it Failed
+    // for the state filter a moment later.
+    let failed = app
+        .wait_view("/sagas?state=Failed", bad, "listed as Failed", |v| {
+            v["quarantined"] == true
+        })
+        .await;
+    assert_eq!(failed["state"], "Failed", "{failed}");
     let (s, failed) = app.get("/sagas?state=Failed").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");

@@ -25,14 +25,21 @@ impl SagaStore {
         self.db
             .write(|tx| {
                 let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-                if version >= LAYOUT_VERSION {
-                    return Ok(());
+                if version < LAYOUT_VERSION {
+                    if version < 2 {
+                        to_version_2(tx)?;
+                    }
+                    keys::scope_to_customers(tx)?;
+                    tx.execute_batch(&format!("PRAGMA user_version = {LAYOUT_VERSION};"))?;
                 }
-                if version < 2 {
-                    to_version_2(tx)?;
-                }
-                keys::scope_to_customers(tx)?;
-                tx.execute_batch(&format!("PRAGMA user_version = {LAYOUT_VERSION};"))?;
+                // Recovery reads the sagas that wait on a timer through
+                // this index (made here, once `wakes_at` exists in every
+                // layout; a database of an earlier release gets it on its
+                // first start with this one).
+                tx.execute_batch(
+                    "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at, id)
+                     WHERE wakes_at IS NOT NULL;",
+                )?;
                 Ok(())
             })
             .await

@@ -345,47 +345,118 @@ impl SagaStore {
         self.db.read(move |c| sagas::get_saga(c, id)).await
     }
 
-    /// Every saga of an owned partition that still has work to do (for
-    /// recovery), in one query: the sagas of other partitions in this file
-    /// (a process restarted with fewer partitions) are their owner's.
-    /// Rows that cannot be decoded are marked `Failed` (quarantined) and
-    /// returned apart, so that one bad row never stops start-up.
-    pub async fn load_active(&self) -> StorageResult<(Vec<Saga>, Vec<Quarantined>)> {
-        let owned = self.owned.clone();
-        let rows = self
-            .db
-            .read(|c| {
-                let mut stmt = c.prepare(&format!(
-                    "SELECT {} FROM sagas
-                     WHERE state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL ORDER BY id",
-                    sagas::ROW
-                ))?;
-                Ok(stmt
-                    .query_map([], sagas::decode)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?)
-            })
-            .await?;
-        let rows = rows.into_iter().filter(|row| owned.owns(row.id().get()));
-        let (mut sagas, mut bad) = (Vec::new(), Vec::new());
-        for row in rows {
-            match row {
-                Stored::Saga(s) => sagas.push(*s),
-                Stored::Quarantined(q) => bad.push(q),
-            }
-        }
-        if !bad.is_empty() {
-            let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
-            self.db
-                .write(move |tx| {
-                    for id in ids {
-                        tx.execute("UPDATE sagas SET state = 'Failed' WHERE id = ?1", [id])?;
+    /// Several sagas at once (those whose timers are due after a
+    /// recovery); an id with no row is left out.
+    pub async fn load_many(&self, ids: Vec<SagaId>) -> StorageResult<Vec<Stored>> {
+        self.db
+            .read(move |c| {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(stored) = sagas::get_saga(c, id)? {
+                        found.push(stored);
                     }
-                    Ok(())
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    /// What recovery needs of the owned partitions' sagas without loading
+    /// any of them: how many are in flight, and when each one that waits on
+    /// a timer is due (two index scans; no body is read). The sagas of other
+    /// partitions in this file (a process restarted with fewer partitions)
+    /// are their owner's.
+    pub async fn dormant(&self) -> StorageResult<Dormant> {
+        let owned = self.owned.clone();
+        self.db
+            .read(move |c| {
+                let mut in_flight = 0;
+                let mut stmt =
+                    c.prepare("SELECT id FROM sagas WHERE state IN ('Running', 'Compensating')")?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    if owned.owns(row.get(0)?) {
+                        in_flight += 1;
+                    }
+                }
+                let mut wakes = Vec::new();
+                let mut stmt =
+                    c.prepare("SELECT wakes_at, id FROM sagas WHERE wakes_at IS NOT NULL")?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let (at, id): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    if owned.owns(id) {
+                        let id =
+                            OrderId::new(id).map_err(|e| StorageError::Invalid(e.to_string()))?;
+                        wakes.push((Millis(at), id));
+                    }
+                }
+                Ok(Dormant { in_flight, wakes })
+            })
+            .await
+    }
+
+    /// Marks the in-flight sagas of owned partitions whose stored body no
+    /// longer decodes `Failed` (quarantined), and returns them, so that the
+    /// state filters show them as what they are. Reads a few hundred rows
+    /// at a time (memory stays flat, the database is never held long); run
+    /// after start-up, since recovery itself reads no bodies.
+    pub async fn quarantine_undecodable(&self) -> StorageResult<Vec<Quarantined>> {
+        const CHUNK: i64 = 500;
+        let (mut after, mut found) = (0_i64, Vec::new());
+        loop {
+            let owned = self.owned.clone();
+            let (bad, last) = self
+                .db
+                .read(move |c| {
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {} FROM sagas WHERE state IN ('Running', 'Compensating')
+                         AND id > ?1 ORDER BY id LIMIT ?2",
+                        sagas::ROW
+                    ))?;
+                    let mut rows = stmt.query(params![after, CHUNK])?;
+                    let (mut bad, mut last) = (Vec::new(), None);
+                    while let Some(row) = rows.next()? {
+                        let stored = sagas::decode(row)?;
+                        last = Some(stored.id().get());
+                        if let Stored::Quarantined(q) = stored
+                            && owned.owns(q.id.get())
+                        {
+                            bad.push(q);
+                        }
+                    }
+                    Ok((bad, last))
                 })
                 .await?;
+            if !bad.is_empty() {
+                let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
+                self.db
+                    .write(move |tx| {
+                        for id in ids {
+                            tx.execute("UPDATE sagas SET state = 'Failed' WHERE id = ?1", [id])?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                found.extend(bad);
+            }
+            match last {
+                Some(id) => after = id,
+                None => return Ok(found),
+            }
+            tokio::task::yield_now().await;
         }
-        Ok((sagas, bad))
     }
+}
+
+/// The owned partitions' sagas as recovery finds them (see
+/// [`SagaStore::dormant`]).
+#[derive(Debug, Default)]
+pub struct Dormant {
+    /// Sagas in flight (running or compensating).
+    pub in_flight: usize,
+    /// Every saga that waits on a timer, with when its earliest is due.
+    pub wakes: Vec<(Millis, SagaId)>,
 }
 
 /// What `create` did.
