@@ -111,6 +111,9 @@ pub struct BenchArgs {
     /// Skip the memory and recovery phases.
     #[arg(long)]
     pub skip_memory: bool,
+    /// Only the memory and recovery phases (with --memory-sagas; JSON).
+    #[arg(long, conflicts_with_all = ["skip_memory", "url", "history"])]
+    pub memory_only: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -268,12 +271,7 @@ impl Service {
 
     /// Resident memory in KiB.
     fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+        rss_kib_of(self.child.id())
     }
 
     fn terminate(mut self) {
@@ -646,6 +644,33 @@ async fn wait_ready(base: &str, limit: Duration) -> anyhow::Result<Duration> {
     }
 }
 
+/// Resident memory of process `pid` in KiB.
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// How long after loading (or recovering) memory is read: the service's
+/// passivation time (5 s) and the allocator's decay of freed pages
+/// (10 s dirty, then 10 s muzzy), with a margin.
+fn settle() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The allocator's own view (bytes the program holds vs. pages it keeps
+/// resident), from the service's metrics.
+async fn allocator(conn: &mut http::Conn) -> Value {
+    json!({
+        "allocatedBytes": metric(conn, "hearty_allocator_allocated_bytes").await.ok(),
+        "residentBytes": metric(conn, "hearty_allocator_resident_bytes").await.ok(),
+        "retainedBytes": metric(conn, "hearty_allocator_retained_bytes").await.ok(),
+    })
+}
+
 /// Memory per in-flight saga and recovery time, with N sagas waiting for
 /// the kitchen (manual mode).
 async fn memory_and_recovery(
@@ -673,6 +698,22 @@ async fn memory_and_recovery(
     let pb = bar(n as u64, "in-flight sagas (kitchen manual)");
     let left = Arc::new(AtomicU64::new(n as u64));
     let failed = Arc::new(AtomicBool::new(false));
+    let loading = Instant::now();
+    // The highest resident memory while loading (sampled), beside the
+    // figure once the actors have passivated.
+    let peak = Arc::new(AtomicU64::new(idle));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), svc.child.id());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib_of(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
         let (left, failed, target, pb) = (left.clone(), failed.clone(), target.clone(), pb.clone());
@@ -694,10 +735,14 @@ async fn memory_and_recovery(
     for c in clients {
         let _ = c.await;
     }
+    let loading_secs = loading.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let mut conn = target.staff()?;
-    // Let the kitchen accept the last ones and the idle actors passivate.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Let the kitchen accept the last ones, the idle actors passivate and
+    // the allocator hand their memory back.
+    tokio::time::sleep(settle()).await;
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
     let loaded = svc.rss_kib().unwrap_or(0);
     let live = metric(&mut conn, "hearty_saga_actors_live")
         .await
@@ -705,16 +750,23 @@ async fn memory_and_recovery(
     let in_flight = metric(&mut conn, "hearty_sagas_in_flight")
         .await
         .unwrap_or(-1.0);
-    let per_saga = (loaded.saturating_sub(idle)) as f64 * 1024.0 / n as f64;
+    let per = |kib: u64| kib.saturating_sub(idle) as f64 * 1024.0 / n.max(1) as f64;
+    let peak = peak.load(Ordering::Relaxed).max(loaded);
     let memory = json!({
         "inFlightSagas": in_flight,
         "sagaActorsLive": live,
         "idleRssKiB": idle,
         "loadedRssKiB": loaded,
-        "bytesPerInFlightSaga": per_saga,
+        "bytesPerInFlightSaga": per(loaded),
+        "peakRssKiBWhileLoading": peak,
+        "bytesPerInFlightSagaAtPeak": per(peak),
+        "allocator": allocator(&mut conn).await,
+        "sagasPerSecLoading": n as f64 / loading_secs,
+        "secondsLoading": loading_secs,
         "someOrdersFailed": failed.load(Ordering::Relaxed),
     });
-    // Recovery: crash the process holding them, start again, time readiness.
+    // Recovery: crash the process holding them, start again, time
+    // readiness, then memory at ready and once idle.
     let data_dir = svc.data_dir.clone();
     svc.kill();
     let t = Instant::now();
@@ -728,16 +780,27 @@ async fn memory_and_recovery(
     )?;
     let ready = wait_ready(&svc.base, Duration::from_secs(600)).await?;
     let ready_total = t.elapsed();
+    let at_ready = svc.rss_kib().unwrap_or(0);
     let mut conn = svc.target().staff()?;
     let back = metric(&mut conn, "hearty_sagas_in_flight")
         .await
         .unwrap_or(-1.0);
+    let live_at_ready = metric(&mut conn, "hearty_saga_actors_live")
+        .await
+        .unwrap_or(-1.0);
+    tokio::time::sleep(settle()).await;
+    let after_idle = svc.rss_kib().unwrap_or(0);
     let recovery = json!({
         "inFlightSagas": n,
         "secondsToReady": ready_total.as_secs_f64(),
         "secondsFromListeningToReady": ready.as_secs_f64(),
         "sagasInFlightAfterRecovery": back,
-        "note": "ready is answered only after recovery: every saga that waits on a timer has its actor back; the others are loaded by their next event",
+        "sagaActorsLiveAtReady": live_at_ready,
+        "rssKiBAtReady": at_ready,
+        "rssKiBAfterIdle": after_idle,
+        "bytesPerInFlightSaga": per(after_idle),
+        "allocator": allocator(&mut conn).await,
+        "note": "ready is answered only after recovery; bytes per in-flight saga are over the first process's idle RSS, measured once idle (passivation and the allocator's decay have passed)",
     });
     svc.terminate();
     Ok((memory, recovery))
@@ -803,6 +866,20 @@ pub async fn run_history(args: &BenchArgs, orders: usize) -> anyhow::Result<Valu
         hearty::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// Runs the memory and recovery measurement alone (`--memory-only`).
+pub async fn run_memory(args: &BenchArgs) -> anyhow::Result<Value> {
+    let exe = hearty_binary(args.hearty.as_deref())?;
+    let namespace = format!("bench-mem-{:08x}", rand::random::<u32>());
+    let tmp = std::env::temp_dir().join(&namespace);
+    std::fs::create_dir_all(&tmp)?;
+    let result = memory_and_recovery(&exe, args, &namespace, &tmp.join("memory")).await;
+    let _ =
+        hearty::transport::amqp::AmqpTransport::delete_namespace(&args.amqp_url, &namespace).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (memory, recovery) = result?;
+    Ok(json!({ "machine": machine(), "memory": memory, "recovery": recovery }))
 }
 
 /// Runs the whole benchmark.
@@ -974,24 +1051,33 @@ pub fn summary(r: &Report) -> String {
     if let Some(c) = r.cancellations_per_sec {
         out.push_str(&format!("cancellations: {c:.1} compensated sagas/s\n"));
     }
-    if let Some(m) = &r.memory {
-        out.push_str(&format!(
-            "memory: {:.0} bytes per in-flight saga ({} sagas, RSS {} → {} KiB, {} actors live)\n",
-            m["bytesPerInFlightSaga"].as_f64().unwrap_or(0.0),
-            m["inFlightSagas"],
-            m["idleRssKiB"],
-            m["loadedRssKiB"],
-            m["sagaActorsLive"]
-        ));
-    }
-    if let Some(rc) = &r.recovery {
-        out.push_str(&format!(
-            "recovery: {} in-flight sagas ready in {:.2} s after restart\n",
-            rc["inFlightSagas"],
-            rc["secondsToReady"].as_f64().unwrap_or(0.0)
-        ));
+    if let (Some(m), Some(rc)) = (&r.memory, &r.recovery) {
+        out.push_str(&memory_summary(m, rc));
     }
     out
+}
+
+/// The memory and recovery lines of the summary.
+pub fn memory_summary(m: &Value, rc: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    format!(
+        "memory while loading: {:.0} bytes per in-flight saga once idle, {:.0} at the peak ({} sagas at {:.0}/s, RSS {} → {} KiB, peak {} KiB, {} actors live)\n\
+         recovery: {} in-flight sagas ready in {:.2} s after SIGKILL; {} actors at ready; RSS {} KiB at ready, {} KiB idle: {:.0} bytes per in-flight saga\n",
+        f(&m["bytesPerInFlightSaga"]),
+        f(&m["bytesPerInFlightSagaAtPeak"]),
+        m["inFlightSagas"],
+        f(&m["sagasPerSecLoading"]),
+        m["idleRssKiB"],
+        m["loadedRssKiB"],
+        m["peakRssKiBWhileLoading"],
+        m["sagaActorsLive"],
+        rc["sagasInFlightAfterRecovery"],
+        f(&rc["secondsToReady"]),
+        rc["sagaActorsLiveAtReady"],
+        rc["rssKiBAtReady"],
+        rc["rssKiBAfterIdle"],
+        f(&rc["bytesPerInFlightSaga"]),
+    )
 }
 
 #[cfg(test)]

@@ -31,6 +31,30 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if args.memory_only {
+        let report = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(hearty_bench::run_memory(&args)));
+        return match report {
+            Ok(v) if json => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(v) => {
+                print!(
+                    "{}",
+                    hearty_bench::memory_summary(&v["memory"], &v["recovery"])
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hearty-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
