@@ -77,8 +77,11 @@ pub(super) async fn start(
     let audit = sagas.clone();
     actix::spawn(async move {
         match audit.quarantine_undecodable().await {
-            Ok(bad) => {
-                for q in bad {
+            Ok(found) => {
+                crate::metrics::METRICS
+                    .sagas_in_flight
+                    .sub(found.were_in_flight as i64);
+                for q in found.quarantined {
                     tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
                 }
             }

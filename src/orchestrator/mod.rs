@@ -104,7 +104,8 @@ pub struct Orchestrator {
     /// How long an idle saga actor stays in memory.
     passivate_after: std::time::Duration,
     /// Sagas recovered without an actor, by when their earliest timer is
-    /// due: 16 bytes each instead of a loaded saga (see [`Recover`]).
+    /// due: a few dozen bytes each instead of a loaded saga (see
+    /// [`Recover`]).
     wakes: std::collections::BTreeSet<(crate::domain::Millis, SagaId)>,
 }
 
@@ -160,7 +161,7 @@ impl Actor for Orchestrator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.registry = Some(ctx.address());
-        ctx.run_interval(WAKE_TICK, |act, ctx| act.wake_due(ctx));
+        ctx.run_later(WAKE_TICK, |act, ctx| act.wake_due(ctx));
     }
 }
 
@@ -350,14 +351,18 @@ impl Handler<Recover> for Orchestrator {
     }
 }
 
-/// How often the registry looks for due entries of its wake list, and how
-/// many sagas it loads at most each time (a recovery with many overdue
-/// timers loads them at this pace instead of all at once).
+/// How often the registry looks for due entries of its wake list; how many
+/// sagas it loads at most at a time; how soon it takes the next batch when
+/// more are due (a recovery with many overdue timers wakes them at this
+/// pace, the registry's mailbox served between batches, instead of all at
+/// once).
 const WAKE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-const WAKE_BATCH: usize = 256;
+const WAKE_BATCH: usize = 128;
+const WAKE_BACKLOG_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Orchestrator {
-    /// Gives the sagas of the wake list whose timer is due their actor.
+    /// Gives the sagas of the wake list whose timer is due their actor, one
+    /// batch, then schedules the next look.
     fn wake_due(&mut self, ctx: &mut Context<Self>) {
         let now = crate::domain::Millis::now();
         let mut due = Vec::new();
@@ -373,6 +378,7 @@ impl Orchestrator {
             }
         }
         if due.is_empty() {
+            ctx.run_later(WAKE_TICK, |act, ctx| act.wake_due(ctx));
             return;
         }
         let store = self.store.clone();
@@ -380,29 +386,58 @@ impl Orchestrator {
         // `wait`: no other message is handled until the actors run, so no
         // `Locate` starts one of these sagas from the same rows meanwhile,
         // and none passivates and changes its row between this load and
-        // `actor_for` (as in `Locate`).
+        // `actor_for` (as in `Locate`). One batch at a time: the next look
+        // is scheduled when this one is done.
         ctx.wait(
             async move { store.load_many(ids).await }
                 .into_actor(self)
-                .map(move |loaded, act, _ctx| match loaded {
-                    Ok(rows) => {
-                        for row in rows {
-                            match row {
-                                Stored::Saga(saga) => {
-                                    act.actor_for(*saga);
-                                }
-                                Stored::Quarantined(q) => {
-                                    tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+                .map(move |loaded, act, ctx| {
+                    match loaded {
+                        Ok(rows) => {
+                            let mut bad = Vec::new();
+                            for row in rows {
+                                match row {
+                                    Stored::Saga(saga) => {
+                                        act.actor_for(*saga);
+                                    }
+                                    Stored::Quarantined(q) => bad.push(q),
                                 }
                             }
+                            if !bad.is_empty() {
+                                act.quarantine(bad, ctx);
+                            }
+                        }
+                        Err(e) => {
+                            // Try again shortly: a timer fires late, never not.
+                            tracing::warn!(error = %e, sagas = due.len(), "loading sagas whose timers are due failed; retrying");
+                            let later = crate::domain::Millis::now()
+                                .plus(std::time::Duration::from_secs(1));
+                            act.wakes.extend(due.into_iter().map(|id| (later, id)));
                         }
                     }
-                    Err(e) => {
-                        // Try again shortly: a timer fires late, never not.
-                        tracing::warn!(error = %e, sagas = due.len(), "loading sagas whose timers are due failed; retrying");
-                        let later = crate::domain::Millis::now().plus(std::time::Duration::from_secs(1));
-                        act.wakes.extend(due.into_iter().map(|id| (later, id)));
-                    }
+                    let backlog = act
+                        .wakes
+                        .first()
+                        .is_some_and(|&(at, _)| at <= crate::domain::Millis::now());
+                    let next = if backlog { WAKE_BACKLOG_PAUSE } else { WAKE_TICK };
+                    ctx.run_later(next, |act, ctx| act.wake_due(ctx));
+                }),
+        );
+    }
+
+    /// Marks sagas whose body does not decode `Failed` (found when their
+    /// timer came due), and counts them out of those in flight.
+    fn quarantine(&mut self, bad: Vec<store::Quarantined>, ctx: &mut Context<Self>) {
+        for q in &bad {
+            tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+        }
+        let store = self.store.clone();
+        ctx.spawn(
+            async move { store.quarantine(&bad).await }
+                .into_actor(self)
+                .map(|marked, _act, _ctx| match marked {
+                    Ok(n) => METRICS.sagas_in_flight.sub(n as i64),
+                    Err(e) => tracing::warn!(error = %e, "marking quarantined sagas failed"),
                 }),
         );
     }

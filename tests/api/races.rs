@@ -148,15 +148,26 @@ async fn an_undecodable_saga_is_quarantined_not_fatal() {
     assert_eq!(s, StatusCode::CREATED, "{first}");
     let (s, second) = app.order(customer, food, 2).await;
     assert_eq!(s, StatusCode::CREATED, "{second}");
+    let (s, third) = app.order(customer, food, 3).await;
+    assert_eq!(s, StatusCode::CREATED, "{third}");
     let bad = first["id"].as_i64().expect("id");
+    let blob = third["id"].as_i64().expect("id");
     app.wait_state(bad, "Completed").await;
+    app.wait_state(blob, "Completed").await;
     app.stop().await;
     // Damage one saga (as an incompatible or broken writer would) and make
-    // it look active, so recovery must read it.
+    // it look active, so recovery must count it; damage another worse (its
+    // body not even text) and give it a timer long due, so that it is
+    // loaded with the first batch of due sagas.
     let conn = rusqlite::Connection::open(data.join("orchestrator.db")).expect("open");
     conn.execute(
         "UPDATE sagas SET body = '{\"amount\": 1e400}', state = 'Running' WHERE id = ?1",
         [bad],
+    )
+    .expect("damage");
+    conn.execute(
+        "UPDATE sagas SET body = x'00ff', wakes_at = 1 WHERE id = ?1",
+        [blob],
     )
     .expect("damage");
     drop(conn);
@@ -184,9 +195,19 @@ async fn an_undecodable_saga_is_quarantined_not_fatal() {
         })
         .await;
     assert_eq!(failed["state"], "Failed", "{failed}");
+    let failed = app
+        .wait_view("/sagas?state=Failed", blob, "listed as Failed", |v| {
+            v["quarantined"] == true
+        })
+        .await;
+    assert!(
+        failed["reason"].as_str().unwrap_or("").contains("not text"),
+        "{failed}"
+    );
     let (s, failed) = app.get("/sagas?state=Failed").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed.as_array().map(Vec::len), Some(2), "{failed}");
+
     for path in [
         "/orders".to_owned(),
         format!("/orders/{bad}"),

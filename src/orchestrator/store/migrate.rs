@@ -37,7 +37,7 @@ impl SagaStore {
                 // layout; a database of an earlier release gets it on its
                 // first start with this one).
                 tx.execute_batch(
-                    "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at, id)
+                    "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at)
                      WHERE wakes_at IS NOT NULL;",
                 )?;
                 Ok(())
@@ -100,9 +100,6 @@ fn to_version_2(tx: &rusqlite::Connection) -> StorageResult<()> {
             )?;
         }
     }
-    tx.execute_batch(
-        "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at) WHERE wakes_at IS NOT NULL;",
-    )?;
     Ok(())
 }
 

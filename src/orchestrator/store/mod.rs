@@ -396,29 +396,70 @@ impl SagaStore {
             .await
     }
 
-    /// Marks the in-flight sagas of owned partitions whose stored body no
-    /// longer decodes `Failed` (quarantined), and returns them, so that the
-    /// state filters show them as what they are. Reads a few hundred rows
-    /// at a time (memory stays flat, the database is never held long); run
-    /// after start-up, since recovery itself reads no bodies.
-    pub async fn quarantine_undecodable(&self) -> StorageResult<Vec<Quarantined>> {
+    /// Marks these sagas `Failed` (quarantined: their body does not
+    /// decode) and takes them off the wake list's column, so that the state
+    /// filters show them as what they are and no restart wakes them again.
+    /// Answers how many of them were in flight (`Running` or
+    /// `Compensating`) until now.
+    pub async fn quarantine(&self, bad: &[Quarantined]) -> StorageResult<usize> {
+        let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
+        self.db
+            .write(move |tx| {
+                let mut were_in_flight = 0;
+                for id in ids {
+                    were_in_flight += tx
+                        .prepare_cached(
+                            "UPDATE sagas SET state = 'Failed'
+                             WHERE id = ?1 AND state IN ('Running', 'Compensating')",
+                        )?
+                        .execute([id])?;
+                    tx.prepare_cached(
+                        "UPDATE sagas SET state = 'Failed', wakes_at = NULL WHERE id = ?1",
+                    )?
+                    .execute([id])?;
+                }
+                Ok(were_in_flight)
+            })
+            .await
+    }
+
+    /// Finds the sagas of owned partitions that recovery counted or would
+    /// wake (in flight, or with a timer) and whose stored body no longer
+    /// decodes, and quarantines them. Recovery reads no body, so this runs
+    /// after start-up, in the background: up to the largest id at its
+    /// start, in order of id, a few hundred rows at a time with a pause
+    /// between (memory stays flat, the database is never held long, and the
+    /// whole table is read once).
+    pub async fn quarantine_undecodable(&self) -> StorageResult<Audit> {
         const CHUNK: i64 = 500;
-        let (mut after, mut found) = (0_i64, Vec::new());
-        loop {
+        let end: i64 = self
+            .db
+            .read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM sagas", [], |r| r.get(0))?))
+            .await?;
+        let (mut after, mut audit) = (0_i64, Audit::default());
+        while after < end {
             let owned = self.owned.clone();
             let (bad, last) = self
                 .db
                 .read(move |c| {
+                    // NOT INDEXED: walk the rowid range (the state index
+                    // would sort every remaining row for each chunk).
                     let mut stmt = c.prepare_cached(&format!(
-                        "SELECT {} FROM sagas WHERE state IN ('Running', 'Compensating')
-                         AND id > ?1 ORDER BY id LIMIT ?2",
+                        "SELECT {} FROM sagas NOT INDEXED
+                         WHERE id > ?1 AND id <= ?2
+                           AND (state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL)
+                         ORDER BY id LIMIT ?3",
                         sagas::ROW
                     ))?;
-                    let mut rows = stmt.query(params![after, CHUNK])?;
-                    let (mut bad, mut last) = (Vec::new(), None);
+                    let mut rows = stmt.query(params![after, end, CHUNK])?;
+                    let (mut bad, mut last) = (Vec::new(), end);
+                    let mut n = 0;
                     while let Some(row) = rows.next()? {
                         let stored = sagas::decode(row)?;
-                        last = Some(stored.id().get());
+                        n += 1;
+                        if n == CHUNK {
+                            last = stored.id().get();
+                        }
                         if let Stored::Quarantined(q) = stored
                             && owned.owns(q.id.get())
                         {
@@ -429,24 +470,22 @@ impl SagaStore {
                 })
                 .await?;
             if !bad.is_empty() {
-                let ids: Vec<i64> = bad.iter().map(|q| q.id.get()).collect();
-                self.db
-                    .write(move |tx| {
-                        for id in ids {
-                            tx.execute("UPDATE sagas SET state = 'Failed' WHERE id = ?1", [id])?;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                found.extend(bad);
+                audit.were_in_flight += self.quarantine(&bad).await?;
+                audit.quarantined.extend(bad);
             }
-            match last {
-                Some(id) => after = id,
-                None => return Ok(found),
-            }
-            tokio::task::yield_now().await;
+            after = last;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+        Ok(audit)
     }
+}
+
+/// What [`SagaStore::quarantine_undecodable`] found.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub quarantined: Vec<Quarantined>,
+    /// How many of them recovery had counted in flight.
+    pub were_in_flight: usize,
 }
 
 /// The owned partitions' sagas as recovery finds them (see

@@ -74,19 +74,25 @@ impl Stored {
 /// The columns `decode` reads, in this order.
 pub(super) const ROW: &str = "id, body, order_status, created_at, updated_at";
 
-/// Decodes one row of [`ROW`]; a body that does not decode is quarantined.
+/// Decodes one row of [`ROW`]; a body that does not decode is quarantined,
+/// whatever the damage (not JSON, not a saga, not even text), so that one
+/// bad row never fails a query that reads others.
 pub(super) fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    use rusqlite::types::ValueRef;
     let id: i64 = r.get(0)?;
-    let body: String = r.get(1)?;
-    Ok(match serde_json::from_str::<Saga>(&body) {
+    let decoded = match r.get_ref(1)? {
+        ValueRef::Text(body) => serde_json::from_slice::<Saga>(body).map_err(|e| e.to_string()),
+        other => Err(format!("the body is {:?}, not text", other.data_type())),
+    };
+    Ok(match decoded {
         Ok(saga) => Stored::Saga(Box::new(saga)),
         Err(e) => Stored::Quarantined(Quarantined {
             id: OrderId::new(id)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-            order_status: r.get::<_, String>(2)?.parse().ok(),
+            order_status: r.get::<_, String>(2).ok().and_then(|s| s.parse().ok()),
             reason: format!("quarantined: the stored saga cannot be decoded ({e})"),
-            created_at: Millis(r.get(3)?),
-            updated_at: Millis(r.get(4)?),
+            created_at: Millis(r.get(3).unwrap_or(0)),
+            updated_at: Millis(r.get(4).unwrap_or(0)),
         }),
     })
 }
