@@ -4,7 +4,9 @@
 //! wave of sagas passivates (its decay, run by a background thread), and
 //! because it says what it holds: the `hearty_allocator_*` metrics, read
 //! at each scrape, separate the bytes the program uses from the pages the
-//! allocator keeps (see BENCHMARKS.md, memory after recovery).
+//! allocator keeps (see BENCHMARKS.md, memory after recovery). It is
+//! built unprefixed: the C code in the process (the bundled SQLite) calls
+//! jemalloc's `malloc` too, so the figures are the whole process's heap.
 
 /// What the allocator holds, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +37,7 @@ mod imp {
 
     pub fn return_freed_pages_in_background() {
         if let Err(e) = background_thread::write(true) {
-            tracing::debug!(error = %e, "the allocator's background thread is not available");
+            tracing::warn!(error = %e, "the allocator's background thread is not available: freed pages go back to the system only when threads allocate again");
         }
     }
 }
