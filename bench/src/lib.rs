@@ -698,6 +698,7 @@ async fn memory_and_recovery(
     let pb = bar(n as u64, "in-flight sagas (kitchen manual)");
     let left = Arc::new(AtomicU64::new(n as u64));
     let failed = Arc::new(AtomicBool::new(false));
+    let placed = Arc::new(AtomicU64::new(0));
     let loading = Instant::now();
     // The highest resident memory while loading (sampled), beside the
     // figure once the actors have passivated.
@@ -717,6 +718,7 @@ async fn memory_and_recovery(
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
         let (left, failed, target, pb) = (left.clone(), failed.clone(), target.clone(), pb.clone());
+        let placed = placed.clone();
         clients.push(tokio::spawn(async move {
             let Ok(mut c) = target.customer() else {
                 return;
@@ -726,7 +728,10 @@ async fn memory_and_recovery(
                 .is_ok()
             {
                 match c.request("POST", "/orders", Some(ORDER)).await {
-                    Ok(r) if r.status == 201 => pb.inc(1),
+                    Ok(r) if r.status == 201 => {
+                        pb.inc(1);
+                        placed.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => failed.store(true, Ordering::Relaxed),
                 }
             }
@@ -735,6 +740,8 @@ async fn memory_and_recovery(
     for c in clients {
         let _ = c.await;
     }
+    // Per saga placed (a refused order holds nothing).
+    let n = placed.load(Ordering::Relaxed) as usize;
     let loading_secs = loading.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let mut conn = target.staff()?;
@@ -750,7 +757,7 @@ async fn memory_and_recovery(
     let in_flight = metric(&mut conn, "hearty_sagas_in_flight")
         .await
         .unwrap_or(-1.0);
-    let per = |kib: u64| kib.saturating_sub(idle) as f64 * 1024.0 / n.max(1) as f64;
+    let per = |kib: u64| (kib as f64 - idle as f64) * 1024.0 / n.max(1) as f64;
     let peak = peak.load(Ordering::Relaxed).max(loaded);
     let memory = json!({
         "inFlightSagas": in_flight,
