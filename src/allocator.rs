@@ -53,9 +53,10 @@ mod imp {
     pub fn return_freed_pages_in_background() {}
 }
 
-/// What the allocator holds now; `None` where it is not jemalloc's (or
-/// jemalloc is linked but not the global allocator, as in the tests, where
-/// the figures are near zero).
+/// What the allocator holds now; `None` where it is not jemalloc. (Built
+/// unprefixed, jemalloc is the C `malloc` of every binary that links this
+/// library, the tests' too, even where Rust's global allocator is the
+/// system's: the figures are the whole process's there as well.)
 pub fn usage() -> Option<Usage> {
     imp::usage()
 }

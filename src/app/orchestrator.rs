@@ -74,20 +74,7 @@ pub(super) async fn start(
     }
     // Recovery read no saga's body: find the undecodable ones now, in the
     // background, so the state filters show them as `Failed`.
-    let audit = sagas.clone();
-    actix::spawn(async move {
-        match audit.quarantine_undecodable().await {
-            Ok(found) => {
-                crate::metrics::METRICS
-                    .sagas_in_flight
-                    .sub(found.were_in_flight as i64);
-                for q in found.quarantined {
-                    tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "looking for undecodable sagas failed"),
-        }
-    });
+    actix::spawn(crate::orchestrator::audit_after_start(sagas.clone()));
     for &p in &base.owned {
         let (o, t, s, senders) = (
             orchestrator.clone(),

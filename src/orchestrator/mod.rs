@@ -432,13 +432,62 @@ impl Orchestrator {
             tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
         }
         let store = self.store.clone();
+        let ids: Vec<SagaId> = bad.iter().map(|q| q.id).collect();
         ctx.spawn(
             async move { store.quarantine(&bad).await }
                 .into_actor(self)
-                .map(|marked, _act, _ctx| match marked {
+                .map(move |marked, act, _ctx| match marked {
                     Ok(n) => METRICS.sagas_in_flight.sub(n as i64),
-                    Err(e) => tracing::warn!(error = %e, "marking quarantined sagas failed"),
+                    Err(e) => {
+                        // Their timers' entries are gone: put them back, so
+                        // the marking is tried again.
+                        tracing::warn!(error = %e, "marking quarantined sagas failed; retrying");
+                        let later =
+                            crate::domain::Millis::now().plus(std::time::Duration::from_secs(1));
+                        act.wakes.extend(ids.iter().map(|&id| (later, id)));
+                    }
                 }),
         );
+    }
+}
+
+/// Rows of `sagas` the quarantine audit reads per step, and its pause
+/// between steps (it runs beside the service, after start-up).
+const AUDIT_WINDOW: i64 = 2_000;
+const AUDIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Finds, after start-up, the sagas whose stored body no longer decodes
+/// (recovery reads no body) and quarantines them: `Failed` for the state
+/// filters, off the wake list, out of `hearty_sagas_in_flight`. Walks the
+/// ids up to the largest at its start once, a window at a time; a failed
+/// step is tried again, never skipped.
+pub async fn audit_after_start(store: SagaStore) {
+    let end = loop {
+        match store.last_id().await {
+            Ok(end) => break end,
+            Err(e) => {
+                tracing::warn!(error = %e, "the quarantine audit cannot start yet");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut from = 1;
+    while from <= end {
+        let to = from.saturating_add(AUDIT_WINDOW - 1).min(end);
+        match store.quarantine_undecodable(from..=to).await {
+            Ok(found) => {
+                METRICS.sagas_in_flight.sub(found.were_in_flight as i64);
+                for q in found.quarantined {
+                    tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
+                }
+                from = to + 1;
+                tokio::time::sleep(AUDIT_PAUSE).await;
+            }
+            Err(StorageError::Fenced(_)) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "a step of the quarantine audit failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }

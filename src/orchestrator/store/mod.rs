@@ -60,11 +60,15 @@ fn start_saga(
     now: Millis,
     by: Option<&str>,
 ) -> StorageResult<(Saga, Transition)> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
          VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
-        params![order.order_id.get(), order.customer_id.get(), now.0],
-    )?;
+    )?
+    .execute(params![
+        order.order_id.get(),
+        order.customer_id.get(),
+        now.0
+    ])?;
     let mut saga = Saga::new(def, order, now);
     saga.admit_by = Some(now.plus(admit_within));
     let transition = saga
@@ -137,8 +141,8 @@ impl SagaStore {
                         KeyUse::TurnedAway => {
                             // Its order was turned away with a 503 and nothing
                             // was established: the retry places it anew.
-                            tx.execute(
-                                "DELETE FROM order_keys WHERE key = ?1",
+                            tx.prepare_cached(
+                                "DELETE FROM order_keys WHERE key = ?1")?.execute(
                                 [keys::stored(draft.customer_id, key)],
                             )?;
                         }
@@ -156,8 +160,8 @@ impl SagaStore {
                 )?;
                 sagas::persist(tx, &def, &saga, &transition, 0, now, true)?;
                 if let Some(key) = &key {
-                    tx.execute(
-                        "INSERT INTO order_keys (key, saga_id, request, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    tx.prepare_cached(
+                        "INSERT INTO order_keys (key, saga_id, request, created_at) VALUES (?1, ?2, ?3, ?4)")?.execute(
                         params![keys::stored(draft.customer_id, key), id.get(), request, now.0],
                     )?;
                 }
@@ -230,11 +234,7 @@ impl SagaStore {
                             return Ok(false);
                         }
                     };
-                let next_seq: i64 = tx.query_row(
-                    "SELECT coalesce(max(seq), 0) FROM saga_history WHERE saga_id = ?1",
-                    [id.get()],
-                    |r| r.get(0),
-                )?;
+                let next_seq = sagas::last_history_seq(tx, id)?;
                 sagas::persist(tx, &def, &saga, &transition, next_seq, now, true)?;
                 Ok(true)
             })
@@ -320,11 +320,7 @@ impl SagaStore {
         let transition = transition.clone();
         self.db
             .write(move |tx| {
-                let next_seq: i64 = tx.query_row(
-                    "SELECT coalesce(max(seq), 0) FROM saga_history WHERE saga_id = ?1",
-                    [saga.id.get()],
-                    |r| r.get(0),
-                )?;
+                let next_seq = sagas::last_history_seq(tx, saga.id)?;
                 sagas::persist(
                     tx,
                     &def,
@@ -423,64 +419,58 @@ impl SagaStore {
             .await
     }
 
-    /// Finds the sagas of owned partitions that recovery counted or would
-    /// wake (in flight, or with a timer) and whose stored body no longer
-    /// decodes, and quarantines them. Recovery reads no body, so this runs
-    /// after start-up, in the background: up to the largest id at its
-    /// start, in order of id, a few hundred rows at a time with a pause
-    /// between (memory stays flat, the database is never held long, and the
-    /// whole table is read once).
-    pub async fn quarantine_undecodable(&self) -> StorageResult<Audit> {
-        const CHUNK: i64 = 500;
-        let end: i64 = self
-            .db
+    /// The largest saga id so far (the end of the quarantine audit).
+    pub async fn last_id(&self) -> StorageResult<i64> {
+        self.db
             .read(|c| Ok(c.query_row("SELECT coalesce(max(id), 0) FROM sagas", [], |r| r.get(0))?))
-            .await?;
-        let (mut after, mut audit) = (0_i64, Audit::default());
-        while after < end {
-            let owned = self.owned.clone();
-            let (bad, last) = self
-                .db
-                .read(move |c| {
-                    // NOT INDEXED: walk the rowid range (the state index
-                    // would sort every remaining row for each chunk).
-                    let mut stmt = c.prepare_cached(&format!(
-                        "SELECT {} FROM sagas NOT INDEXED
-                         WHERE id > ?1 AND id <= ?2
-                           AND (state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL)
-                         ORDER BY id LIMIT ?3",
-                        sagas::ROW
-                    ))?;
-                    let mut rows = stmt.query(params![after, end, CHUNK])?;
-                    let (mut bad, mut last) = (Vec::new(), end);
-                    let mut n = 0;
-                    while let Some(row) = rows.next()? {
-                        let stored = sagas::decode(row)?;
-                        n += 1;
-                        if n == CHUNK {
-                            last = stored.id().get();
-                        }
-                        if let Stored::Quarantined(q) = stored
-                            && owned.owns(q.id.get())
-                        {
-                            bad.push(q);
-                        }
+            .await
+    }
+
+    /// One step of the audit that follows start-up (recovery reads no
+    /// body): the sagas of owned partitions with ids in `ids` that recovery
+    /// counted or would wake (in flight, or with a timer) and whose stored
+    /// body no longer decodes are quarantined. A window of row ids, read
+    /// `NOT INDEXED` (along the rowid, never sorting), so each step reads a
+    /// bounded number of rows in a short read transaction.
+    pub async fn quarantine_undecodable(
+        &self,
+        ids: std::ops::RangeInclusive<i64>,
+    ) -> StorageResult<Audit> {
+        let owned = self.owned.clone();
+        let bad = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {} FROM sagas NOT INDEXED
+                     WHERE id >= ?1 AND id <= ?2
+                       AND (state IN ('Running', 'Compensating') OR wakes_at IS NOT NULL)",
+                    sagas::ROW
+                ))?;
+                let mut rows = stmt.query(params![ids.start(), ids.end()])?;
+                let mut bad = Vec::new();
+                while let Some(row) = rows.next()? {
+                    if let Stored::Quarantined(q) = sagas::decode(row)?
+                        && owned.owns(q.id.get())
+                    {
+                        bad.push(q);
                     }
-                    Ok((bad, last))
-                })
-                .await?;
-            if !bad.is_empty() {
-                audit.were_in_flight += self.quarantine(&bad).await?;
-                audit.quarantined.extend(bad);
-            }
-            after = last;
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        Ok(audit)
+                }
+                Ok(bad)
+            })
+            .await?;
+        let were_in_flight = if bad.is_empty() {
+            0
+        } else {
+            self.quarantine(&bad).await?
+        };
+        Ok(Audit {
+            quarantined: bad,
+            were_in_flight,
+        })
     }
 }
 
-/// What [`SagaStore::quarantine_undecodable`] found.
+/// What one step of [`SagaStore::quarantine_undecodable`] found.
 #[derive(Debug, Default)]
 pub struct Audit {
     pub quarantined: Vec<Quarantined>,

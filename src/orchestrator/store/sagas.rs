@@ -62,15 +62,6 @@ pub enum Stored {
     Quarantined(Quarantined),
 }
 
-impl Stored {
-    pub fn id(&self) -> SagaId {
-        match self {
-            Stored::Saga(s) => s.id,
-            Stored::Quarantined(q) => q.id,
-        }
-    }
-}
-
 /// The columns `decode` reads, in this order.
 pub(super) const ROW: &str = "id, body, order_status, created_at, updated_at";
 
@@ -221,11 +212,16 @@ pub fn list_sagas(
 }
 
 pub fn get_saga(c: &Connection, id: SagaId) -> StorageResult<Option<Stored>> {
-    Ok(optional(c.query_row(
-        &format!("SELECT {ROW} FROM sagas WHERE id = ?1"),
-        [id.get()],
-        decode,
-    ))?)
+    Ok(optional(
+        c.prepare_cached(&format!("SELECT {ROW} FROM sagas WHERE id = ?1"))?
+            .query_row([id.get()], decode),
+    )?)
+}
+
+/// The number of a saga's last history line (0: none yet).
+pub(super) fn last_history_seq(c: &Connection, id: SagaId) -> rusqlite::Result<i64> {
+    c.prepare_cached("SELECT coalesce(max(seq), 0) FROM saga_history WHERE saga_id = ?1")?
+        .query_row([id.get()], |r| r.get(0))
 }
 
 pub fn history(c: &Connection, id: SagaId) -> StorageResult<Vec<HistoryEntry>> {
