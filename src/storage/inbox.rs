@@ -44,19 +44,16 @@ pub fn record(tx: &Connection, message_id: &str, replies: &str) -> rusqlite::Res
 /// Marks an order as compensated before its forward command was applied: a
 /// forward command arriving later is refused.
 pub fn bury(tx: &Connection, order: OrderId) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT OR IGNORE INTO tombstones (order_id, created_at) VALUES (?1, ?2)",
-        params![order.get(), Millis::now().0],
-    )?;
+    tx.prepare_cached("INSERT OR IGNORE INTO tombstones (order_id, created_at) VALUES (?1, ?2)")?
+        .execute(params![order.get(), Millis::now().0])?;
     Ok(())
 }
 
 pub fn is_buried(tx: &Connection, order: OrderId) -> rusqlite::Result<bool> {
-    Ok(super::optional(tx.query_row(
-        "SELECT 1 FROM tombstones WHERE order_id = ?1",
-        [order.get()],
-        |r| r.get::<_, i64>(0),
-    ))?
+    Ok(super::optional(
+        tx.prepare_cached("SELECT 1 FROM tombstones WHERE order_id = ?1")?
+            .query_row([order.get()], |r| r.get::<_, i64>(0)),
+    )?
     .is_some())
 }
 
@@ -68,10 +65,10 @@ pub fn count_injected_failure(tx: &Connection, message_id: &str) -> rusqlite::Re
         |r| r.get(0),
     ))?
     .unwrap_or(0);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO injected_failures (message_id, count) VALUES (?1, 1)
          ON CONFLICT (message_id) DO UPDATE SET count = count + 1",
-        [message_id],
-    )?;
+    )?
+    .execute([message_id])?;
     Ok(before)
 }

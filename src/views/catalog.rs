@@ -21,19 +21,19 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let Payload::Catalog(food) = &e.payload else {
         return Ok(());
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO food_views (id, name, price_cents, stock, version) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_cents = excluded.price_cents,
              stock = excluded.stock, version = excluded.version
          WHERE excluded.version > food_views.version",
-        params![
-            food.id.get(),
-            food.name,
-            food.price_cents.cents(),
-            food.stock,
-            e.version
-        ],
-    )?;
+    )?
+    .execute(params![
+        food.id.get(),
+        food.name,
+        food.price_cents.cents(),
+        food.stock,
+        e.version
+    ])?;
     Ok(())
 }
 

@@ -42,53 +42,51 @@ CREATE TABLE IF NOT EXISTS foods (
 pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
     let now = Millis::now().0;
     if let Payload::Catalog(food) = &e.payload {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO foods (id, name, version) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version
              WHERE excluded.version > foods.version",
-            params![food.id.get(), food.name, e.version],
-        )?;
+        )?
+        .execute(params![food.id.get(), food.name, e.version])?;
         return Ok(());
     }
     if let Payload::Review(_) = e.payload {
         return Ok(());
     }
-    tx.execute(
-        "INSERT OR IGNORE INTO my_orders (order_id, updated_at) VALUES (?1, ?2)",
-        params![e.entity_id, now],
-    )?;
+    tx.prepare_cached("INSERT OR IGNORE INTO my_orders (order_id, updated_at) VALUES (?1, ?2)")?
+        .execute(params![e.entity_id, now])?;
     match &e.payload {
         Payload::Order(o) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE my_orders SET customer_id = ?2, food_id = ?3, qty = ?4, amount_cents = ?5,
                      status = ?6, saga_state = ?7, order_version = ?8, updated_at = ?9
                  WHERE order_id = ?1 AND order_version < ?8",
-                params![
-                    e.entity_id,
-                    o.customer_id.get(),
-                    o.food_catalog_id.get(),
-                    o.qty.get(),
-                    o.amount_cents.cents(),
-                    o.status.as_str(),
-                    o.saga_state.as_str(),
-                    e.version,
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                e.entity_id,
+                o.customer_id.get(),
+                o.food_catalog_id.get(),
+                o.qty.get(),
+                o.amount_cents.cents(),
+                o.status.as_str(),
+                o.saga_state.as_str(),
+                e.version,
+                now
+            ])?;
         }
         Payload::Pay(p) => part(tx, e, "pay", p.status.as_str())?,
         Payload::Kitchen(k) => part(tx, e, "kitchen", k.status.as_str())?,
         Payload::Delivery(d) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE my_orders SET delivery_status = ?2, delivery_picked_up = ?3, delivery_version = ?4, updated_at = ?5
-                 WHERE order_id = ?1 AND delivery_version < ?4",
+                 WHERE order_id = ?1 AND delivery_version < ?4")?.execute(
                 params![e.entity_id, d.status.as_str(), d.picked_up, e.version, now],
             )?;
         }
         Payload::Coupon(c) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE my_orders SET coupon_status = ?2, coupon_code = ?3, coupon_version = ?4, updated_at = ?5
-                 WHERE order_id = ?1 AND coupon_version < ?4",
+                 WHERE order_id = ?1 AND coupon_version < ?4")?.execute(
                 params![e.entity_id, c.status.as_str(), c.code, e.version, now],
             )?;
         }

@@ -28,10 +28,10 @@ pub fn apply(tx: &Connection, e: &DomainEvent) -> rusqlite::Result<()> {
         return Ok(());
     };
     // Reviews are created once: the review id alone makes this idempotent.
-    let fresh = tx.execute(
-        "INSERT OR IGNORE INTO applied_reviews (review_id) VALUES (?1)",
-        [e.entity_id],
-    )? == 1;
+    let fresh = tx
+        .prepare_cached("INSERT OR IGNORE INTO applied_reviews (review_id) VALUES (?1)")?
+        .execute([e.entity_id])?
+        == 1;
     if !fresh {
         return Ok(());
     }

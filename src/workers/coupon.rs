@@ -57,17 +57,17 @@ impl WorkerLogic for CouponWorker {
                 reason: "the coupon is cancelled".into(),
             }])),
             None => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO coupons (id, customer_id, code, status, created_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                    params![
-                        id.get(),
-                        order.customer_id.get(),
-                        code(id),
-                        CouponStatus::Issued.as_str(),
-                        now.0
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    id.get(),
+                    order.customer_id.get(),
+                    code(id),
+                    CouponStatus::Issued.as_str(),
+                    now.0
+                ])?;
                 COUPONS.publish(tx, id)?;
                 Ok(Applied::Final(vec![ReplyOutcome::Done]))
             }

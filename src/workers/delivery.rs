@@ -80,17 +80,17 @@ impl WorkerLogic for DeliveryWorker {
             None => {}
         }
         let picked_up = (self.mode == Mode::Auto).then_some(now.0);
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO deliveries (id, customer_id, status, picked_up_at, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![
-                id.get(),
-                order.customer_id.get(),
-                DeliveryStatus::Dispatched.as_str(),
-                picked_up,
-                now.0
-            ],
-        )?;
+        )?
+        .execute(params![
+            id.get(),
+            order.customer_id.get(),
+            DeliveryStatus::Dispatched.as_str(),
+            picked_up,
+            now.0
+        ])?;
         publish(tx, id, "dispatched")?;
         Ok(Applied::Final(match picked_up {
             // Dispatched and picked up in one go (auto mode): one reply.
@@ -121,16 +121,16 @@ impl WorkerLogic for DeliveryWorker {
     fn progress(&self, tx: &Connection, order: OrderId, progress: Progress, now: Millis) -> Effect {
         match (progress, state_of(tx, order)?) {
             (Progress::PickedUp, Some((DeliveryStatus::Dispatched, false))) => {
-                tx.execute(
-                    "UPDATE deliveries SET picked_up_at = ?2, updated_at = ?2, version = version + 1 WHERE id = ?1",
+                tx.prepare_cached(
+                    "UPDATE deliveries SET picked_up_at = ?2, updated_at = ?2, version = version + 1 WHERE id = ?1")?.execute(
                     params![order.get(), now.0],
                 )?;
                 publish(tx, order, "pickedUp")?;
                 Ok(Applied::Final(vec![ReplyOutcome::Done]))
             }
             (Progress::Delivered, Some((DeliveryStatus::Dispatched, true))) => {
-                tx.execute(
-                    "UPDATE deliveries SET status = ?2, delivered_at = ?3, updated_at = ?3, version = version + 1 WHERE id = ?1",
+                tx.prepare_cached(
+                    "UPDATE deliveries SET status = ?2, delivered_at = ?3, updated_at = ?3, version = version + 1 WHERE id = ?1")?.execute(
                     params![order.get(), DeliveryStatus::Delivered.as_str(), now.0],
                 )?;
                 publish(tx, order, "delivered")?;

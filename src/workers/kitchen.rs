@@ -136,18 +136,18 @@ impl WorkerLogic for KitchenWorker {
         if refusal.is_none() {
             take_stock(tx, order.food_id, -qty, now)?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO kitchens (id, food_id, qty, status, reason, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![
-                id.get(),
-                order.food_id.get(),
-                qty,
-                status.as_str(),
-                refusal,
-                now.0
-            ],
-        )?;
+        )?
+        .execute(params![
+            id.get(),
+            order.food_id.get(),
+            qty,
+            status.as_str(),
+            refusal,
+            now.0
+        ])?;
         TICKETS.publish(tx, id)?;
         Ok(Applied::Final(match refusal {
             Some(reason) => vec![ReplyOutcome::Failed { reason }],
@@ -192,10 +192,10 @@ impl WorkerLogic for KitchenWorker {
 
 /// Adds `change` to a food's stock (negative: takes it) and publishes it.
 fn take_stock(tx: &Connection, food: FoodId, change: i64, now: Millis) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE food_catalog SET stock = stock + ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
-        params![food.get(), change, now.0],
-    )?;
+    )?
+    .execute(params![food.get(), change, now.0])?;
     publish_food(tx, food, "stockChanged")
 }
 
@@ -210,8 +210,8 @@ pub fn create_food(
 ) -> rusqlite::Result<Food> {
     let now = Millis::now();
     let next = crate::storage::next_owned_id(tx, "food_catalog", owned)?;
-    tx.execute(
-        "INSERT INTO food_catalog (id, name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    tx.prepare_cached(
+        "INSERT INTO food_catalog (id, name, stock, price_cents, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)")?.execute(
         params![next, name, stock, price.cents(), now.0],
     )?;
     let id = parsed(FoodId::new(next))?;

@@ -77,11 +77,11 @@ impl WorkerLogic for PayWorker {
             None => PayStatus::Approved,
             Some(_) => PayStatus::Declined,
         };
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO pays (id, customer_id, amount_cents, status, reason, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id.get(), order.customer_id.get(), order.amount.cents(), status.as_str(), reason, now.0],
-        )?;
+        )?
+        .execute(params![id.get(), order.customer_id.get(), order.amount.cents(), status.as_str(), reason, now.0])?;
         PAYS.publish(tx, id)?;
         Ok(Applied::Final(vec![match reason {
             None => ReplyOutcome::Done,

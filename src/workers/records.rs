@@ -87,11 +87,13 @@ impl<R, K: RecordId> Table<R, K> {
 
     /// One record, if there is one.
     pub fn get(&self, c: &Connection, id: K) -> rusqlite::Result<Option<R>> {
-        optional(c.query_row(
-            &format!("SELECT {} FROM {} WHERE id = ?1", self.columns, self.name),
-            [id.raw()],
-            self.row,
-        ))
+        optional(
+            c.prepare_cached(&format!(
+                "SELECT {} FROM {} WHERE id = ?1",
+                self.columns, self.name
+            ))?
+            .query_row([id.raw()], self.row),
+        )
     }
 
     /// The status of a record, if there is one.
@@ -100,11 +102,10 @@ impl<R, K: RecordId> Table<R, K> {
         c: &Connection,
         id: K,
     ) -> rusqlite::Result<Option<S>> {
-        let raw: Option<String> = optional(c.query_row(
-            &format!("SELECT status FROM {} WHERE id = ?1", self.name),
-            [id.raw()],
-            |r| r.get(0),
-        ))?;
+        let raw: Option<String> = optional(
+            c.prepare_cached(&format!("SELECT status FROM {} WHERE id = ?1", self.name))?
+                .query_row([id.raw()], |r| r.get(0)),
+        )?;
         raw.map(|s| parsed(s.parse())).transpose()
     }
 
@@ -130,11 +131,10 @@ impl<R, K: RecordId> Table<R, K> {
     where
         R: Snapshot,
     {
-        let version: Option<i64> = optional(c.query_row(
-            &format!("SELECT version FROM {} WHERE id = ?1", self.name),
-            [id.raw()],
-            |r| r.get(0),
-        ))?;
+        let version: Option<i64> = optional(
+            c.prepare_cached(&format!("SELECT version FROM {} WHERE id = ?1", self.name))?
+                .query_row([id.raw()], |r| r.get(0)),
+        )?;
         let (Some(version), Some(rec)) = (version, self.get(c, id)?) else {
             return Ok(None);
         };

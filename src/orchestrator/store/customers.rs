@@ -49,8 +49,8 @@ impl Keyed for Customer {
 
 pub fn create(tx: &Connection, new: &NewCustomer, owned: &Owned) -> StorageResult<Customer> {
     let next = next_owned_id(tx, "customers", owned)?;
-    tx.execute(
-        "INSERT INTO customers (id, name, phone, address, age, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    tx.prepare_cached(
+        "INSERT INTO customers (id, name, phone, address, age, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
         params![next, new.name, new.phone, new.address, new.age, Millis::now().0],
     )?;
     let id = CustomerId::new(next).map_err(|e| StorageError::Invalid(e.to_string()))?;

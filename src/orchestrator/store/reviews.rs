@@ -77,8 +77,8 @@ fn event(rec: &Review) -> DomainEvent {
 pub fn create(tx: &Connection, new: &NewReview, owned: &Owned) -> StorageResult<Review> {
     let now = Millis::now();
     let next = next_owned_id(tx, "reviews", owned)?;
-    tx.execute(
-        "INSERT INTO reviews (id, username, productname, content, rating, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    tx.prepare_cached(
+        "INSERT INTO reviews (id, username, productname, content, rating, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(
         params![next, new.username, new.productname, new.content, new.rating, now.0],
     )?;
     let rec = Review {
