@@ -459,8 +459,8 @@ const AUDIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Finds, after start-up, the sagas whose stored body no longer decodes
 /// (recovery reads no body) and quarantines them: `Failed` for the state
 /// filters, off the wake list, out of `hearty_sagas_in_flight`. Walks the
-/// ids up to the largest at its start once, a window at a time; a failed
-/// step is tried again, never skipped.
+/// ids up to the largest at its start once, a window at a time (jumping
+/// over gaps in the ids); a failed step is tried again, never skipped.
 pub async fn audit_after_start(store: SagaStore) {
     let end = loop {
         match store.last_id().await {
@@ -480,7 +480,7 @@ pub async fn audit_after_start(store: SagaStore) {
                 for q in found.quarantined {
                     tracing::error!(saga = %q.id, reason = %q.reason, "saga quarantined; it shows as Failed");
                 }
-                from = to + 1;
+                from = found.next.unwrap_or(i64::MAX);
                 tokio::time::sleep(AUDIT_PAUSE).await;
             }
             Err(StorageError::Fenced(_)) => return,

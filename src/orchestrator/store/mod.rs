@@ -437,7 +437,7 @@ impl SagaStore {
         ids: std::ops::RangeInclusive<i64>,
     ) -> StorageResult<Audit> {
         let owned = self.owned.clone();
-        let bad = self
+        let (bad, next) = self
             .db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(&format!(
@@ -455,7 +455,12 @@ impl SagaStore {
                         bad.push(q);
                     }
                 }
-                Ok(bad)
+                // Where the next step starts: ids have gaps (a restored
+                // folder's jump by its id floor), which are not walked.
+                let next: Option<i64> = c
+                    .prepare_cached("SELECT min(id) FROM sagas WHERE id > ?1")?
+                    .query_row([ids.end()], |r| r.get(0))?;
+                Ok((bad, next))
             })
             .await?;
         let were_in_flight = if bad.is_empty() {
@@ -466,6 +471,7 @@ impl SagaStore {
         Ok(Audit {
             quarantined: bad,
             were_in_flight,
+            next,
         })
     }
 }
@@ -476,6 +482,8 @@ pub struct Audit {
     pub quarantined: Vec<Quarantined>,
     /// How many of them recovery had counted in flight.
     pub were_in_flight: usize,
+    /// The first id after the window (`None`: none).
+    pub next: Option<i64>,
 }
 
 /// The owned partitions' sagas as recovery finds them (see
