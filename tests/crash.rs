@@ -97,6 +97,16 @@ async fn order_one(base: &str) -> i64 {
     v["id"].as_i64().expect("id")
 }
 
+/// Places `order` (whose payment is slow) and kills `hearty` under it:
+/// the client gets no answer.
+async fn order_and_die(hearty: Hearty, base: String, order: Value) {
+    let placing = tokio::spawn(async move { post(&base, "/orders", order).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(hearty);
+    let (status, _) = placing.await.expect("join");
+    assert_eq!(status, 0, "the client got no answer");
+}
+
 async fn seed(base: &str) {
     let (s, v) = post(base, "/customers", json!({"name": "yang"})).await;
     assert_eq!(s, 201, "{v}");
@@ -118,21 +128,12 @@ fn an_unpaid_order_is_abandoned_even_across_a_crash() {
     let first = start(&data, &env);
     rt.block_on(seed(&first.base));
     let base = first.base.clone();
-    rt.block_on(async {
-        // The order waits for the slow payment; the process dies under it.
-        let placing = tokio::spawn(async move {
-            post(
-                &base,
-                "/orders",
-                json!({"customerId": "1", "foodCatalogId": "1", "qty": "2"}),
-            )
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        drop(first);
-        let (status, _) = placing.await.expect("join");
-        assert_eq!(status, 0, "the client got no answer");
-    });
+    // The order waits for the slow payment; the process dies under it.
+    rt.block_on(order_and_die(
+        first,
+        base,
+        json!({"customerId": "1", "foodCatalogId": "1", "qty": "2"}),
+    ));
     let second = start(&data, &env);
     let base = second.base.clone();
     rt.block_on(async {
@@ -303,20 +304,11 @@ fn a_restart_wakes_only_what_a_timer_needs_and_the_rest_moves_on_its_next_event(
     ];
     let second = start(&data, &slow);
     let base = second.base.clone();
-    rt.block_on(async {
-        let placing = tokio::spawn(async move {
-            post(
-                &base,
-                "/orders",
-                json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
-            )
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        drop(second);
-        let (status, _) = placing.await.expect("join");
-        assert_eq!(status, 0, "the client got no answer");
-    });
+    rt.block_on(order_and_die(
+        second,
+        base,
+        json!({"customerId": 1, "foodCatalogId": 1, "qty": 1}),
+    ));
     let third = start(&data, &slow);
     let base = third.base.clone();
     rt.block_on(async {
