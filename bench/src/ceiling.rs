@@ -20,6 +20,8 @@ use tokio::sync::oneshot;
 
 use hearty::storage::Db;
 
+use crate::cpu::{self, Meter};
+
 /// What one ceiling run measured.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +31,11 @@ pub struct Ceiling {
     pub round_trips_per_sec: f64,
     /// Round trips per second ÷ 4: the most 4-step sagas per second.
     pub sagas_per_sec: f64,
+    /// CPU the broker spent per 4 round trips, in milliseconds (a local
+    /// broker only).
+    pub broker_cpu_ms_per_saga: Option<f64>,
+    /// CPU the ceiling's own clients and responder spent per 4 round trips.
+    pub client_cpu_ms_per_saga: Option<f64>,
 }
 
 async fn declare(ch: &Channel, name: &str) -> lapin::Result<()> {
@@ -166,6 +173,8 @@ pub async fn measure(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let body = vec![b'x'; payload];
+    let broker = Meter::start(cpu::broker_pid().into_iter().collect());
+    let client = Meter::start(vec!["self".to_owned()]);
     let started = Instant::now();
     let deadline = started + duration;
     let mut clients = Vec::new();
@@ -216,6 +225,9 @@ pub async fn measure(
         total += c.await.unwrap_or(0);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let sagas = total as f64 / 4.0;
+    let (broker_cpu_ms_per_saga, client_cpu_ms_per_saga) =
+        (broker.ms_per(sagas), client.ms_per(sagas));
     responder.abort();
     router.abort();
     let _ = setup
@@ -231,5 +243,7 @@ pub async fn measure(
         seconds,
         round_trips_per_sec: per_sec,
         sagas_per_sec: per_sec / 4.0,
+        broker_cpu_ms_per_saga,
+        client_cpu_ms_per_saga,
     })
 }

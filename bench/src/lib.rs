@@ -5,6 +5,7 @@
 //! memory per in-flight saga, and recovery time. See BENCHMARKS.md.
 
 pub mod ceiling;
+pub mod cpu;
 pub mod history;
 pub mod http;
 
@@ -111,6 +112,13 @@ pub struct BenchArgs {
     /// Skip the memory and recovery phases.
     #[arg(long)]
     pub skip_memory: bool,
+    /// The deployments measured under load: one process with every role,
+    /// the partitioned layout (an API replica, orchestrator and pay owners
+    /// of partitions 0-3 and 4-7, one process for the other workers; each
+    /// its own folder, sharing nothing but RabbitMQ), or both, one after
+    /// the other in the same run. With --url only the target is measured.
+    #[arg(long, value_enum, default_value_t = Layout::Both)]
+    pub layout: Layout,
     /// Only the memory and recovery phases (with --memory-sagas; JSON).
     #[arg(long, conflicts_with_all = ["skip_memory", "url", "history"])]
     pub memory_only: bool,
@@ -132,6 +140,24 @@ pub struct BenchArgs {
     /// there).
     #[arg(long, default_value = "/var/lib/rabbitmq/mnesia")]
     pub broker_data: PathBuf,
+}
+
+/// Which deployments `hearty-bench` starts and loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    Single,
+    Partitioned,
+    Both,
+}
+
+impl Layout {
+    fn single(self) -> bool {
+        matches!(self, Layout::Single | Layout::Both)
+    }
+
+    fn partitioned(self) -> bool {
+        matches!(self, Layout::Partitioned | Layout::Both)
+    }
 }
 
 /// Percentiles of a latency sample, in milliseconds.
@@ -174,18 +200,11 @@ pub struct Load {
     /// CPU the load generator (its HTTP client) spent per request, in
     /// microseconds: what the measuring costs the shared machine.
     pub client_cpu_us_per_request: Option<f64>,
-    /// CPU the service spent per completed saga, in milliseconds.
+    /// CPU the service spent per completed saga, in milliseconds (every
+    /// process of the deployment).
     pub service_cpu_ms_per_saga: Option<f64>,
-}
-
-/// CPU seconds (user + system) a process has used so far: `self`, or a pid.
-/// Linux's `/proc/<pid>/stat` counts in clock ticks of 1/100 s.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    /// CPU the broker spent per completed saga (a local broker only).
+    pub broker_cpu_ms_per_saga: Option<f64>,
 }
 
 /// Everything `hearty bench` measured.
@@ -196,12 +215,64 @@ pub struct Report {
     pub concurrency: usize,
     pub ceiling: ceiling::Ceiling,
     pub ceiling_with_sqlite_commit: ceiling::Ceiling,
-    pub full_load: Load,
-    pub half_load: Load,
-    pub throughput_vs_ceiling: f64,
-    pub cancellations_per_sec: Option<f64>,
+    /// One process with every role (or the --url target).
+    #[serde(flatten)]
+    pub single: Option<Figures>,
+    /// The partitioned layout, measured after the single process.
+    pub partitioned: Option<Partitioned>,
     pub memory: Option<Value>,
     pub recovery: Option<Value>,
+}
+
+/// What one deployment did under load.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    pub full_load: Load,
+    pub half_load: Load,
+    /// Completed sagas per second at full load ÷ the ceiling's sagas per
+    /// second, measured in the same run.
+    pub throughput_vs_ceiling: f64,
+    pub cancellations_per_sec: Option<f64>,
+}
+
+/// The partitioned layout's figures, beside the single process's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Partitioned {
+    /// The processes: name, roles, partitions.
+    pub processes: Vec<String>,
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// Its full-load throughput ÷ the single process's in the same run.
+    pub vs_single: Option<f64>,
+}
+
+/// The partitioned layout: (name, roles, partitions) of each process.
+const PARTITIONED: [(&str, &str, &str); 6] = [
+    ("orchestrator-a", "orchestrator", "0-3"),
+    ("orchestrator-b", "orchestrator", "4-7"),
+    ("pay-a", "pay", "0-3"),
+    ("pay-b", "pay", "4-7"),
+    ("workers", "kitchen,delivery,coupon", "all"),
+    ("api", "api", "all"),
+];
+
+/// Where completed sagas are counted: the orchestrators' own counters, or
+/// (a --url target, whose owners may live in processes the benchmark
+/// cannot see) the length of the API's list of completed sagas.
+#[derive(Clone)]
+enum Counted {
+    Metrics(Vec<String>),
+    Api,
+}
+
+/// A deployment under load: who calls it, where sagas are counted, and the
+/// processes whose CPU is the service's.
+struct UnderLoad {
+    target: Target,
+    counted: Counted,
+    pids: Vec<u32>,
 }
 
 /// A `hearty serve` child process.
@@ -313,15 +384,23 @@ async fn get_json(conn: &mut http::Conn, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&r.body)?)
 }
 
-/// Completed sagas so far: the service's counter, or (against a replica of a
-/// partitioned deployment, whose owners count in their own processes) the
-/// length of the API's list of completed sagas.
-async fn completed(conn: &mut http::Conn, via_api: bool) -> anyhow::Result<f64> {
-    if via_api {
-        let list = get_json(conn, "/sagas?state=Completed&limit=100000").await?;
-        return Ok(list.as_array().map_or(0, Vec::len) as f64);
+/// Completed sagas so far, where `counted` says.
+async fn completed(target: &Target, counted: &Counted) -> anyhow::Result<f64> {
+    match counted {
+        Counted::Api => {
+            let list =
+                get_json(&mut target.staff()?, "/sagas?state=Completed&limit=100000").await?;
+            Ok(list.as_array().map_or(0, Vec::len) as f64)
+        }
+        Counted::Metrics(bases) => {
+            let mut sum = 0.0;
+            for base in bases {
+                let mut conn = http::Conn::new(base, Some(target.manager.clone()))?;
+                sum += metric(&mut conn, "hearty_sagas_completed_total").await?;
+            }
+            Ok(sum)
+        }
     }
-    metric(conn, "hearty_sagas_completed_total").await
 }
 
 async fn metric(conn: &mut http::Conn, name: &str) -> anyhow::Result<f64> {
@@ -367,13 +446,12 @@ const ORDER: &[u8] = br#"{"qty":"1","foodcaltalogid":"1","customerid":"1"}"#;
 /// Closed loop: `concurrency` clients order back to back for `warmup +
 /// window`; latencies of orders placed inside the window are kept.
 async fn full_load(
-    target: &Target,
-    service_pid: Option<u32>,
+    load: &UnderLoad,
     concurrency: usize,
     warmup: Duration,
     window: Duration,
-    via_api: bool,
 ) -> anyhow::Result<Load> {
+    let target = &load.target;
     let requests = Arc::new(AtomicU64::new(0));
     let pb = bar(
         window.as_secs() + warmup.as_secs(),
@@ -413,36 +491,25 @@ async fn full_load(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let completed_before = completed(&mut conn, via_api).await?;
+    let completed_before = completed(target, &load.counted).await?;
     let window_start_wall = hearty::domain::Millis::now();
-    let service = service_pid.map(|p| p.to_string());
-    let cpu_before = (
-        cpu_seconds("self"),
-        service.as_deref().and_then(cpu_seconds),
-    );
+    let client_cpu = cpu::Meter::start(vec!["self".to_owned()]);
+    let service_cpu = cpu::Meter::start(load.pids.iter().map(u32::to_string).collect());
+    let broker_cpu = cpu::Meter::start(cpu::broker_pid().into_iter().collect());
     while Instant::now() < end {
         pb.set_position(start.elapsed().as_secs());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let completed_after = completed(&mut conn, via_api).await?;
+    let completed_after = completed(target, &load.counted).await?;
     let window_end_wall = hearty::domain::Millis::now();
-    let cpu_after = (
-        cpu_seconds("self"),
-        service.as_deref().and_then(cpu_seconds),
-    );
+    let completed = completed_after - completed_before;
+    let sent = requests.load(Ordering::Relaxed) as f64;
+    let client_cpu_us_per_request = client_cpu.ms_per(sent).map(|ms| ms * 1e3);
+    let service_cpu_ms_per_saga = service_cpu.ms_per(completed);
+    let broker_cpu_ms_per_saga = broker_cpu.ms_per(completed);
     for c in clients {
         let _ = c.await;
     }
-    let completed = completed_after - completed_before;
-    let sent = requests.load(Ordering::Relaxed) as f64;
-    let client_cpu_us_per_request = match cpu_before.0.zip(cpu_after.0) {
-        Some((a, b)) if sent > 0.0 => Some((b - a) * 1e6 / sent),
-        _ => None,
-    };
-    let service_cpu_ms_per_saga = match cpu_before.1.zip(cpu_after.1) {
-        Some((a, b)) if completed > 0.0 => Some((b - a) * 1e3 / completed),
-        _ => None,
-    };
     pb.finish_and_clear();
     let seconds = window.as_secs_f64();
     let post = Latency::of(std::mem::take(&mut *lat.lock().await));
@@ -456,16 +523,13 @@ async fn full_load(
         errors: errors.load(Ordering::Relaxed),
         client_cpu_us_per_request,
         service_cpu_ms_per_saga,
+        broker_cpu_ms_per_saga,
     })
 }
 
 /// Open loop: orders at a fixed rate for `window`.
-async fn rate_load(
-    target: &Target,
-    rate: f64,
-    window: Duration,
-    via_api: bool,
-) -> anyhow::Result<Load> {
+async fn rate_load(load: &UnderLoad, rate: f64, window: Duration) -> anyhow::Result<Load> {
+    let target = &load.target;
     let pb = bar(
         window.as_secs(),
         &format!("half load ({rate:.0} orders/s, open loop)"),
@@ -473,7 +537,7 @@ async fn rate_load(
     let lat = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicU64::new(0));
     let mut conn = target.staff()?;
-    let completed_before = completed(&mut conn, via_api).await?;
+    let completed_before = completed(target, &load.counted).await?;
     let wall_start = hearty::domain::Millis::now();
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
@@ -510,7 +574,7 @@ async fn rate_load(
     let seconds = start.elapsed().as_secs_f64();
     // Let the last sagas finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let completed_after = completed(&mut conn, via_api).await?;
+    let completed_after = completed(target, &load.counted).await?;
     let wall_end = hearty::domain::Millis::now();
     pb.finish_and_clear();
     let to_completed = completion_latencies(&mut conn, wall_start, wall_end).await?;
@@ -523,6 +587,7 @@ async fn rate_load(
         errors: errors.load(Ordering::Relaxed),
         client_cpu_us_per_request: None,
         service_cpu_ms_per_saga: None,
+        broker_cpu_ms_per_saga: None,
     })
 }
 
@@ -930,53 +995,56 @@ async fn run_in(
     .await?;
     pb.finish_and_clear();
 
-    let (svc, mut target) = match &args.url {
+    let (single, partitioned) = match &args.url {
         Some(u) => {
             let manager = args
                 .token
                 .clone()
                 .context("--url needs the service's manager token (--token)")?;
-            let target = Target {
-                base: u.clone(),
-                manager,
-                customer: None,
+            let mut load = UnderLoad {
+                target: Target {
+                    base: u.clone(),
+                    manager,
+                    customer: None,
+                },
+                counted: Counted::Api,
+                pids: Vec::new(),
             };
-            (None, target)
+            (Some(loaded(&mut load, args, &ceiling).await?), None)
         }
         None => {
-            let (manager, key) = (secret(), secret());
-            let dir = tmp.join("load");
-            let s = Service::start(exe, &args.amqp_url, namespace, &dir, (&manager, &key), &[])?;
-            let target = s.target();
-            (Some(s), target)
+            let single = match args.layout.single() {
+                true => Some(single_process(exe, args, namespace, tmp, &ceiling).await?),
+                false => None,
+            };
+            let partitioned = match args.layout.partitioned() {
+                true => {
+                    let ns = format!("{namespace}-part");
+                    let figures = partitioned_layout(exe, args, &ns, tmp, &ceiling).await;
+                    let _ = hearty::transport::amqp::AmqpTransport::delete_namespace(
+                        &args.amqp_url,
+                        &ns,
+                    )
+                    .await;
+                    let figures = figures?;
+                    let vs_single = single.as_ref().map(|s| {
+                        figures.full_load.completed_sagas_per_sec
+                            / s.full_load.completed_sagas_per_sec
+                    });
+                    Some(Partitioned {
+                        processes: PARTITIONED
+                            .iter()
+                            .map(|(name, roles, parts)| format!("{name}: {roles} {parts}"))
+                            .collect(),
+                        figures,
+                        vs_single,
+                    })
+                }
+                false => None,
+            };
+            (single, partitioned)
         }
     };
-    wait_ready(&target.base, Duration::from_secs(60)).await?;
-    seed(&mut target).await?;
-    let pid = svc.as_ref().map(|s| s.child.id());
-    let via_api = args.url.is_some();
-    let full = full_load(
-        &target,
-        pid,
-        args.concurrency,
-        args.warmup,
-        args.duration,
-        via_api,
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let half = rate_load(
-        &target,
-        (full.completed_sagas_per_sec / 2.0).max(1.0),
-        args.duration,
-        via_api,
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cancels = cancellations(&target, args.concurrency, args.cancellations).await?;
-    if let Some(s) = svc {
-        s.terminate();
-    }
     let (memory, recovery) = if args.url.is_none() && !args.skip_memory {
         let (m, r) =
             memory_and_recovery(exe, args, &format!("{namespace}-mem"), &tmp.join("memory"))
@@ -993,73 +1061,196 @@ async fn run_in(
     Ok(Report {
         machine: machine(),
         concurrency: args.concurrency,
-        throughput_vs_ceiling: full.completed_sagas_per_sec / ceiling.sagas_per_sec,
         ceiling,
         ceiling_with_sqlite_commit: with_sqlite,
-        full_load: full,
-        half_load: half,
-        cancellations_per_sec: cancels,
+        single,
+        partitioned,
         memory,
         recovery,
     })
 }
 
+/// One process with every role, loaded.
+async fn single_process(
+    exe: &Path,
+    args: &BenchArgs,
+    namespace: &str,
+    tmp: &Path,
+    ceiling: &ceiling::Ceiling,
+) -> anyhow::Result<Figures> {
+    let (manager, key) = (secret(), secret());
+    let svc = Service::start(
+        exe,
+        &args.amqp_url,
+        namespace,
+        &tmp.join("load"),
+        (&manager, &key),
+        &[],
+    )?;
+    let mut load = UnderLoad {
+        target: svc.target(),
+        counted: Counted::Metrics(vec![svc.base.clone()]),
+        pids: vec![svc.child.id()],
+    };
+    let figures = loaded(&mut load, args, ceiling).await;
+    svc.terminate();
+    figures
+}
+
+/// The partitioned layout ([`PARTITIONED`]), started in its own namespace,
+/// loaded through its API replica.
+async fn partitioned_layout(
+    exe: &Path,
+    args: &BenchArgs,
+    namespace: &str,
+    tmp: &Path,
+    ceiling: &ceiling::Ceiling,
+) -> anyhow::Result<Figures> {
+    let (manager, key) = (secret(), secret());
+    let mut services = Vec::new();
+    for (name, roles, partitions) in PARTITIONED {
+        let svc = Service::start(
+            exe,
+            &args.amqp_url,
+            namespace,
+            &tmp.join("partitioned").join(name),
+            (&manager, &key),
+            &[("HEARTY_ROLES", roles), ("HEARTY_PARTITIONS", partitions)],
+        )?;
+        wait_ready(&svc.base, Duration::from_secs(60)).await?;
+        services.push((roles, svc));
+    }
+    let api = services
+        .iter()
+        .find(|(roles, _)| *roles == "api")
+        .map(|(_, s)| s.target())
+        .context("the layout has an API replica")?;
+    let mut load = UnderLoad {
+        target: api,
+        counted: Counted::Metrics(
+            services
+                .iter()
+                .filter(|(roles, _)| *roles == "orchestrator")
+                .map(|(_, s)| s.base.clone())
+                .collect(),
+        ),
+        pids: services.iter().map(|(_, s)| s.child.id()).collect(),
+    };
+    let figures = loaded(&mut load, args, ceiling).await;
+    for (_, s) in services {
+        s.terminate();
+    }
+    figures
+}
+
+/// Full load, half load and cancellations against one deployment.
+async fn loaded(
+    load: &mut UnderLoad,
+    args: &BenchArgs,
+    ceiling: &ceiling::Ceiling,
+) -> anyhow::Result<Figures> {
+    wait_ready(&load.target.base, Duration::from_secs(60)).await?;
+    seed(&mut load.target).await?;
+    let full = full_load(load, args.concurrency, args.warmup, args.duration).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let half = rate_load(
+        load,
+        (full.completed_sagas_per_sec / 2.0).max(1.0),
+        args.duration,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cancellations_per_sec =
+        cancellations(&load.target, args.concurrency, args.cancellations).await?;
+    Ok(Figures {
+        throughput_vs_ceiling: full.completed_sagas_per_sec / ceiling.sagas_per_sec,
+        full_load: full,
+        half_load: half,
+        cancellations_per_sec,
+    })
+}
+
 /// The human-readable summary.
 pub fn summary(r: &Report) -> String {
-    let l = |x: &Latency| {
-        format!(
-            "p50 {:.1} / p95 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
-            x.p50, x.p95, x.p99, x.max, x.count
-        )
-    };
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
     let mut out = String::new();
     out.push_str(&format!("machine: {}\n\n", r.machine));
     out.push_str(&format!(
-        "broker ceiling: {:.0} round trips/s → {:.0} 4-step sagas/s ({} clients, persistent, confirms)\n",
-        r.ceiling.round_trips_per_sec, r.ceiling.sagas_per_sec, r.concurrency
+        "broker ceiling: {:.0} round trips/s → {:.0} 4-step sagas/s ({} clients, persistent, confirms); CPU per saga: broker {}, client {}\n",
+        r.ceiling.round_trips_per_sec,
+        r.ceiling.sagas_per_sec,
+        r.concurrency,
+        ms(r.ceiling.broker_cpu_ms_per_saga),
+        ms(r.ceiling.client_cpu_ms_per_saga),
     ));
     out.push_str(&format!(
         "  with one SQLite commit per round trip: {:.0} round trips/s → {:.0} sagas/s\n",
         r.ceiling_with_sqlite_commit.round_trips_per_sec,
         r.ceiling_with_sqlite_commit.sagas_per_sec
     ));
-    out.push_str(&format!(
-        "throughput: {:.1} completed sagas/s over {:.0} s = {:.1}% of the ceiling (errors {})\n",
-        r.full_load.completed_sagas_per_sec,
-        r.full_load.seconds,
-        r.throughput_vs_ceiling * 100.0,
-        r.full_load.errors
-    ));
-    out.push_str(&format!(
-        "  full load  POST /orders:       {}\n",
-        l(&r.full_load.post_orders_ms)
-    ));
-    out.push_str(&format!(
-        "  full load  order → Completed:  {}\n",
-        l(&r.full_load.order_to_completed_ms)
-    ));
-    out.push_str(&format!(
-        "  half load ({:.0}/s) POST /orders: {}\n",
-        r.half_load.offered_orders_per_sec.unwrap_or(0.0),
-        l(&r.half_load.post_orders_ms)
-    ));
-    out.push_str(&format!(
-        "  half load  order → Completed:  {}\n",
-        l(&r.half_load.order_to_completed_ms)
-    ));
-    if let (Some(client), Some(service)) = (
-        r.full_load.client_cpu_us_per_request,
-        r.full_load.service_cpu_ms_per_saga,
-    ) {
-        out.push_str(&format!(
-            "  CPU at full load: load generator (HTTP client) {client:.0} µs per request; service {service:.2} ms per saga\n"
-        ));
+    if let Some(f) = &r.single {
+        out.push_str("single process (every role):\n");
+        out.push_str(&figures_summary(f));
     }
-    if let Some(c) = r.cancellations_per_sec {
-        out.push_str(&format!("cancellations: {c:.1} compensated sagas/s\n"));
+    if let Some(p) = &r.partitioned {
+        out.push_str(&format!(
+            "partitioned layout ({}):\n",
+            p.processes.join("; ")
+        ));
+        out.push_str(&figures_summary(&p.figures));
+        if let Some(v) = p.vs_single {
+            out.push_str(&format!("  {v:.2}× the single process's throughput\n"));
+        }
     }
     if let (Some(m), Some(rc)) = (&r.memory, &r.recovery) {
         out.push_str(&memory_summary(m, rc));
+    }
+    out
+}
+
+/// The lines of one deployment's figures.
+fn figures_summary(f: &Figures) -> String {
+    let l = |x: &Latency| {
+        format!(
+            "p50 {:.1} / p95 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
+            x.p50, x.p95, x.p99, x.max, x.count
+        )
+    };
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
+    let mut out = format!(
+        "  throughput: {:.1} completed sagas/s over {:.0} s = {:.1}% of the ceiling (errors {})\n",
+        f.full_load.completed_sagas_per_sec,
+        f.full_load.seconds,
+        f.throughput_vs_ceiling * 100.0,
+        f.full_load.errors
+    );
+    out.push_str(&format!(
+        "  full load  POST /orders:       {}\n",
+        l(&f.full_load.post_orders_ms)
+    ));
+    out.push_str(&format!(
+        "  full load  order → Completed:  {}\n",
+        l(&f.full_load.order_to_completed_ms)
+    ));
+    out.push_str(&format!(
+        "  half load ({:.0}/s) POST /orders: {}\n",
+        f.half_load.offered_orders_per_sec.unwrap_or(0.0),
+        l(&f.half_load.post_orders_ms)
+    ));
+    out.push_str(&format!(
+        "  half load  order → Completed:  {}\n",
+        l(&f.half_load.order_to_completed_ms)
+    ));
+    out.push_str(&format!(
+        "  CPU per completed saga at full load: service {}, broker {}; load generator {} per request\n",
+        ms(f.full_load.service_cpu_ms_per_saga),
+        ms(f.full_load.broker_cpu_ms_per_saga),
+        f.full_load
+            .client_cpu_us_per_request
+            .map_or("-".to_owned(), |v| format!("{v:.0} µs")),
+    ));
+    if let Some(c) = f.cancellations_per_sec {
+        out.push_str(&format!("  cancellations: {c:.1} compensated sagas/s\n"));
     }
     out
 }
