@@ -9,6 +9,8 @@ mod customers;
 mod docs;
 pub mod error;
 pub mod guard;
+mod known;
+pub use known::KnownCustomers;
 mod limits;
 pub use limits::Limits;
 mod ops;
@@ -64,7 +66,13 @@ pub struct ApiState {
     pub topology: crate::transport::Topology,
     /// Base URL of the RabbitMQ management UI, for links.
     pub management_url: String,
+    /// Customers their owners have confirmed (an order checks its customer
+    /// once per process, not once per order).
+    pub known_customers: Arc<KnownCustomers>,
 }
+
+/// How many confirmed customers an API process remembers (~8 MB at most).
+pub const KNOWN_CUSTOMERS: usize = 200_000;
 
 /// The read models' databases, read by the API.
 #[derive(Clone)]

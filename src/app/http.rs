@@ -16,7 +16,7 @@ use super::foundation::Foundation;
 use super::parts::Parts;
 use super::views::ReadModels;
 use crate::api::guard::Guard;
-use crate::api::{self, ApiState, Limits};
+use crate::api::{self, ApiState, KNOWN_CUSTOMERS, KnownCustomers, Limits};
 use crate::cluster::owners::Owners;
 use crate::config::{Config, Role};
 use crate::net::Connections;
@@ -45,6 +45,7 @@ pub(super) fn start(
             views: views.dbs,
             topology: Topology::new(&config.namespace, base.count),
             management_url: config.management_url.clone(),
+            known_customers: Arc::new(KnownCustomers::new(KNOWN_CUSTOMERS)),
         }),
         _ => None,
     };
