@@ -10,7 +10,7 @@ mod docs;
 pub mod error;
 pub mod guard;
 mod known;
-pub use known::KnownCustomers;
+pub use known::{FOOD_ANSWER_TTL, KNOWN_CUSTOMERS, KnownCustomers, KnownFoods};
 mod limits;
 pub use limits::Limits;
 mod ops;
@@ -69,10 +69,9 @@ pub struct ApiState {
     /// Customers their owners have confirmed (an order checks its customer
     /// once per process, not once per order).
     pub known_customers: Arc<KnownCustomers>,
+    /// The kitchen's latest answers about foods (for a second).
+    pub known_foods: Arc<KnownFoods>,
 }
-
-/// How many confirmed customers an API process remembers (~8 MB at most).
-pub const KNOWN_CUSTOMERS: usize = 200_000;
 
 /// The read models' databases, read by the API.
 #[derive(Clone)]

@@ -2,7 +2,11 @@
 //! already, the customer and the food checked with their owners, then the
 //! placement at the owner of the order's partition — which decides it and
 //! waits for the payment. An answer lost on the way is learned again by the
-//! order's key, which every order carries.
+//! order's key, which every order carries. What cannot have changed since
+//! an owner said it (a customer exists; a food's price, and its stock when
+//! far above the order, for a second) is not asked again (`known`).
+
+use std::time::Instant;
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -13,10 +17,11 @@ use super::error::ApiError;
 use super::outcome::{self, RETRY_AFTER_SECS};
 use crate::auth::Caller;
 use crate::cluster::owners::{AskError, Unanswered};
-use crate::domain::{IdempotencyKey, Money, WorkerKind};
+use crate::domain::{FoodId, IdempotencyKey, Money, WorkerKind};
 use crate::messages::OrderDetails;
 use crate::orchestrator::requests::{Outcome, Request};
 use crate::partition::{OwnerRole, Partition};
+use crate::workers::kitchen::Food;
 use crate::workers::requests::{Outcome as WorkerOutcome, Request as WorkerRequest};
 
 const ORCHESTRATOR: OwnerRole = OwnerRole::Orchestrator;
@@ -148,66 +153,60 @@ async fn check_customer(
     }
 }
 
-/// Below this many units beyond the order's own in the catalog's read
-/// model, the kitchen itself is asked whether the food is there. The model
-/// trails the kitchen by the event log's delay (milliseconds; about a
-/// second at the most under full load), in which far fewer units than this
-/// can be ordered: near the end of a food's stock the answer (409
-/// `out_of_stock`) stays the kitchen's own, as before.
+/// Below this many units beyond the order's own in the kitchen's last
+/// answer, the kitchen is asked again, however recent that answer: near the
+/// end of a food's stock the answer (409 `out_of_stock`) is always the
+/// kitchen's current one, as it was before answers were remembered.
 pub const STOCK_SLACK: i64 = 1_000;
 
-/// The order's total, once the food is known and there is enough of it
-/// (the kitchen decides again when the ticket comes: stock may run out
-/// between). A food's price never changes, so the catalog's read model
-/// prices it exactly; its stock is the kitchen's, asked, unless the model
-/// shows far more than the order needs ([`STOCK_SLACK`]).
+/// The order's total, once the kitchen has the food and enough of it (the
+/// kitchen decides again when the ticket comes: stock may run out between).
+/// The kitchen's answer of the last second stands in for asking it again
+/// when it showed far more stock than the order needs ([`STOCK_SLACK`]);
+/// the price in it is exact (a food's price never changes).
 async fn priced(
     state: &ApiState,
     caller: &Caller,
     draft: &OrderDetails,
 ) -> Result<Money, ApiError> {
     let food = draft.food_id;
-    let seen = state
-        .views
-        .catalog
-        .read(move |c| Ok(crate::views::catalog::get(c, food)?))
-        .await
-        .ok()
-        .flatten();
-    if let Some(row) = seen
-        && row.stock >= i64::from(draft.qty.get()).saturating_add(STOCK_SLACK)
-    {
-        return row
-            .price
-            .total(draft.qty)
-            .map_err(|e| unprocessable("amount_too_large", e.to_string()));
-    }
-    let kitchen = OwnerRole::Worker(WorkerKind::Kitchen);
-    let at = state.workers.partition_of(food.get());
-    let found = state
-        .workers
-        .one(kitchen, at, caller, WorkerRequest::Food { food })
-        .await?;
-    let item = match found {
-        WorkerOutcome::Food(Some(item)) => item,
-        WorkerOutcome::Food(None) => {
-            return Err(unprocessable(
-                "unknown_food",
-                format!("no food catalog item {food}"),
-            ));
-        }
-        _ => return Err(ApiError::unavailable("the kitchen answered oddly", 1)),
+    let qty = i64::from(draft.qty.get());
+    let item = match state.known_foods.get(food, Instant::now()) {
+        Some(item) if item.stock >= qty.saturating_add(STOCK_SLACK) => item,
+        _ => ask_kitchen(state, caller, food).await?,
     };
-    let qty = draft.qty.get();
-    if item.stock < i64::from(qty) {
+    if item.stock < qty {
         return Err(ApiError::conflict(
             "out_of_stock",
             format!("{} has {} left; {qty} ordered", item.name, item.stock),
         ));
     }
+    state.known_foods.took(food, qty);
     item.price
         .total(draft.qty)
         .map_err(|e| unprocessable("amount_too_large", e.to_string()))
+}
+
+/// The kitchen's answer about `food`, remembered for the next orders.
+async fn ask_kitchen(state: &ApiState, caller: &Caller, food: FoodId) -> Result<Food, ApiError> {
+    let kitchen = OwnerRole::Worker(WorkerKind::Kitchen);
+    let at = state.workers.partition_of(food.get());
+    let asked = Instant::now();
+    let found = state
+        .workers
+        .one(kitchen, at, caller, WorkerRequest::Food { food })
+        .await?;
+    match found {
+        WorkerOutcome::Food(Some(item)) => {
+            state.known_foods.answered(item.clone(), asked);
+            Ok(item)
+        }
+        WorkerOutcome::Food(None) => Err(unprocessable(
+            "unknown_food",
+            format!("no food catalog item {food}"),
+        )),
+        _ => Err(ApiError::unavailable("the kitchen answered oddly", 1)),
+    }
 }
 
 /// A placement went out but its answer did not come back: asks the owner

@@ -16,7 +16,9 @@ use super::foundation::Foundation;
 use super::parts::Parts;
 use super::views::ReadModels;
 use crate::api::guard::Guard;
-use crate::api::{self, ApiState, KNOWN_CUSTOMERS, KnownCustomers, Limits};
+use crate::api::{
+    self, ApiState, FOOD_ANSWER_TTL, KNOWN_CUSTOMERS, KnownCustomers, KnownFoods, Limits,
+};
 use crate::cluster::owners::Owners;
 use crate::config::{Config, Role};
 use crate::net::Connections;
@@ -46,6 +48,7 @@ pub(super) fn start(
             topology: Topology::new(&config.namespace, base.count),
             management_url: config.management_url.clone(),
             known_customers: Arc::new(KnownCustomers::new(KNOWN_CUSTOMERS)),
+            known_foods: Arc::new(KnownFoods::new(FOOD_ANSWER_TTL)),
         }),
         _ => None,
     };

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, params};
 
-use crate::domain::{FoodId, Money};
+use crate::domain::Money;
 use crate::events::{DomainEvent, Payload};
 use crate::storage::Page;
 
@@ -44,21 +44,6 @@ pub struct FoodViewRow {
     pub name: String,
     pub price: Money,
     pub stock: i64,
-}
-
-/// One item, if the view has seen it.
-pub fn get(c: &Connection, id: FoodId) -> rusqlite::Result<Option<FoodViewRow>> {
-    let mut stmt =
-        c.prepare_cached("SELECT id, name, price_cents, stock FROM food_views WHERE id = ?1")?;
-    let mut rows = stmt.query_map([id.get()], |r| {
-        Ok(FoodViewRow {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            price: Money::from_cents(r.get(2)?),
-            stock: r.get(3)?,
-        })
-    })?;
-    rows.next().transpose()
 }
 
 pub fn list(c: &Connection, page: Page) -> rusqlite::Result<Vec<FoodViewRow>> {
