@@ -248,6 +248,26 @@ fn api_replicas_over_partitioned_owners_answer_alike_and_survive_an_owner_kill()
         None,
     );
     assert_eq!((s, v["error"].as_str()), (400, Some("bad_request")), "{v}");
+    // The operator's search spans every owner, paged by its cursor: pages of
+    // five after the last id seen, merged over both owners, each saga once.
+    let mut walked = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c.get(
+            &api_b,
+            &format!("/sagas?state=Completed&foodId=1&limit=5&after={after}"),
+        );
+        let ids: Vec<i64> = page
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|s| s["id"].as_i64().expect("id"))
+            .collect();
+        let Some(last) = ids.last() else { break };
+        after = *last;
+        walked.extend(ids);
+    }
+    assert_eq!(walked, expected, "the cursor across owners");
 
     // A cancellation through one replica, seen through the other.
     let id = expected[0];

@@ -25,6 +25,16 @@ impl Millis {
         std::time::Duration::from_millis((self.0 - now.0).max(0) as u64)
     }
 
+    /// A time in RFC 3339 (`2026-12-07T20:00:00Z`, `…T21:00:00.5+01:00`),
+    /// to the millisecond; `None` if it is not one.
+    pub fn parse_rfc3339(raw: &str) -> Option<Self> {
+        let at = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .map(Millis)
+    }
+
     /// RFC 3339 in UTC with milliseconds, for humans and JSON.
     pub fn to_rfc3339(self) -> String {
         const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
@@ -34,5 +44,23 @@ impl Millis {
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         // Formatting a valid date with this description cannot fail.
         at.format(FORMAT).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_refuses_what_it_is_not() {
+        let m = Millis(1_795_000_000_123);
+        assert_eq!(Millis::parse_rfc3339(&m.to_rfc3339()), Some(m));
+        assert_eq!(
+            Millis::parse_rfc3339("1970-01-01T01:00:00+01:00"),
+            Some(Millis(0))
+        );
+        for bad in ["", "yesterday", "2026-12-07", "2026-13-01T00:00:00Z"] {
+            assert_eq!(Millis::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

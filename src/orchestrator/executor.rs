@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::requests::{OrchestratorProtocol, Outcome, Placement, Request, SagaDetail};
+use super::search::SagaSearch;
 use super::store::reviews::NewReview;
 use super::store::{KeyUse, SagaStore, Stored, customers, reviews, sagas};
 use super::{
@@ -102,7 +103,9 @@ impl OrchestratorExecutor {
                 self.decide(&caller, order, event).await
             }
             Request::Retry { saga } => self.decide(&caller, saga, Event::Retry).await,
-            Request::Saga { .. } | Request::Sagas { .. } if !caller.is_manager() => {
+            Request::Saga { .. } | Request::Sagas { .. } | Request::SearchSagas { .. }
+                if !caller.is_manager() =>
+            {
                 Ok(Outcome::Forbidden)
             }
             Request::Saga { saga } => self.detail(saga).await,
@@ -138,14 +141,27 @@ impl OrchestratorExecutor {
                 Outcome::Forbidden
             }
             Request::Orders { page, customer } => {
-                let customer = own.or(customer);
+                let search = SagaSearch {
+                    customer: own.or(customer),
+                    ..SagaSearch::default()
+                };
                 Outcome::Orders(
-                    db.read(move |c| sagas::list_sagas(c, page, None, customer))
+                    db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
                         .await?,
                 )
             }
-            Request::Sagas { page, state } => Outcome::Sagas(
-                db.read(move |c| sagas::list_sagas(c, page, state, None))
+            Request::Sagas { page, state } => {
+                let search = SagaSearch {
+                    state,
+                    ..SagaSearch::default()
+                };
+                Outcome::Sagas(
+                    db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
+                        .await?,
+                )
+            }
+            Request::SearchSagas { page, search } => Outcome::Sagas(
+                db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
                     .await?,
             ),
             Request::Customer { customer } if !caller.sees_customer(customer) => Outcome::NotFound,

@@ -17,6 +17,7 @@ pub mod redrive;
 mod replies;
 pub mod requests;
 pub mod saga_actor;
+pub mod search;
 pub mod store;
 
 use std::collections::HashMap;

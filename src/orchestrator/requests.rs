@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::search::SagaSearch;
 use super::store::customers::{Customer, NewCustomer};
 use super::store::reviews::{NewReview, Review};
 use super::store::{PendingMessage, Stored};
@@ -69,6 +70,13 @@ pub enum Request {
     Sagas {
         page: Page,
         state: Option<SagaState>,
+    },
+    /// Sagas by any of the operator's filters, after a cursor (an owner of
+    /// an earlier version does not know this request: it refuses it, and
+    /// the plain list above still works through a rolling upgrade).
+    SearchSagas {
+        page: Page,
+        search: SagaSearch,
     },
     Customer {
         customer: CustomerId,

@@ -119,3 +119,165 @@ on_both_transports!(
     },
     the_cli_prints_the_same
 );
+
+/// The ids of a list of sagas.
+fn ids(list: &serde_json::Value) -> Vec<i64> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|s| s["id"].as_i64().expect("id"))
+        .collect()
+}
+
+/// `GET /sagas` with the `Link` of its next page, if it names one.
+async fn page_of(app: &TestApp, path_and_query: &str) -> (Vec<i64>, Option<String>) {
+    let res = app
+        .client
+        .get(format!("{}{path_and_query}", app.base))
+        .send()
+        .await
+        .expect("GET /sagas");
+    assert_eq!(res.status(), StatusCode::OK, "{path_and_query}");
+    let next = res
+        .headers()
+        .get("link")
+        .map(|l| l.to_str().expect("ascii").to_owned())
+        .map(|l| {
+            let (target, rel) = l.split_once(';').expect("<target>; rel");
+            assert_eq!(rel.trim(), r#"rel="next""#, "{l}");
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        });
+    let list: serde_json::Value = res.json().await.expect("JSON");
+    (ids(&list), next)
+}
+
+async fn an_operator_searches_sagas(app: &TestApp) {
+    let (alice, bob) = (app.seed_customer().await, app.seed_customer().await);
+    let (cake, tea) = (app.seed_food(100).await, app.seed_food(100).await);
+    let mut placed = Vec::new();
+    for (customer, food) in [(alice, cake), (alice, cake), (bob, tea), (alice, tea)] {
+        let (s, order) = app.order(customer, food, 1).await;
+        assert_eq!(s, StatusCode::CREATED, "{order}");
+        placed.push(order["id"].as_i64().expect("id"));
+        // Distinct creation times, to cut a time range between them.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for id in &placed {
+        app.wait_record("kitchens", *id, "Accepted").await;
+    }
+    // The first one is cooked and goes on to the end.
+    app.wait_for_person(placed[0]).await;
+    let (s, body) = app
+        .post_as_manager(
+            &format!("/kitchens/{}/cooked", placed[0]),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    app.wait_state(placed[0], "Completed").await;
+
+    let get = |q: &'static str| async move {
+        let (s, v) = app.get(&format!("/sagas{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {v}");
+        ids(&v)
+    };
+    let q = |query: String| async move {
+        let (s, v) = app.get(&format!("/sagas?{query}")).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {v}");
+        ids(&v)
+    };
+    assert_eq!(get("").await, placed);
+    assert_eq!(
+        q(format!("customerId={alice}")).await,
+        vec![placed[0], placed[1], placed[3]]
+    );
+    assert_eq!(q(format!("foodId={tea}")).await, vec![placed[2], placed[3]]);
+    assert_eq!(
+        q(format!("customerId={alice}&foodId={tea}")).await,
+        vec![placed[3]]
+    );
+    // Waiting at the kitchen: the three not cooked; the finished one has no step.
+    assert_eq!(get("?step=kitchen").await, placed[1..].to_vec());
+    assert_eq!(get("?step=pay").await, Vec::<i64>::new());
+    assert_eq!(get("?state=Completed").await, vec![placed[0]]);
+    assert_eq!(
+        get("?state=Running&step=kitchen&limit=1").await,
+        vec![placed[1]]
+    );
+    // Time ranges: [from, to) over createdAt.
+    let third = app.saga(placed[2]).await;
+    let at = third["createdAt"].as_str().expect("createdAt").to_owned();
+    assert_eq!(q(format!("createdFrom={at}")).await, placed[2..].to_vec());
+    assert_eq!(q(format!("createdTo={at}")).await, placed[..2].to_vec());
+    assert_eq!(
+        get("?createdFrom=2999-01-01T00:00:00Z").await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        get("?updatedTo=2000-01-01T00:00:00Z").await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        get("?updatedFrom=2000-01-01T00:00:00%2B01:00").await,
+        placed
+    );
+    // Waiting longer than: not finished and unchanged for that long.
+    assert_eq!(get("?waitingLongerThan=0ms").await, placed[1..].to_vec());
+    assert_eq!(get("?waitingLongerThan=1h").await, Vec::<i64>::new());
+
+    // The cursor: pages of two, each naming the next, until one is short.
+    let mut seen = Vec::new();
+    let mut link = Some("/sagas?limit=2".to_owned());
+    let mut pages = 0;
+    while let Some(target) = link {
+        let (page, next) = page_of(app, &target).await;
+        assert!(page.len() <= 2, "{target}: {page:?}");
+        seen.extend(page);
+        link = next;
+        pages += 1;
+        assert!(pages <= 4, "the cursor ends");
+    }
+    assert_eq!(seen, placed, "every saga once, in order");
+    assert_eq!(pages, 3, "2 + 2 + an empty last page");
+    let (page, next) = page_of(app, &format!("/sagas?customerId={alice}&limit=2")).await;
+    assert_eq!(page, vec![placed[0], placed[1]]);
+    let next = next.expect("a full page names the next");
+    assert!(
+        next.starts_with("/sagas?") && next.contains(&format!("customerId={alice}")),
+        "{next}"
+    );
+    assert_eq!(page_of(app, &next).await.0, vec![placed[3]]);
+
+    // Bad searches are the caller's mistakes, said clearly.
+    for (query, says) in [
+        ("step=oven", "its steps are pay, kitchen, delivery, coupon"),
+        ("createdFrom=yesterday", "RFC 3339"),
+        ("updatedTo=2026-12-07", "RFC 3339"),
+        ("waitingLongerThan=5", "unit"),
+        ("after=3&offset=1", "do not go together"),
+        ("after=-1", "`after`"),
+        ("customerId=0", "positive"),
+        ("state=Sleeping", "expected Running"),
+    ] {
+        let (s, v) = app.get(&format!("/sagas?{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap_or("").contains(says)
+                || v["error"].as_str().unwrap_or("").contains(says),
+            "{query}: {v}"
+        );
+    }
+}
+
+on_both_transports!(
+    search,
+    Options {
+        kitchen_manual: true,
+        ..Options::default()
+    },
+    an_operator_searches_sagas
+);

@@ -41,6 +41,10 @@ fn downgrade(db: &std::path::Path) {
          DROP TABLE order_keys;
          DROP INDEX IF EXISTS sagas_wakes;
          ALTER TABLE sagas DROP COLUMN wakes_at;
+         DROP INDEX IF EXISTS sagas_food;
+         DROP INDEX IF EXISTS sagas_step;
+         ALTER TABLE sagas DROP COLUMN food_id;
+         ALTER TABLE sagas DROP COLUMN step;
          PRAGMA user_version = 0;",
     )
     .expect("downgrade");
@@ -79,6 +83,20 @@ async fn a_version_1_database_upgrades_in_place() {
         assert_eq!(o["quarantined"], false, "{o}");
         assert_eq!(o["status"], "Paid", "{o}");
     }
+    // The operator's search finds the old sagas by their food and step
+    // (layout 4's columns, filled by the upgrade).
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|s| s["id"].as_i64())
+            .collect()
+    };
+    let (s, by_food) = app.get(&format!("/sagas?foodId={food}")).await;
+    assert_eq!(s, StatusCode::OK, "{by_food}");
+    assert_eq!(ids(&by_food), vec![first, second], "{by_food}");
+    let (_, at_kitchen) = app.get("/sagas?step=kitchen").await;
+    assert!(ids(&at_kitchen).contains(&second), "{at_kitchen}");
     // The old key still answers for its order, without a second charge.
     let (s, again) = app.order_with_key("k1", customer, food, 2).await;
     assert_eq!(s, StatusCode::CREATED, "{again}");
@@ -100,6 +118,69 @@ async fn a_version_1_database_upgrades_in_place() {
         pays.as_array().map(Vec::len),
         Some(2),
         "no new payment: {pays}"
+    );
+    app.stop().await;
+}
+
+/// Turns this version's `orchestrator.db` back into layout 3 (the release
+/// before the operator's search): no `food_id`, no `step`.
+fn back_to_layout_3(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).expect("open");
+    c.execute_batch(
+        "DROP INDEX IF EXISTS sagas_food;
+         DROP INDEX IF EXISTS sagas_step;
+         DROP INDEX IF EXISTS sagas_created;
+         ALTER TABLE sagas DROP COLUMN food_id;
+         ALTER TABLE sagas DROP COLUMN step;
+         PRAGMA user_version = 3;",
+    )
+    .expect("back to layout 3");
+}
+
+/// Found by the review of the search: the upgrade from layout 3 scoped
+/// every idempotency key to its customer a second time, and a retry across
+/// the upgrade placed (and charged) a second order.
+#[actix_web::test]
+async fn a_layout_3_database_upgrades_with_its_keys_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let opts = Options {
+        data_dir: Some(data.clone()),
+        kitchen_manual: true,
+        ..Options::default()
+    };
+    let Some(app) = spawn_app(Broker::InProcess, opts.clone()).await else {
+        return;
+    };
+    let customer = app.seed_customer().await;
+    let food = app.seed_food(100).await;
+    let (s, first) = app.order_with_key("k1", customer, food, 2).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let first = first["id"].as_i64().expect("id");
+    app.wait_record("kitchens", first, "Accepted").await;
+    app.stop().await;
+    back_to_layout_3(&data.join("orchestrator.db"));
+
+    let app = spawn_app(Broker::InProcess, opts.clone())
+        .await
+        .expect("restarts");
+    // The retry finds its order: no second payment.
+    let (s, again) = app.order_with_key("k1", customer, food, 2).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again["id"], first, "{again}");
+    let (_, pays) = app.get("/pays").await;
+    assert_eq!(pays.as_array().map(Vec::len), Some(1), "{pays}");
+    // The search's columns are filled in.
+    let (_, by_food) = app.get(&format!("/sagas?foodId={food}&step=kitchen")).await;
+    assert_eq!(by_food.as_array().map(Vec::len), Some(1), "{by_food}");
+    app.stop().await;
+    // A second start of the upgraded folder changes nothing.
+    let app = spawn_app(Broker::InProcess, opts).await.expect("restarts");
+    let (s, again) = app.order_with_key("k1", customer, food, 2).await;
+    assert_eq!(
+        (s, &again["id"]),
+        (StatusCode::CREATED, &serde_json::json!(first)),
+        "{again}"
     );
     app.stop().await;
 }

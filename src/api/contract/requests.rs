@@ -206,10 +206,42 @@ list_query!(
 );
 
 list_query!(
-    /// Sagas: paging and the state.
+    /// Sagas: paging and the operator's filters (every one given must
+    /// hold), and the cursor `after`.
     SagaQuery {
         #[param(value_type = Option<crate::saga::machine::SagaState>)]
         state: Option<String>,
+        /// The step the saga is busy with or stuck on (a step of the saga
+        /// file, e.g. `kitchen`).
+        step: Option<String>,
+        #[serde(rename = "customerId")]
+        #[param(minimum = 1, maximum = 999999999999999999_i64)]
+        customer_id: Option<i64>,
+        /// The order's food catalog item.
+        #[serde(rename = "foodId")]
+        #[param(minimum = 1, maximum = 999999999999999999_i64)]
+        food_id: Option<i64>,
+        /// Created at or after this time (RFC 3339, e.g. `2026-12-07T20:00:00Z`).
+        #[serde(rename = "createdFrom")]
+        created_from: Option<String>,
+        /// Created before this time (RFC 3339).
+        #[serde(rename = "createdTo")]
+        created_to: Option<String>,
+        /// Last changed at or after this time (RFC 3339).
+        #[serde(rename = "updatedFrom")]
+        updated_from: Option<String>,
+        /// Last changed before this time (RFC 3339).
+        #[serde(rename = "updatedTo")]
+        updated_to: Option<String>,
+        /// Not finished (`Running`, `Compensating`, `Failed`) and without a
+        /// transition for at least this long (a step being retried or timing
+        /// out changes with each attempt): `90s`, `5m`, `2h`, `1d`.
+        #[serde(rename = "waitingLongerThan")]
+        waiting_longer_than: Option<String>,
+        /// The cursor: sagas with a larger id only (the last id of the page
+        /// before; a full page names the next one in its `Link` header).
+        #[param(minimum = 0, maximum = 999999999999999999_i64)]
+        after: Option<i64>,
     }
 );
 

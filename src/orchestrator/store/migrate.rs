@@ -9,7 +9,7 @@ use crate::storage::StorageResult;
 use rusqlite::params;
 
 /// The version of `orchestrator.db`'s layout (`PRAGMA user_version`).
-const LAYOUT_VERSION: i64 = 3;
+const LAYOUT_VERSION: i64 = 4;
 
 impl SagaStore {
     /// Brings a database written by an earlier version up to this one, in
@@ -21,6 +21,9 @@ impl SagaStore {
     ///
     /// 2 → 3: idempotency keys scoped to their order's customer (one
     /// customer's key no longer finds another's order).
+    ///
+    /// 3 → 4: what an operator searches by in columns of their own: each
+    /// saga's food, and the step of each saga not finished.
     pub async fn migrate(&self) -> StorageResult<()> {
         self.db
             .write(|tx| {
@@ -29,31 +32,93 @@ impl SagaStore {
                     if version < 2 {
                         to_version_2(tx)?;
                     }
-                    keys::scope_to_customers(tx)?;
+                    // Not idempotent: a scoped key would be scoped again.
+                    if version < 3 {
+                        keys::scope_to_customers(tx)?;
+                    }
+                    to_version_4(tx)?;
                     tx.execute_batch(&format!("PRAGMA user_version = {LAYOUT_VERSION};"))?;
                 }
                 // Recovery reads the sagas that wait on a timer through
-                // this index (made here, once `wakes_at` exists in every
-                // layout; a database of an earlier release gets it on its
-                // first start with this one).
+                // the first index, the operator's search uses the others
+                // (made here, once their columns exist in every layout; a
+                // database of an earlier release gets them on its first
+                // start with this one). `updated_at` has none: it changes
+                // with every transition, and a search by it narrows the
+                // state's index (`waitingLongerThan`) or the cursor's range.
                 tx.execute_batch(
                     "CREATE INDEX IF NOT EXISTS sagas_wakes ON sagas (wakes_at)
-                     WHERE wakes_at IS NOT NULL;",
+                     WHERE wakes_at IS NOT NULL;
+                     CREATE INDEX IF NOT EXISTS sagas_food ON sagas (food_id, id);
+                     CREATE INDEX IF NOT EXISTS sagas_created ON sagas (created_at, id);
+                     CREATE INDEX IF NOT EXISTS sagas_step ON sagas (step, id)
+                     WHERE step IS NOT NULL;",
                 )?;
+                // A saga written by an earlier release after this layout
+                // (a downgrade, an older standby taking over during a
+                // rolling upgrade) has no food: found through the index,
+                // so nothing to do costs one probe.
+                fill_foods(tx)?;
                 Ok(())
             })
             .await
     }
 }
 
+/// Whether `sagas` has `column` already.
+fn has_column(tx: &rusqlite::Connection, column: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('sagas') WHERE name = ?1",
+        [column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )
+}
+
+/// Each saga's food from its body, where the column has none (a body that
+/// is not JSON keeps none).
+fn fill_foods(tx: &rusqlite::Connection) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "UPDATE sagas SET food_id = json_extract(body, '$.order.foodId')
+         WHERE food_id IS NULL AND typeof(body) = 'text' AND json_valid(body);",
+    )
+}
+
+/// 3 → 4 (see [`SagaStore::migrate`]): the columns, and their values for
+/// the rows there are (a body that does not decode keeps none: it is
+/// quarantined on read).
+fn to_version_4(tx: &rusqlite::Connection) -> StorageResult<()> {
+    for column in ["food_id INTEGER", "step TEXT"] {
+        let name = column.split(' ').next().unwrap_or(column);
+        if !has_column(tx, name)? {
+            tx.execute_batch(&format!("ALTER TABLE sagas ADD COLUMN {column};"))?;
+        }
+    }
+    // (Each saga's food is filled on every start, below the indexes.)
+    // Read as bytes: a damaged body (not even UTF-8) keeps no step and is
+    // quarantined on read, it never stops the upgrade.
+    let waiting: Vec<(i64, Vec<u8>)> = tx
+        .prepare(
+            "SELECT id, CAST(body AS BLOB) FROM sagas
+             WHERE state IN ('Running', 'Compensating', 'Failed') AND typeof(body) = 'text'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, body) in waiting {
+        if let Ok(saga) = serde_json::from_slice::<Saga>(&body)
+            && let Some(step) = saga.current_step()
+        {
+            tx.execute(
+                "UPDATE sagas SET step = ?2 WHERE id = ?1",
+                params![id, step.name],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// 1 → 2 (see [`SagaStore::migrate`]).
 fn to_version_2(tx: &rusqlite::Connection) -> StorageResult<()> {
-    let has_wakes_at: bool = tx.query_row(
-        "SELECT count(*) FROM pragma_table_info('sagas') WHERE name = 'wakes_at'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_wakes_at {
+    if !has_column(tx, "wakes_at")? {
         tx.execute_batch("ALTER TABLE sagas ADD COLUMN wakes_at INTEGER;")?;
     }
     let legacy_keys: bool = tx.query_row(

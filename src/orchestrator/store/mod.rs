@@ -61,13 +61,15 @@ fn start_saga(
     by: Option<&str>,
 ) -> StorageResult<(Saga, Transition)> {
     tx.prepare_cached(
-        "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at)
-         VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3)",
+        "INSERT INTO sagas (id, state, order_status, customer_id, body, created_at, updated_at,
+                            food_id)
+         VALUES (?1, 'Running', 'Ordered', ?2, '{}', ?3, ?3, ?4)",
     )?
     .execute(params![
         order.order_id.get(),
         order.customer_id.get(),
-        now.0
+        now.0,
+        order.food_id.get()
     ])?;
     let mut saga = Saga::new(def, order, now);
     saga.admit_by = Some(now.plus(admit_within));
@@ -405,12 +407,12 @@ impl SagaStore {
                 for id in ids {
                     were_in_flight += tx
                         .prepare_cached(
-                            "UPDATE sagas SET state = 'Failed'
+                            "UPDATE sagas SET state = 'Failed', step = NULL
                              WHERE id = ?1 AND state IN ('Running', 'Compensating')",
                         )?
                         .execute([id])?;
                     tx.prepare_cached(
-                        "UPDATE sagas SET state = 'Failed', wakes_at = NULL WHERE id = ?1",
+                        "UPDATE sagas SET state = 'Failed', wakes_at = NULL, step = NULL WHERE id = ?1",
                     )?
                     .execute([id])?;
                 }

@@ -6,11 +6,12 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::{command_message, to_json};
-use crate::domain::{CustomerId, Millis, OrderId, OrderStatus, SagaId};
+use crate::domain::{Millis, OrderId, OrderStatus, SagaId};
 use crate::events::{self, DomainEvent, OrderData, Payload};
 use crate::messages::WorkerCommand;
+use crate::orchestrator::search::{SagaSearch, WAITING};
 use crate::saga::definition::SagaDefinition;
-use crate::saga::machine::{Command, HistoryEntry, Saga, SagaState, Transition};
+use crate::saga::machine::{Command, HistoryEntry, Saga, Transition};
 use crate::storage::{Page, StorageError, StorageResult, optional, outbox};
 
 pub const SCHEMA: &str = "
@@ -24,7 +25,11 @@ CREATE TABLE IF NOT EXISTS sagas (
     updated_at   INTEGER NOT NULL,
     -- The earliest timer the saga waits on (NULL: none): recovery loads
     -- every saga with one, whatever its state.
-    wakes_at     INTEGER
+    wakes_at     INTEGER,
+    -- What an operator searches by (layout 4): the order's food, and the
+    -- step the saga is busy with or stuck on (NULL once it has none).
+    food_id      INTEGER,
+    step         TEXT
 );
 CREATE INDEX IF NOT EXISTS sagas_state ON sagas (state, id);
 CREATE INDEX IF NOT EXISTS sagas_customer ON sagas (customer_id, id);
@@ -136,7 +141,8 @@ pub(super) fn persist(
         events::emit(tx, &order_event(saga, version))?;
     }
     tx.prepare_cached(
-        "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5, wakes_at = ?6
+        "UPDATE sagas SET state = ?2, order_status = ?3, body = ?4, updated_at = ?5, wakes_at = ?6,
+             step = ?7
          WHERE id = ?1",
     )?
     .execute(params![
@@ -145,7 +151,8 @@ pub(super) fn persist(
         saga.order_status.as_str(),
         to_json(saga)?,
         now.0,
-        wakes_at(saga).map(|m| m.0)
+        wakes_at(saga).map(|m| m.0),
+        saga.current_step().map(|s| s.name.as_str())
     ])?;
     for (n, h) in transition.history.iter().enumerate() {
         tx.prepare_cached("INSERT INTO saga_history (saga_id, seq, body) VALUES (?1, ?2, ?3)")?
@@ -187,28 +194,74 @@ pub(super) fn persist(
     Ok(())
 }
 
-/// Sagas, optionally of one state or one customer, ordered by id.
-pub fn list_sagas(
+/// The sagas `search` asks for, ordered by id, after its cursor. Only the
+/// filters given are in the statement, so SQLite's planner picks the index
+/// that serves them (`sagas_state`, `sagas_customer`, `sagas_food`,
+/// `sagas_step`, `sagas_created`, or the rowid from the cursor on).
+pub fn search_sagas(
     c: &Connection,
+    search: &SagaSearch,
     page: Page,
-    state: Option<SagaState>,
-    customer: Option<CustomerId>,
+    now: Millis,
 ) -> StorageResult<Vec<Stored>> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {ROW} FROM sagas WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR customer_id = ?2)
-         ORDER BY id LIMIT ?3 OFFSET ?4"
-    ))?;
-    Ok(stmt
-        .query_map(
-            params![
-                state.map(SagaState::as_str),
-                customer.map(CustomerId::get),
-                page.limit,
-                page.offset
-            ],
-            decode,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
+    use rusqlite::types::Value;
+    let mut sql = format!("SELECT {ROW} FROM sagas WHERE id > ?");
+    let mut args: Vec<Value> = vec![Value::Integer(search.after.map_or(0, SagaId::get))];
+    let mut filter = |clause: &str, value: Value| {
+        sql.push_str(" AND ");
+        sql.push_str(clause);
+        args.push(value);
+    };
+    if let Some(state) = search.state {
+        filter("state = ?", Value::Text(state.as_str().into()));
+    }
+    if let Some(step) = &search.step {
+        filter("step = ?", Value::Text(step.clone()));
+    }
+    if let Some(customer) = search.customer {
+        filter("customer_id = ?", Value::Integer(customer.get()));
+    }
+    if let Some(food) = search.food {
+        filter("food_id = ?", Value::Integer(food.get()));
+    }
+    for (column, range) in [
+        ("created_at", search.created),
+        ("updated_at", search.updated),
+    ] {
+        if let Some(from) = range.from {
+            filter(&format!("{column} >= ?"), Value::Integer(from.0));
+        }
+        if let Some(to) = range.to {
+            filter(&format!("{column} < ?"), Value::Integer(to.0));
+        }
+    }
+    if let Some(since) = search.waiting_since(now) {
+        filter("updated_at <= ?", Value::Integer(since.0));
+        let waiting: Vec<String> = WAITING
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        sql.push_str(&format!(" AND state IN ({})", waiting.join(", ")));
+    }
+    sql.push_str(" ORDER BY id LIMIT ? OFFSET ?");
+    args.push(Value::Integer(page.limit));
+    args.push(Value::Integer(page.offset));
+    let run = |stmt: &mut rusqlite::Statement<'_>| {
+        stmt.query_map(rusqlite::params_from_iter(&args), decode)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    };
+    // The lists every page of the API and the bench ask for keep their
+    // statement; an operator's other searches (up to 512 shapes) are
+    // prepared each time rather than evicting the hot statements.
+    let plain = search.step.is_none()
+        && search.food.is_none()
+        && search.created.is_open()
+        && search.updated.is_open()
+        && search.waiting_longer_than_ms.is_none();
+    Ok(match plain {
+        true => run(&mut *c.prepare_cached(&sql)?)?,
+        false => run(&mut c.prepare(&sql)?)?,
+    })
 }
 
 pub fn get_saga(c: &Connection, id: SagaId) -> StorageResult<Option<Stored>> {
