@@ -1,9 +1,9 @@
 //! Saga inspection and the operator's retry.
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::contract::requests::{IdPath, SagaQuery, page};
+use super::contract::requests::{IdPath, SagaQuery, id_filter, page};
 use super::contract::responses::{ErrorBody, RetryAccepted, SagaView};
 use super::error::ApiError;
 use super::{ApiState, ORCHESTRATOR, ok_json, outcome};
@@ -22,7 +22,7 @@ fn saga_id(raw: i64) -> Result<SagaId, ApiError> {
 }
 
 /// Sagas by id, filtered by the operator's search, paged by `limit` and
-/// `offset` or by the cursor `after`.
+/// `offset`, after the cursor `after` if given.
 #[utoipa::path(
     get,
     path = "/sagas",
@@ -32,6 +32,7 @@ fn saga_id(raw: i64) -> Result<SagaId, ApiError> {
     responses(
         (status = 200, description = "sagas ordered by id; a full page names the next in its `Link` header (`rel=\"next\"`, with `after`)", body = [SagaView]),
         (status = 400, description = "bad query", body = ErrorBody),
+        (status = 422, description = "a step the saga does not have", body = ErrorBody),
         (status = 503, description = "storage unavailable, or an owner of an earlier version that cannot search", body = ErrorBody),
     )
 )]
@@ -43,11 +44,6 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let page = page(q.limit, q.offset).map_err(ApiError::bad_request)?;
     let search = search_of(&q, &state.def)?;
-    if search.after.is_some() && page.offset > 0 {
-        return Err(ApiError::bad_request(
-            "`after` and `offset` do not go together: page with one of them".to_owned(),
-        ));
-    }
     // A list by state alone is the request every owner version knows.
     let by_state_only = search
         == SagaSearch {
@@ -101,25 +97,17 @@ fn search_of(q: &SagaQuery, def: &SagaDefinition) -> Result<SagaSearch, ApiError
         && !def.steps.iter().any(|s| &s.name == step)
     {
         let steps: Vec<&str> = def.steps.iter().map(|s| s.name.as_str()).collect();
-        return Err(bad(format!(
-            "no step `{step}` in the saga; its steps are {}",
-            steps.join(", ")
-        )));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_step",
+            format!(
+                "no step `{step}` in the saga; its steps are {}",
+                steps.join(", ")
+            ),
+        ));
     }
-    let id = |raw: Option<i64>, what: &str| -> Result<Option<i64>, ApiError> {
-        match raw {
-            Some(n) if n < 1 => Err(bad(format!("`{what}` must be a positive id"))),
-            other => Ok(other),
-        }
-    };
-    let customer = id(q.customer_id, "customerId")?
-        .map(CustomerId::new)
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?;
-    let food = id(q.food_id, "foodId")?
-        .map(FoodId::new)
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?;
+    let customer = id_filter("customerId", q.customer_id, CustomerId::new).map_err(bad)?;
+    let food = id_filter("foodId", q.food_id, FoodId::new).map_err(bad)?;
     let at = |raw: &Option<String>, what: &str| -> Result<Option<Millis>, ApiError> {
         raw.as_deref()
             .map(|s| {
@@ -140,11 +128,8 @@ fn search_of(q: &SagaQuery, def: &SagaDefinition) -> Result<SagaSearch, ApiError
                 .map_err(|e| bad(format!("`waitingLongerThan`: {e}")))
         })
         .transpose()?;
-    let after = match q.after {
-        None | Some(0) => None,
-        Some(n) if n < 0 => return Err(bad("`after` must be an id, 0 or more".to_owned())),
-        Some(n) => Some(SagaId::new(n).map_err(|e| bad(e.to_string()))?),
-    };
+    // `after=0`: from the start.
+    let after = id_filter("after", q.after.filter(|&n| n != 0), SagaId::new).map_err(bad)?;
     Ok(SagaSearch {
         state,
         step: q.step.clone(),

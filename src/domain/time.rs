@@ -25,10 +25,14 @@ impl Millis {
         std::time::Duration::from_millis((self.0 - now.0).max(0) as u64)
     }
 
-    /// A time in RFC 3339 (`2026-12-07T20:00:00Z`, `…T21:00:00.5+01:00`),
-    /// to the millisecond; `None` if it is not one.
+    /// A time in RFC 3339 (`2026-12-07T20:00:00Z`, `…T21:00:00.5+01:00`,
+    /// `t` and `z` in either case), to the millisecond; one without an
+    /// offset is taken as UTC. `None` if it is not one.
     pub fn parse_rfc3339(raw: &str) -> Option<Self> {
-        let at = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        use time::format_description::well_known::Rfc3339;
+        let raw = raw.to_ascii_uppercase();
+        let at = time::OffsetDateTime::parse(&raw, &Rfc3339)
+            .or_else(|_| time::OffsetDateTime::parse(&format!("{raw}Z"), &Rfc3339))
             .ok()?;
         i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
             .ok()
@@ -58,6 +62,15 @@ mod tests {
         assert_eq!(
             Millis::parse_rfc3339("1970-01-01T01:00:00+01:00"),
             Some(Millis(0))
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("1970-01-01t00:00:01z"),
+            Some(Millis(1_000))
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("1970-01-01T00:00:01.5"),
+            Some(Millis(1_500)),
+            "no offset: UTC"
         );
         for bad in ["", "yesterday", "2026-12-07", "2026-13-01T00:00:00Z"] {
             assert_eq!(Millis::parse_rfc3339(bad), None, "{bad}");

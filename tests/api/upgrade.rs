@@ -50,31 +50,58 @@ fn downgrade(db: &std::path::Path) {
     .expect("downgrade");
 }
 
+/// A stopped service's folder (kitchen manual): a customer, a food, and an
+/// order under each key (with its quantity), each accepted by the kitchen.
+struct Folder {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    opts: Options,
+    customer: i64,
+    food: i64,
+    orders: Vec<i64>,
+}
+
+impl Folder {
+    async fn with_orders(keys: &[(&str, i64)]) -> Option<Folder> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let opts = Options {
+            data_dir: Some(data.clone()),
+            kitchen_manual: true,
+            ..Options::default()
+        };
+        let app = spawn_app(Broker::InProcess, opts.clone()).await?;
+        let customer = app.seed_customer().await;
+        let food = app.seed_food(100).await;
+        let mut orders = Vec::new();
+        for (key, qty) in keys {
+            let (s, order) = app.order_with_key(key, customer, food, *qty).await;
+            assert_eq!(s, StatusCode::CREATED, "{order}");
+            orders.push(order["id"].as_i64().expect("id"));
+        }
+        for id in &orders {
+            app.wait_record("kitchens", *id, "Accepted").await;
+        }
+        app.stop().await;
+        Some(Folder {
+            _dir: dir,
+            data,
+            opts,
+            customer,
+            food,
+            orders,
+        })
+    }
+}
+
 #[actix_web::test]
 async fn a_version_1_database_upgrades_in_place() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let opts = Options {
-        data_dir: Some(data.clone()),
-        kitchen_manual: true,
-        ..Options::default()
-    };
-    let Some(app) = spawn_app(Broker::InProcess, opts.clone()).await else {
+    let Some(old) = Folder::with_orders(&[("k1", 2), ("k2", 3)]).await else {
         return;
     };
-    let customer = app.seed_customer().await;
-    let food = app.seed_food(100).await;
-    let (s, first) = app.order_with_key("k1", customer, food, 2).await;
-    assert_eq!(s, StatusCode::CREATED, "{first}");
-    let (s, second) = app.order_with_key("k2", customer, food, 3).await;
-    assert_eq!(s, StatusCode::CREATED, "{second}");
-    let (first, second) = (
-        first["id"].as_i64().expect("id"),
-        second["id"].as_i64().expect("id"),
-    );
-    app.wait_record("kitchens", second, "Accepted").await;
-    app.stop().await;
-    downgrade(&data.join("orchestrator.db"));
+    let (opts, customer, food) = (old.opts.clone(), old.customer, old.food);
+    let (first, second) = (old.orders[0], old.orders[1]);
+    downgrade(&old.data.join("orchestrator.db"));
 
     let app = spawn_app(Broker::InProcess, opts).await.expect("restarts");
     let (s, orders) = app.get("/orders").await;
@@ -142,24 +169,11 @@ fn back_to_layout_3(db: &std::path::Path) {
 /// the upgrade placed (and charged) a second order.
 #[actix_web::test]
 async fn a_layout_3_database_upgrades_with_its_keys_intact() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let opts = Options {
-        data_dir: Some(data.clone()),
-        kitchen_manual: true,
-        ..Options::default()
-    };
-    let Some(app) = spawn_app(Broker::InProcess, opts.clone()).await else {
+    let Some(old) = Folder::with_orders(&[("k1", 2)]).await else {
         return;
     };
-    let customer = app.seed_customer().await;
-    let food = app.seed_food(100).await;
-    let (s, first) = app.order_with_key("k1", customer, food, 2).await;
-    assert_eq!(s, StatusCode::CREATED, "{first}");
-    let first = first["id"].as_i64().expect("id");
-    app.wait_record("kitchens", first, "Accepted").await;
-    app.stop().await;
-    back_to_layout_3(&data.join("orchestrator.db"));
+    let (opts, customer, food, first) = (old.opts.clone(), old.customer, old.food, old.orders[0]);
+    back_to_layout_3(&old.data.join("orchestrator.db"));
 
     let app = spawn_app(Broker::InProcess, opts.clone())
         .await

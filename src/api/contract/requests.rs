@@ -212,7 +212,7 @@ list_query!(
         #[param(value_type = Option<crate::saga::machine::SagaState>)]
         state: Option<String>,
         /// The step the saga is busy with or stuck on (a step of the saga
-        /// file, e.g. `kitchen`).
+        /// file, e.g. `kitchen`; another name is a 422).
         step: Option<String>,
         #[serde(rename = "customerId")]
         #[param(minimum = 1, maximum = 999999999999999999_i64)]
@@ -223,20 +223,25 @@ list_query!(
         food_id: Option<i64>,
         /// Created at or after this time (RFC 3339, e.g. `2026-12-07T20:00:00Z`).
         #[serde(rename = "createdFrom")]
+        #[param(format = DateTime)]
         created_from: Option<String>,
         /// Created before this time (RFC 3339).
         #[serde(rename = "createdTo")]
+        #[param(format = DateTime)]
         created_to: Option<String>,
         /// Last changed at or after this time (RFC 3339).
         #[serde(rename = "updatedFrom")]
+        #[param(format = DateTime)]
         updated_from: Option<String>,
         /// Last changed before this time (RFC 3339).
         #[serde(rename = "updatedTo")]
+        #[param(format = DateTime)]
         updated_to: Option<String>,
         /// Not finished (`Running`, `Compensating`, `Failed`) and without a
         /// transition for at least this long (a step being retried or timing
         /// out changes with each attempt): `90s`, `5m`, `2h`, `1d`.
         #[serde(rename = "waitingLongerThan")]
+        #[param(pattern = r"^[0-9]{1,12}(ms|s|m|h|d)$")]
         waiting_longer_than: Option<String>,
         /// The cursor: sagas with a larger id only (the last id of the page
         /// before; a full page names the next one in its `Link` header).
