@@ -1,4 +1,4 @@
-//! Saga inspection and the operator's retry.
+//! Saga inspection, the operator's search and retry.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
