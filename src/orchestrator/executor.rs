@@ -26,6 +26,7 @@ use crate::messages::{OrderDetails, Progress};
 use crate::partition::Owned;
 use crate::saga::breaker::{BreakerState, Breakers};
 use crate::saga::machine::{Admission, Event, Saga};
+use crate::storage::{Page, StorageResult};
 use crate::transport::Transport;
 
 /// The orchestrator this process owns, as requests reach it.
@@ -145,25 +146,18 @@ impl OrchestratorExecutor {
                     customer: own.or(customer),
                     ..SagaSearch::default()
                 };
-                Outcome::Orders(
-                    db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
-                        .await?,
-                )
+                Outcome::Orders(self.search(search, page).await?)
             }
             Request::Sagas { page, state } => {
                 let search = SagaSearch {
                     state,
                     ..SagaSearch::default()
                 };
-                Outcome::Sagas(
-                    db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
-                        .await?,
-                )
+                Outcome::Sagas(self.search(search, page).await?)
             }
-            Request::SearchSagas { page, search } => Outcome::Sagas(
-                db.read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
-                    .await?,
-            ),
+            Request::SearchSagas { page, search } => {
+                Outcome::Sagas(self.search(search, page).await?)
+            }
             Request::Customer { customer } if !caller.sees_customer(customer) => Outcome::NotFound,
             Request::Customer { customer } => db
                 .read(move |c| customers::get(c, customer))
@@ -214,6 +208,14 @@ impl OrchestratorExecutor {
             Ok(Err(refusal)) => Ok(Outcome::Refused(refusal)),
             Err(e) => outcome_of(e),
         }
+    }
+
+    /// The sagas of this owner's partitions that `search` asks for.
+    async fn search(&self, search: SagaSearch, page: Page) -> StorageResult<Vec<Stored>> {
+        self.sagas
+            .db()
+            .read(move |c| sagas::search_sagas(c, &search, page, Millis::now()))
+            .await
     }
 
     async fn detail(&self, id: OrderId) -> Result<Outcome, Failure> {
